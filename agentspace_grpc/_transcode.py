@@ -333,7 +333,7 @@ class Route:
             encoded = _encode_value(_field_chain(_descriptor(request), binding.body)[-1], sub)
             body = _dumps(encoded)
             exclude.add(binding.body)
-        query = tuple(_query_pairs(request, "", frozenset(exclude)))
+        query = tuple(_query_pairs(request, "", "", frozenset(exclude)))
         return HttpRequest(binding.verb, path, query, body)
 
     # ---- server side -----------------------------------------------------------------
@@ -786,10 +786,11 @@ _SYSTEM_PARAMETERS: Final = frozenset(
 
 
 def _query_pairs(
-    msg: message.Message, prefix: str, exclude: frozenset[str]
+    msg: message.Message, prefix: str, proto_prefix: str, exclude: frozenset[str]
 ) -> Iterator[tuple[str, str]]:
+    """Query parameters (JSON names, dotted for nested fields) for the fields left over."""
     for field, value in msg.ListFields():
-        dotted = f"{prefix}{field.name}"
+        dotted = f"{proto_prefix}{field.name}"
         if dotted in exclude:
             continue
         key = f"{prefix}{field.json_name}"
@@ -801,9 +802,9 @@ def _query_pairs(
                     f"repeated message field {dotted} cannot travel as a query parameter"
                 )
             if _message_type(field).full_name.startswith(_WKT_PREFIX):
-                yield key, str(json_format.MessageToDict(value))
+                yield key, json.dumps(json_format.MessageToDict(value)).strip('"')
                 continue
-            yield from _query_pairs(value, f"{key}.", exclude)
+            yield from _query_pairs(value, f"{key}.", f"{dotted}.", exclude)
             continue
         values = value if field.is_repeated else [value]
         for item in values:

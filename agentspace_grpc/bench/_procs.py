@@ -1,0 +1,110 @@
+"""Start the servers in their own processes and talk to them over stdin/stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from typing import Any, Self
+
+_READY_TIMEOUT = 60.0
+
+
+class ServerProcessError(RuntimeError):
+    """A server process failed to start or to answer; the text carries its stderr's tail."""
+
+
+class ServerProcess:
+    """A child process that prints one JSON line when ready and stops at end of stdin.
+
+    ``ready`` is that first line, decoded. :meth:`count` asks the process for its call
+    counter (the constant-answer servers answer ``count``).
+    """
+
+    def __init__(self, *args: str, name: str) -> None:
+        self._args = args
+        self.name = name
+        self.ready: dict[str, Any] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+
+    @classmethod
+    def module(cls, module: str, *args: str, name: str) -> ServerProcess:
+        """A process running ``python -m module args`` with this interpreter."""
+        return cls(sys.executable, "-m", module, *args, name=name)
+
+    async def start(self) -> Self:
+        """Start the process and wait for its ready line."""
+        self._proc = await asyncio.create_subprocess_exec(
+            *self._args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        try:
+            self.ready = await asyncio.wait_for(self._read_line(), _READY_TIMEOUT)
+        except TimeoutError:
+            message = (
+                f"{self.name} printed no ready line within {_READY_TIMEOUT:.0f} s"
+                f"{self._stderr_tail()}"
+            )
+            await self.stop()
+            raise ServerProcessError(message) from None
+        except ServerProcessError:
+            await self.stop()
+            raise
+        return self
+
+    async def _read_line(self) -> dict[str, Any]:
+        if self._proc is None or self._proc.stdout is None:
+            raise ServerProcessError(f"{self.name} is not running")
+        line = await self._proc.stdout.readline()
+        if not line:
+            code = await self._proc.wait()
+            raise ServerProcessError(
+                f"{self.name} exited with status {code} before it was ready{self._stderr_tail()}"
+            )
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise ServerProcessError(f"{self.name} printed a line that is not JSON") from None
+        if not isinstance(data, dict):
+            raise ServerProcessError(f"{self.name} printed JSON that is not an object")
+        return data
+
+    async def count(self) -> int:
+        """The number of calls the server has answered so far."""
+        if self._proc is None or self._proc.stdin is None:
+            raise ServerProcessError(f"{self.name} is not running")
+        self._proc.stdin.write(b"count\n")
+        await self._proc.stdin.drain()
+        data = await asyncio.wait_for(self._read_line(), 10.0)
+        return int(data["calls"])
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        tail = self._stderr.read()[-2000:].decode("utf-8", "replace").strip()
+        return f"; its stderr ends with:\n{tail}" if tail else ""
+
+    async def stop(self) -> None:
+        """Close stdin (the stop signal), wait a little, then kill."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.stdin is not None:
+                proc.stdin.close()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    await proc.stdin.wait_closed()
+            try:
+                await asyncio.wait_for(proc.wait(), 10.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._stderr.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

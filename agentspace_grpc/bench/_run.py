@@ -1,0 +1,491 @@
+"""One whole benchmark run: servers up, stacks alternated, extras, servers down.
+
+The figures are gathered here; :mod:`._report` turns them into the table, JSON and chart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from agentspace_grpc.bench import _measure, _stacks
+from agentspace_grpc.bench._common import BENCH_TOKEN, CONNECTOR
+from agentspace_grpc.bench._procs import ServerProcess, ServerProcessError
+from agentspace_grpc.bench._progress import Progress
+
+MODES: Final = ("sequential", "concurrent")
+SINGLE_FLIGHT_CALLS: Final = 1000
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What to run and for how long.
+
+    ``size`` is the most calls in one sample and ``budget_s`` the time shared by all the
+    alternated samples; each sample stops at whichever limit comes first.
+    """
+
+    size: int = 4000
+    repeats: int = 5
+    inflight: int = 64
+    budget_s: float = 110.0
+    quick: bool = False
+    emulator: bool = True
+    out: Path = Path("bench-results")
+
+
+QUICK: Final = Settings(size=400, repeats=3, budget_s=9.0, quick=True)
+
+
+@dataclass(slots=True)
+class StackRun:
+    """A stack's outcome: ``status`` is ok, skipped or failed, with the reason."""
+
+    stack: _stacks.Stack
+    group: str
+    status: str = "ok"
+    reason: str = ""
+    samples: dict[str, list[_measure.Sample | None]] = field(default_factory=dict)
+
+    def fail(self, status: str, reason: str) -> None:
+        """Stop measuring this stack."""
+        if self.status == "ok":
+            self.status, self.reason = status, reason
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _describe(exc.exceptions[0])
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _closed_port() -> int:
+    """A loopback port that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and the machine, for the JSON file and the table's heading."""
+    from google.protobuf.internal import api_implementation
+
+    cpu_model = platform.processor() or platform.machine()
+    memory_gb: float | None = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.partition(":")[2].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "grpcio": _version("grpcio"),
+            "protobuf": _version("protobuf"),
+            "protobuf_backend": api_implementation.Type(),
+            "aiohttp": _version("aiohttp"),
+            "google-api-core": _version("google-api-core"),
+            "google-api-python-client": _version("google-api-python-client"),
+            "httplib2": _version("httplib2"),
+            "matplotlib": _version("matplotlib"),
+            "agentspace-grpc": _version("agentspace-grpc"),
+        },
+        "machine": {
+            "cpu_model": cpu_model,
+            "cores": os.cpu_count(),
+            "memory_gb": memory_gb,
+            "platform": platform.platform(),
+        },
+    }
+
+
+async def _bounded(awaitable: Awaitable[_T], seconds: float) -> _T:
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
+class Bench:
+    """Holds the servers and stacks of one run."""
+
+    def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.runs: list[StackRun] = []
+        self.grpc_server = ServerProcess.module(
+            "agentspace_grpc.bench._servers", "grpc", name="constant gRPC server"
+        )
+        self.http_server = ServerProcess.module(
+            "agentspace_grpc.bench._servers", "http", name="constant HTTP server"
+        )
+        self.emulator = ServerProcess.module(
+            "agentspace_grpc.bench._emulator_proc", name="emulator"
+        )
+        self.emulator_status = "not run"
+        self.extras: dict[str, Any] = {}
+
+    def _step(self, label: str, count: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.step(label, count)
+
+    # ---- servers and stacks ---------------------------------------------------------
+
+    async def start_servers(self) -> None:
+        """Start the constant-answer servers (required) and the emulator (optional)."""
+        starts = [self.grpc_server.start(), self.http_server.start()]
+        if self.settings.emulator:
+            starts.append(self.emulator.start())
+        outcomes = await asyncio.gather(*starts, return_exceptions=True)
+        for outcome in outcomes[:2]:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        if self.settings.emulator:
+            emulator_outcome = outcomes[2]
+            if isinstance(emulator_outcome, ServerProcessError):
+                lines = str(emulator_outcome).strip().splitlines()
+                self.emulator_status = f"emulator unavailable: {lines[-1]}"
+                self.extras["emulator_error"] = str(emulator_outcome)
+            elif isinstance(emulator_outcome, BaseException):
+                raise emulator_outcome
+            else:
+                self.emulator_status = "ok"
+        else:
+            self.emulator_status = "skipped (--no-emulator)"
+
+    @property
+    def grpc_target(self) -> str:
+        """The constant gRPC server's ``host:port``."""
+        return f"127.0.0.1:{self.grpc_server.ready['port']}"
+
+    @property
+    def http_url(self) -> str:
+        """The constant HTTP server's base URL."""
+        return f"http://127.0.0.1:{self.http_server.ready['port']}"
+
+    def build_stacks(self) -> None:
+        """The transport stacks on the constant servers, the emulator stacks on the emulator."""
+        g, h, t, n = self.grpc_target, self.http_url, BENCH_TOKEN, CONNECTOR
+        transport: list[_stacks.Stack] = [
+            _stacks.RawStub(g, t, n),
+            _stacks.Agentspace(
+                key="agentspace_grpc",
+                title="agentspace-grpc gRPC",
+                wire="grpc",
+                baseline=_stacks.GRPC_FLOOR,
+                grpc_target=g,
+                http_url=h,
+                token=t,
+                name=n,
+            ),
+            _stacks.GapicStyle(g, t, n),
+            _stacks.RawAiohttp(h, t, n),
+            _stacks.Agentspace(
+                key="agentspace_rest",
+                title="agentspace-grpc REST",
+                wire="rest",
+                baseline=_stacks.REST_FLOOR,
+                grpc_target=g,
+                http_url=h,
+                token=t,
+                name=n,
+            ),
+            _stacks.Discovery(h, t, n),
+        ]
+        self.runs = [StackRun(stack, "transport") for stack in transport]
+        if not self.settings.emulator:
+            return
+        emulated: list[_stacks.Stack] = []
+        ready = self.emulator.ready
+        for path, connector_key in (("cache-hit", "cached"), ("refresh", "uncached")):
+            for wire in ("grpc", "rest"):
+                label = "gRPC" if wire == "grpc" else "REST"
+                emulated.append(
+                    _stacks.Agentspace(
+                        key=f"emulator_{path.replace('-', '_')}_{wire}",
+                        title=f"emulator {path}, {label}",
+                        wire=wire,
+                        baseline=f"agentspace_{wire}",
+                        grpc_target=str(ready.get("grpc", "")),
+                        http_url=str(ready.get("http", "")),
+                        token=str(ready.get("token", "")),
+                        name=str(ready.get(connector_key, "")),
+                    )
+                )
+        for stack in emulated:
+            run = StackRun(stack, "emulator")
+            if self.emulator_status != "ok":
+                run.fail("skipped", self.emulator_status)
+            self.runs.append(run)
+
+    async def start_stacks(self) -> None:
+        """Open every stack and warm it up; a stack that cannot run is marked, not fatal."""
+        warm = max(1, min(50, self.settings.size // 4))
+        for run in self.runs:
+            if run.status != "ok":
+                self._step(f"{run.stack.title}: {run.status}")
+                continue
+            self._step(f"warming up {run.stack.title}")
+            try:
+                await _bounded(run.stack.start(), 30.0)
+                for _ in range(warm):
+                    await _bounded(run.stack.call(), 30.0)
+                inflight = self.settings.inflight
+                await _bounded(
+                    _measure.concurrent(run.stack.call_concurrent, 2 * inflight, inflight, 10.0),
+                    60.0,
+                )
+            except _stacks.StackUnavailable as exc:
+                run.fail("skipped", str(exc))
+            except Exception as exc:
+                run.fail("failed", f"warm-up: {_describe(exc)}")
+
+    async def close_stacks(self) -> None:
+        """Close every stack (errors ignored: the run is over)."""
+        for run in self.runs:
+            with contextlib.suppress(Exception):
+                await _bounded(run.stack.aclose(), 10.0)
+
+    async def stop_servers(self) -> None:
+        """Stop every server process."""
+        await asyncio.gather(
+            self.grpc_server.stop(),
+            self.http_server.stop(),
+            self.emulator.stop(),
+            return_exceptions=True,
+        )
+
+    # ---- the alternated measurements -------------------------------------------------
+
+    def measurement_steps(self) -> int:
+        """Samples the alternated loop takes (for the progress bar)."""
+        return self.settings.repeats * len(MODES) * len(self.runs)
+
+    async def measure(self) -> None:
+        """Every repetition runs every stack in every mode, in an order rotated per repetition."""
+        s = self.settings
+        for run in self.runs:
+            run.samples = {mode: [] for mode in MODES}
+        active = [run for run in self.runs if run.status == "ok"]
+        cap = s.budget_s / max(1, s.repeats * len(MODES) * len(active))
+        for rep in range(s.repeats):
+            for mode in MODES:
+                shift = rep % max(1, len(self.runs))
+                order = self.runs[shift:] + self.runs[:shift]
+                for run in order:
+                    sample: _measure.Sample | None = None
+                    if run.status == "ok":
+                        self._step(f"{rep + 1}/{s.repeats} {mode} {run.stack.title}")
+                        sample = await self._sample(run, mode, cap)
+                    else:
+                        self._step(f"{run.stack.title}: {run.status}")
+                    run.samples[mode].append(sample)
+
+    async def _sample(self, run: StackRun, mode: str, cap: float) -> _measure.Sample | None:
+        s = self.settings
+        try:
+            if mode == "sequential":
+                coro = _measure.sequential(run.stack.call, s.size, cap)
+            else:
+                coro = _measure.concurrent(run.stack.call_concurrent, s.size, s.inflight, cap)
+            return await _bounded(coro, cap * 3 + 30.0)
+        except Exception as exc:
+            run.fail("failed", f"{mode}: {_describe(exc)}")
+            return None
+
+    # ---- extras ------------------------------------------------------------------------
+
+    async def single_flight(self) -> None:
+        """1000 concurrent identical acquires through one client: RPCs counted at the server."""
+        results: dict[str, Any] = {}
+        for wire, server in (("grpc", self.grpc_server), ("rest", self.http_server)):
+            for enabled in (True, False):
+                key = f"{wire}_{'on' if enabled else 'off'}"
+                self._step(f"single-flight {key}")
+                try:
+                    results[key] = await _bounded(self._single_flight(wire, server, enabled), 60.0)
+                except _stacks.StackUnavailable as exc:
+                    results[key] = {"status": "skipped", "reason": str(exc)}
+                except Exception as exc:
+                    results[key] = {"status": "failed", "reason": _describe(exc)}
+        self.extras["single_flight"] = results
+
+    async def _single_flight(
+        self, wire: str, server: ServerProcess, enabled: bool
+    ) -> dict[str, Any]:
+        client = _stacks.new_client(
+            transport=wire,
+            credentials=BENCH_TOKEN,
+            endpoint=self.grpc_target,
+            rest_endpoint=self.http_url,
+            insecure=True,
+            single_flight=enabled,
+        )
+        async with client:
+            await client.acquire_access_token(CONNECTOR)  # connect first
+            before = await server.count()
+            began = time.perf_counter()
+            tokens = await asyncio.gather(
+                *(client.acquire_access_token(CONNECTOR) for _ in range(SINGLE_FLIGHT_CALLS))
+            )
+            elapsed = time.perf_counter() - began
+            rpcs = await server.count() - before
+        if any(not token.access_token for token in tokens):
+            raise _stacks.CallFailed("a caller got no access token")
+        return {
+            "status": "ok",
+            "single_flight": enabled,
+            "callers": SINGLE_FLIGHT_CALLS,
+            "rpcs": rpcs,
+            "elapsed_ms": round(elapsed * 1e3, 2),
+        }
+
+    async def fallback(self) -> None:
+        """First call in ``auto`` mode with the gRPC port closed, against a REST-only first call."""
+        repeats = max(3, self.settings.repeats)
+        auto_first: list[float] = []
+        auto_second: list[float] = []
+        rest_first: list[float] = []
+        result: dict[str, Any] = {"status": "ok", "repeats": repeats}
+        try:
+            for _ in range(repeats):
+                self._step("fallback cost")
+                port = _closed_port()
+                before = await self.http_server.count()
+                first, second = await _bounded(self._timed_calls("auto", f"127.0.0.1:{port}"), 60.0)
+                served = await self.http_server.count() - before
+                if served != 2:
+                    raise _stacks.CallFailed(f"REST served {served} of the 2 calls after fallback")
+                auto_first.append(first)
+                auto_second.append(second)
+                rest_only, _ = await _bounded(self._timed_calls("rest", self.grpc_target), 60.0)
+                rest_first.append(rest_only)
+        except _stacks.StackUnavailable as exc:
+            result = {"status": "skipped", "reason": str(exc)}
+        except Exception as exc:
+            result = {"status": "failed", "reason": _describe(exc)}
+        else:
+            overhead = [a - r for a, r in zip(auto_first, rest_first, strict=True)]
+            result.update(
+                {
+                    "auto_first_call_ms": _measure.spread(auto_first),
+                    "auto_second_call_ms": _measure.spread(auto_second),
+                    "rest_first_call_ms": _measure.spread(rest_first),
+                    "fallback_overhead_ms": _measure.spread(overhead),
+                }
+            )
+        self.extras["fallback"] = result
+
+    async def _timed_calls(self, transport: str, endpoint: str) -> tuple[float, float]:
+        """Milliseconds of a fresh client's first and second calls."""
+        client = _stacks.new_client(
+            transport=transport,
+            credentials=BENCH_TOKEN,
+            endpoint=endpoint,
+            rest_endpoint=self.http_url,
+            insecure=True,
+        )
+        async with client:
+            began = time.perf_counter()
+            await client.acquire_access_token(CONNECTOR)
+            first = time.perf_counter() - began
+            began = time.perf_counter()
+            await client.acquire_access_token(CONNECTOR)
+            second = time.perf_counter() - began
+        return first * 1e3, second * 1e3
+
+    # ---- results ------------------------------------------------------------------------
+
+    def stack_results(self) -> dict[str, Any]:
+        """Per stack: status and, per mode, every metric's median, spread and values."""
+        out: dict[str, Any] = {}
+        for run in self.runs:
+            modes: dict[str, Any] = {}
+            for mode, samples in run.samples.items():
+                if run.status != "ok":
+                    continue
+                modes[mode] = {
+                    metric: _measure.spread(
+                        [float("nan") if x is None else x.figure(metric) for x in samples]
+                    )
+                    for metric in _measure.METRICS
+                }
+                modes[mode]["calls"] = [0 if x is None else x.calls for x in samples]
+            out[run.stack.key] = {
+                "title": run.stack.title,
+                "group": run.group,
+                "wire": run.stack.wire,
+                "baseline": run.stack.baseline,
+                "status": run.status,
+                "reason": run.reason,
+                "modes": modes,
+            }
+        return out
+
+
+async def run(settings: Settings, progress_stream: Any = None) -> dict[str, Any]:
+    """Run the benchmark and return every figure (see :mod:`._report` for the layout)."""
+    started = time.time()
+    load_before = os.getloadavg()
+    bench = Bench(settings)
+    extras_steps = 4 + max(3, settings.repeats)
+    # The number of runs is known once the stacks are built; start with an estimate.
+    progress = Progress(
+        2 + 10 * (1 + len(MODES) * settings.repeats) + extras_steps, stream=progress_stream
+    )
+    bench.progress = progress
+    try:
+        progress.show("starting servers")
+        await bench.start_servers()
+        bench.build_stacks()
+        progress.total = 1 + len(bench.runs) + bench.measurement_steps() + extras_steps
+        progress.step("servers up")
+        await bench.start_stacks()
+        await bench.measure()
+        await bench.single_flight()
+        await bench.fallback()
+    finally:
+        progress.show("closing")
+        await bench.close_stacks()
+        await bench.stop_servers()
+        progress.close()
+    return {
+        "schema": 1,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        **environment(),
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "argv": sys.argv,
+        "emulator": bench.emulator_status,
+        "stacks": bench.stack_results(),
+        **bench.extras,
+    }
+
+
+def run_sync(settings: Settings, progress_stream: Any = None) -> dict[str, Any]:
+    """:func:`run` on a fresh event loop."""
+    return asyncio.run(run(settings, progress_stream))

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from agentspace_grpc import __version__
+from agentspace_grpc.bench import _cli as _bench_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         "connectors, or run the local emulator.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _bench_cli.register(subparsers)
     return parser
 
 
@@ -26,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
     return 0
 
 

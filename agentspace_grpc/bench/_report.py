@@ -241,6 +241,13 @@ def table(results: dict[str, Any]) -> str:
     ]
     if any(True for _ in _rows(results, "emulator")):
         out += _stack_table(results, "emulator", "vs constant")
+        refreshes = [
+            f"{stack['title']} {stack['upstream_refreshes_per_call']:.3f}"
+            for _, stack in _rows(results, "emulator")
+            if "upstream_refreshes_per_call" in stack
+        ]
+        if refreshes:
+            out += ["", f"Upstream refreshes per acquire: {'; '.join(refreshes)}."]
     else:
         out.append(f"Not run: {results['emulator']}")
     out += ["", "## Single-flight (1000 concurrent identical acquires, one client)", ""]

@@ -57,6 +57,9 @@ class StackRun:
     status: str = "ok"
     reason: str = ""
     samples: dict[str, list[_measure.Sample | None]] = field(default_factory=dict)
+    # Emulator stacks: the built-in provider's refreshes during the samples, and the calls.
+    upstream_refreshes: int = 0
+    upstream_calls: int = 0
 
     def fail(self, status: str, reason: str) -> None:
         """Stop measuring this stack."""
@@ -307,14 +310,33 @@ class Bench:
     async def _sample(self, run: StackRun, mode: str, cap: float) -> _measure.Sample | None:
         s = self.settings
         try:
+            if run.group == "emulator":
+                refreshes = await self._provider_refreshes()
             if mode == "sequential":
                 coro = _measure.sequential(run.stack.call, s.size, cap)
             else:
                 coro = _measure.concurrent(run.stack.call_concurrent, s.size, s.inflight, cap)
-            return await _bounded(coro, cap * 3 + 30.0)
+            sample = await _bounded(coro, cap * 3 + 30.0)
+            if run.group == "emulator":
+                run.upstream_refreshes += await self._provider_refreshes() - refreshes
+                run.upstream_calls += sample.calls
         except Exception as exc:
             run.fail("failed", f"{mode}: {_describe(exc)}")
             return None
+        return sample
+
+    async def _provider_refreshes(self) -> int:
+        """The emulator's built-in provider's refresh count (``GET /provider/stats``)."""
+        import aiohttp
+
+        url = f"{self.emulator.ready['http']}/provider/stats"
+        async with (
+            aiohttp.ClientSession(trust_env=False) as session,
+            session.get(url) as response,
+        ):
+            response.raise_for_status()
+            stats = await response.json()
+        return int(stats["refreshes"])
 
     # ---- extras ------------------------------------------------------------------------
 
@@ -443,6 +465,10 @@ class Bench:
                 "reason": run.reason,
                 "modes": modes,
             }
+            if run.group == "emulator" and run.upstream_calls:
+                out[run.stack.key]["upstream_refreshes_per_call"] = round(
+                    run.upstream_refreshes / run.upstream_calls, 3
+                )
         return out
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from agentspace_grpc import __version__
 from agentspace_grpc.bench import _cli as _bench_cli
+from agentspace_grpc.emulator import _main as _emulator_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _bench_cli.register(subparsers)
+    _emulator_cli.register(subparsers)
     return parser
 
 

@@ -1,0 +1,108 @@
+"""A SQLite database owned by one worker thread, so that no query runs on the event loop.
+
+Each :class:`Database` has one connection, created and used only on its own single-thread
+executor; coroutines hand it functions with :meth:`Database.run`. Files are in WAL mode with
+``synchronous=FULL`` (a committed rotation survives a crash of the process or the machine) and
+a busy timeout, so several emulator processes can share one data directory. The schema is
+versioned with ``PRAGMA user_version`` and migrated forward inside one write transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+Migration = Sequence[str]
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer emulator, or cannot be migrated."""
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error): one short write."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class Database:
+    """One SQLite file and the thread that owns its connection."""
+
+    def __init__(self, path: Path, migrations: Sequence[Migration], label: str) -> None:
+        self.path = path
+        self._migrations = migrations
+        self._label = label
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"emulator-{label}")
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"Database({self._label}, {self.path})"
+
+    async def open(self) -> None:
+        """Connects, sets the pragmas and migrates the schema (on the worker thread)."""
+        await self.run(lambda _conn: None)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``fn(connection)`` on the worker thread and returns its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = self._connect()
+        return fn(self._conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        with write_transaction(conn):
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > len(self._migrations):
+                raise SchemaError(
+                    f"{self.path} has schema version {version}, newer than this emulator "
+                    f"understands ({len(self._migrations)}): upgrade agentspace-grpc"
+                )
+            for number in range(version, len(self._migrations)):
+                for statement in self._migrations[number]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {len(self._migrations)}")
+
+    async def close(self) -> None:
+        """Closes the connection on its thread and stops the thread."""
+
+        def _close(_conn: sqlite3.Connection) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        try:
+            if self._conn is not None:
+                await self.run(_close)
+        finally:
+            self._executor.shutdown(wait=True)

@@ -1,0 +1,406 @@
+"""The :class:`Emulator`: one gRPC port and one HTTP port on loopback, over a data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+
+from agentspace_grpc.emulator._config import DEFAULT_CONNECTOR, Config, Connector, load_config
+from agentspace_grpc.emulator._crypto import Keyring, load_keyring
+from agentspace_grpc.emulator._identity import (
+    IDENTITY_CLIENT_ID,
+    IDENTITY_CLIENT_SECRET,
+    Identity,
+    check_email,
+)
+from agentspace_grpc.emulator._provider import Client, Provider
+from agentspace_grpc.emulator._rest import RestFront
+from agentspace_grpc.emulator._service import CRASH_POINTS, Service
+from agentspace_grpc.emulator._store import Store, new_owner
+
+if TYPE_CHECKING:
+    import google.oauth2.credentials
+
+log = logging.getLogger("agentspace_grpc.emulator")
+
+_WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - only compared against
+
+
+class EmulatorError(RuntimeError):
+    """The emulator could not start, or a helper's HTTP exchange failed."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(512)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url_host(host: str) -> str:
+    host = "127.0.0.1" if host in _WILDCARDS else host
+    return f"[{host}]" if ":" in host else host
+
+
+def _resolve(
+    connectors: Mapping[str, Connector], http_url: str, keys: Keyring
+) -> dict[str, Connector]:
+    """Fills in the built-in provider's URLs and derived client secrets."""
+    secret_key = keys.mac_key("builtin-client-secret")
+    out: dict[str, Connector] = {}
+    for name, connector in connectors.items():
+        if connector.builtin:
+            secret = connector.client_secret or base64.urlsafe_b64encode(
+                hmac.new(secret_key, connector.client_id.encode(), hashlib.sha256).digest()
+            ).decode().rstrip("=")
+            connector = replace(
+                connector,
+                client_secret=secret,
+                authorize_url=f"{http_url}/provider/authorize",
+                token_url=f"{http_url}/provider/token",
+            )
+        out[name] = connector
+    return out
+
+
+class Emulator:
+    """A local DataConnectorService: ``async with Emulator() as emu:`` (or ``with`` on a thread).
+
+    Args:
+        data_dir: where the store, the provider's state and the key live; None: a temporary
+            directory removed when the emulator stops.
+        config: a TOML file, a mapping of the same shape, a :class:`Config`, or None.
+        host: the interface to bind (loopback unless told otherwise).
+        grpc_port / http_port: 0 picks free ports.
+        key_file: the encryption key file (else ``AGENTSPACE_EMULATOR_KEY``, else generated).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        config: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
+        *,
+        host: str = "127.0.0.1",
+        grpc_port: int = 0,
+        http_port: int = 0,
+        key_file: str | os.PathLike[str] | None = None,
+        crash_at: str | None = None,
+    ) -> None:
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {crash_at!r} (known: {', '.join(CRASH_POINTS)})")
+        self._config = load_config(config)
+        self._data_dir_arg = Path(data_dir) if data_dir is not None else None
+        self._host = host
+        self._ports = (grpc_port, http_port)
+        self._key_file = key_file
+        self._crash_at = crash_at
+        self._started = False
+        self._temp_dir: Path | None = None
+        self._data_dir: Path | None = None
+        self._grpc_server: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._store: Store | None = None
+        self._provider: Provider | None = None
+        self._service: Service | None = None
+        self._identity: Identity | None = None
+        self._grpc_port = 0
+        self._http_port = 0
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        where = self.http_url if self._started else "stopped"
+        return f"Emulator({where})"
+
+    # ---- addresses ---------------------------------------------------------------------------
+
+    def _need_started(self) -> None:
+        if not self._started:
+            raise EmulatorError("the emulator is not running: use 'async with Emulator() as emu'")
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of the gRPC server."""
+        self._need_started()
+        return f"{_url_host(self._host)}:{self._grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port`` of the HTTP server (REST, identity, consent, provider)."""
+        self._need_started()
+        return f"http://{_url_host(self._host)}:{self._http_port}"
+
+    @property
+    def token_uri(self) -> str:
+        """The identity token endpoint (google-auth ``token_uri``)."""
+        return f"{self.http_url}/oauth2/token"
+
+    @property
+    def authorize_uri(self) -> str:
+        """The built-in provider's authorize endpoint."""
+        return f"{self.http_url}/provider/authorize"
+
+    @property
+    def connector(self) -> str:
+        """The default connector's resource name."""
+        return DEFAULT_CONNECTOR
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory in use."""
+        self._need_started()
+        assert self._data_dir is not None
+        return self._data_dir
+
+    def ready_info(self) -> dict[str, str]:
+        """What the process prints as its ready line."""
+        return {
+            "grpc": self.grpc_target,
+            "http": self.http_url,
+            "token_uri": self.token_uri,
+            "authorize_uri": self.authorize_uri,
+            "connector": self.connector,
+        }
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Opens the data directory and starts both servers."""
+        if self._started:
+            raise EmulatorError("the emulator is already running")
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._started = True
+        log.info("emulator ready: grpc %s, http %s", self.grpc_target, self.http_url)
+
+    async def _start(self) -> None:
+        from agentspace_grpc.emulator._grpc import start_grpc
+
+        if self._data_dir_arg is None:
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="agentspace-emulator-"))
+            self._data_dir = self._temp_dir
+        else:
+            self._data_dir = self._data_dir_arg
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        keys = load_keyring(self._data_dir, self._key_file, os.environ)
+        sock = _bind(self._host, self._ports[1])
+        self._http_port = sock.getsockname()[1]
+        http_url = f"http://{_url_host(self._host)}:{self._http_port}"
+        connectors = _resolve(self._config.connectors, http_url, keys)
+        clients = {
+            c.client_id: Client(c.client_id, c.client_secret, c.redirect_uri, c.default_scopes)
+            for c in connectors.values()
+            if c.builtin
+        }
+        self._provider = Provider(self._data_dir, self._config.provider, clients)
+        await self._provider.open()
+        self._store = Store(self._data_dir, keys)
+        await self._store.open()
+        self._identity = Identity(keys, self._config.identity_token_lifetime)
+        self._session = aiohttp.ClientSession(trust_env=False)
+        self._service = Service(
+            self._config,
+            connectors,
+            self._store,
+            self._identity,
+            keys,
+            self._session,
+            new_owner(),
+            self._crash_at,
+        )
+        front = RestFront(self._service, self._provider, f"{http_url}/oauth2/token")
+        self._runner = web.AppRunner(front.application(), access_log=None)
+        await self._runner.setup()
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self._grpc_server, self._grpc_port = await start_grpc(
+            self._service,
+            self._host or "::",
+            self._ports[0],
+        )
+
+    async def stop(self) -> None:
+        """Stops both servers and closes the data directory (removing a temporary one)."""
+        self._started = False
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(0.5)
+            self._grpc_server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._service is not None:
+            await self._service.close()
+            self._service = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        for db in (self._store, self._provider):
+            if db is not None:
+                await db.close()
+        self._store = self._provider = None
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __enter__(self) -> Emulator:
+        """Runs the emulator on a private event loop in a daemon thread (for sync code)."""
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+
+            async def boot() -> None:
+                try:
+                    await self.start()
+                except BaseException as exc:
+                    failure.append(exc)
+                finally:
+                    started.set()
+
+            loop.run_until_complete(boot())
+            if not failure:
+                loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread_loop = loop
+        self._thread = threading.Thread(target=run, name="agentspace-emulator", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread.join()
+            raise failure[0]
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        loop, thread = self._thread_loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        self._thread = self._thread_loop = None
+
+    # ---- helpers for tests and demos -------------------------------------------------------------
+
+    def user_token(self, email: str) -> str:
+        """A fresh end-user bearer token for ``email``."""
+        self._need_started()
+        assert self._identity is not None
+        return self._identity.access_token_for(check_email(email))[0]
+
+    def user_credentials(self, email: str) -> google.oauth2.credentials.Credentials:
+        """google-auth credentials for ``email`` that refresh against the emulator."""
+        import google.oauth2.credentials
+
+        self._need_started()
+        assert self._identity is not None
+        return google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
+            token=None,
+            refresh_token=self._identity.refresh_token_for(check_email(email)),
+            token_uri=self.token_uri,
+            client_id=IDENTITY_CLIENT_ID,
+            client_secret=IDENTITY_CLIENT_SECRET,
+        )
+
+    async def consent(
+        self, email: str, connector: str | None = None, scopes: Sequence[str] | None = None
+    ) -> str:
+        """Runs the consent for ``email`` over HTTP; returns the full redirect URI to store."""
+        params = {"connector": connector or self.connector}
+        if scopes:
+            params["scope"] = " ".join(scopes)
+        headers = {"Authorization": f"Bearer {self.user_token(email)}"}
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            async with session.get(
+                f"{self.http_url}/emulator/v1/consent",
+                params=params,
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                if response.status != 302:
+                    raise EmulatorError(
+                        f"consent could not start: HTTP {response.status}: "
+                        f"{(await response.text())[:300]}"
+                    )
+                authorize = response.headers["Location"]
+            async with session.get(authorize, allow_redirects=False) as response:
+                if response.status != 302:
+                    raise EmulatorError(
+                        f"the authorize endpoint refused: HTTP {response.status}: "
+                        f"{(await response.text())[:300]}"
+                    )
+                return response.headers["Location"]
+
+    async def _get_json(self, path: str) -> dict[str, int]:
+        async with (
+            aiohttp.ClientSession(trust_env=False) as session,
+            session.get(f"{self.http_url}{path}") as response,
+        ):
+            response.raise_for_status()
+            data = await response.json()
+        return {str(k): int(v) for k, v in data.items()}
+
+    async def provider_stats(self) -> dict[str, int]:
+        """The built-in provider's counters (``GET /provider/stats``), across processes."""
+        return await self._get_json("/provider/stats")
+
+    async def stats(self) -> dict[str, int]:
+        """The emulator's counters (``GET /emulator/v1/stats``), across processes."""
+        return await self._get_json("/emulator/v1/stats")
+
+    def client(self, **kwargs: Any) -> Any:
+        """A ``DataConnectorClient`` pointed at this emulator (both wires)."""
+        from agentspace_grpc import DataConnectorClient  # type: ignore[attr-defined]
+
+        kwargs.setdefault("endpoint", self.grpc_target)
+        kwargs.setdefault("rest_endpoint", self.http_url)
+        return DataConnectorClient(**kwargs)

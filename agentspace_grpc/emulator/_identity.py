@@ -1,0 +1,129 @@
+"""End-user identity: the bearer tokens that the emulator issues and accepts.
+
+The emulator is the identity provider of its own users, like Google is for the hosted service.
+Tokens are stateless and signed with a MAC key derived from the data directory's key, so every
+emulator process on that directory accepts them and a restart keeps them valid:
+
+- identity refresh token ``aer1.<b64 email>.<mac>``: never expires; what
+  :meth:`Emulator.user_credentials` puts in a google-auth ``Credentials``;
+- identity access token ``aea1.<b64 email and expiry>.<mac>``: the bearer token the service
+  checks, minted by the token endpoint (``grant_type=refresh_token``).
+
+The identity OAuth client is public (RFC 6749 section 2.1): its id is checked when sent, its
+"secret" is a fixed placeholder that google-auth insists on and nobody verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import time
+from typing import Final
+
+from agentspace_grpc.emulator._crypto import Keyring
+
+IDENTITY_CLIENT_ID: Final = "agentspace-grpc-emulator"
+IDENTITY_CLIENT_SECRET: Final = "public-client-no-secret"  # noqa: S105 - a public client
+_EMAIL: Final = re.compile(r"[^@\s/]+@[^@\s/]+")
+_MAC_BYTES: Final = 16
+_CACHE_LIMIT: Final = 10_000
+
+
+class IdentityError(Exception):
+    """The caller's identity is missing, unknown or expired (UNAUTHENTICATED)."""
+
+
+def check_email(email: str) -> str:
+    """Validates an end-user email (the identity key); returns it unchanged."""
+    if not isinstance(email, str) or len(email) > 254 or not _EMAIL.fullmatch(email):
+        raise ValueError(f"not an email address: {email!r}")
+    return email
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Identity:
+    """Issues and checks end-user identity tokens."""
+
+    def __init__(self, keyring: Keyring, token_lifetime: float) -> None:
+        self._key = keyring.mac_key("identity")
+        self.token_lifetime = token_lifetime
+        self._verified: dict[str, tuple[str, float]] = {}
+
+    def __repr__(self) -> str:
+        return f"Identity(token_lifetime={self.token_lifetime:g})"
+
+    def _mac(self, kind: str, body: str) -> str:
+        digest = hmac.new(self._key, f"{kind}.{body}".encode(), hashlib.sha256).digest()
+        return _b64(digest[:_MAC_BYTES])
+
+    def refresh_token_for(self, email: str) -> str:
+        """The (non-expiring) identity refresh token of ``email``."""
+        body = _b64(check_email(email).encode())
+        return f"aer1.{body}.{self._mac('aer1', body)}"
+
+    def access_token_for(self, email: str, now: float | None = None) -> tuple[str, float]:
+        """A fresh bearer token for ``email`` and its lifetime in seconds."""
+        issued = time.time() if now is None else now
+        expiry_ms = int((issued + self.token_lifetime) * 1000)
+        body = _b64(f"{check_email(email)}\n{expiry_ms}".encode())
+        return f"aea1.{body}.{self._mac('aea1', body)}", self.token_lifetime
+
+    def user_from_refresh_token(self, token: str) -> str:
+        """The email an identity refresh token belongs to."""
+        body = self._verify(token, "aer1")
+        return body.decode()
+
+    def user_from_authorization(self, header: str | None, now: float | None = None) -> str:
+        """The caller's email from an ``authorization`` header value ("Bearer <token>")."""
+        if not header:
+            raise IdentityError(
+                "request has no end-user credentials: send 'authorization: Bearer <token>' "
+                "with a token from the emulator's token endpoint"
+            )
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise IdentityError("the authorization header is not a Bearer token")
+        moment = time.time() if now is None else now
+        known = self._verified.get(token)
+        if known is None:
+            body = self._verify(token, "aea1")
+            try:
+                email, expiry_text = body.decode().rsplit("\n", 1)
+                expiry = int(expiry_text) / 1000
+            except ValueError:
+                raise IdentityError("the bearer token was not issued by this emulator") from None
+            if len(self._verified) >= _CACHE_LIMIT:
+                self._verified.clear()
+            known = self._verified[token] = (email, expiry)
+        email, expiry = known
+        if moment >= expiry:
+            raise IdentityError(
+                f"the bearer token of {email} expired; refresh the credentials at the "
+                "emulator's token endpoint"
+            )
+        return email
+
+    def _verify(self, token: str, kind: str) -> bytes:
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != kind:
+            raise IdentityError("the bearer token was not issued by this emulator")
+        _, body, mac = parts
+        if not hmac.compare_digest(mac, self._mac(kind, body)):
+            raise IdentityError(
+                "the bearer token was not issued by this emulator (or by one with another key)"
+            )
+        try:
+            return _unb64(body)
+        except (binascii.Error, ValueError):
+            raise IdentityError("the bearer token was not issued by this emulator") from None

@@ -1,0 +1,208 @@
+"""The HTTP front: the REST API (through :mod:`agentspace_grpc._transcode`), end-user identity,
+consent, the built-in provider and stats, all on one aiohttp port.
+
+Endpoints:
+
+- ``/v1alpha/...``: DataConnectorService over REST/JSON (routes from ``google.api.http``),
+  Google-shaped JSON errors.
+- ``POST /oauth2/token``: the identity token endpoint (``grant_type=refresh_token``); point
+  ``google.oauth2.credentials.Credentials(token_uri=...)`` here.
+- ``POST /emulator/v1/users/{email}/token``: mints an end user's identity (refresh token,
+  access token and the fields google-auth needs).
+- ``GET /emulator/v1/consent?connector=NAME&scope=A+B`` with the user's bearer token: redirects
+  to the connector's authorize URL with a state bound to that user.
+- ``GET /emulator/v1/stats``: the emulator's counters; ``GET /healthz``.
+- ``/provider/...``: the built-in provider (see :mod:`._provider`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import web
+from google.rpc import code_pb2
+
+from agentspace_grpc._transcode import (
+    ROUTES,
+    MethodNotAllowed,
+    RouteNotFound,
+    TranscodingError,
+    http_status_for_code,
+    message_to_json,
+    status_to_json,
+)
+from agentspace_grpc.emulator._errors import ServiceError, internal, unauthenticated
+from agentspace_grpc.emulator._identity import (
+    IDENTITY_CLIENT_ID,
+    IDENTITY_CLIENT_SECRET,
+    IdentityError,
+    check_email,
+)
+from agentspace_grpc.emulator._provider import Provider
+from agentspace_grpc.emulator._service import Service
+
+log = logging.getLogger("agentspace_grpc.emulator")
+
+
+def _error(exc: ServiceError) -> web.Response:
+    headers = {}
+    if exc.code == code_pb2.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="agentspace-grpc-emulator"'
+    return web.Response(
+        status=http_status_for_code(exc.code),
+        body=status_to_json(exc.to_status()),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _oauth_error(error: str, description: str, status: int = 400) -> web.Response:
+    return web.json_response(
+        {"error": error, "error_description": description},
+        status=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+class RestFront:
+    """The aiohttp application of one emulator."""
+
+    def __init__(self, service: Service, provider: Provider, token_uri: str) -> None:
+        self._service = service
+        self._provider = provider
+        self._token_uri = token_uri
+
+    def __repr__(self) -> str:
+        return "RestFront()"
+
+    def set_token_uri(self, token_uri: str) -> None:
+        """The public URL of the identity token endpoint (known once the port is bound)."""
+        self._token_uri = token_uri
+
+    def application(self) -> web.Application:
+        """The aiohttp application with every route."""
+        app = web.Application()
+        app.router.add_route("*", "/v1alpha/{tail:.*}", self.handle_api)
+        app.router.add_post("/oauth2/token", self.handle_identity_token)
+        app.router.add_post("/emulator/v1/users/{email}/token", self.handle_mint)
+        app.router.add_get("/emulator/v1/consent", self.handle_consent)
+        app.router.add_get("/emulator/v1/stats", self.handle_stats)
+        app.router.add_get("/healthz", self.handle_health)
+        self._provider.add_routes(app)
+        return app
+
+    # ---- the API -----------------------------------------------------------------------------
+
+    async def handle_api(self, request: web.Request) -> web.Response:
+        """One REST call, transcoded to the service."""
+        try:
+            return await self._api(request)
+        except ServiceError as exc:
+            return _error(exc)
+        except Exception:
+            incident = secrets.token_hex(4)
+            log.exception("internal error in the REST front (incident %s)", incident)
+            return _error(internal(incident))
+
+    async def _api(self, request: web.Request) -> web.Response:
+        raw_path = request.raw_path.split("?", 1)[0]
+        try:
+            route, params, binding = ROUTES.match(request.method, raw_path)
+        except MethodNotAllowed as exc:
+            error = {"code": 405, "message": str(exc), "status": "UNIMPLEMENTED", "details": []}
+            return web.json_response({"error": error}, status=405)
+        except RouteNotFound as exc:
+            raise ServiceError(code_pb2.NOT_FOUND, str(exc)) from None
+        authorization = request.headers.get("Authorization")
+        try:
+            self._service.identity.user_from_authorization(authorization)
+        except IdentityError as exc:
+            raise unauthenticated(str(exc)) from None
+        body = await request.read()
+        try:
+            message = route.from_http(params, list(request.query.items()), body, binding=binding)
+        except TranscodingError as exc:
+            raise ServiceError(code_pb2.INVALID_ARGUMENT, f"invalid request: {exc}") from None
+        answer = await self._service.handle(route.name, authorization, message)
+        return web.Response(body=message_to_json(answer), content_type="application/json")
+
+    # ---- identity and consent ------------------------------------------------------------------
+
+    async def handle_identity_token(self, request: web.Request) -> web.Response:
+        """``grant_type=refresh_token`` with an identity refresh token -> a bearer token."""
+        form = await request.post()
+        if form.get("grant_type") != "refresh_token":
+            return _oauth_error("unsupported_grant_type", "only grant_type=refresh_token")
+        client_id = form.get("client_id")
+        if client_id is not None and client_id != IDENTITY_CLIENT_ID:
+            return _oauth_error("invalid_client", "unknown client_id", 401)
+        token = form.get("refresh_token")
+        if not isinstance(token, str) or not token:
+            return _oauth_error("invalid_request", "refresh_token is required")
+        identity = self._service.identity
+        try:
+            email = identity.user_from_refresh_token(token)
+        except IdentityError:
+            return _oauth_error("invalid_grant", "the refresh token was not issued here")
+        access, lifetime = identity.access_token_for(email)
+        return web.json_response(
+            {
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": max(1, round(lifetime)),
+                "scope": "https://www.googleapis.com/auth/cloud-platform",
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def handle_mint(self, request: web.Request) -> web.Response:
+        """Mints an end user's identity (the emulator trusts whoever reaches it)."""
+        try:
+            email = check_email(request.match_info["email"])
+        except ValueError as exc:
+            return _oauth_error("invalid_request", str(exc))
+        identity = self._service.identity
+        access, lifetime = identity.access_token_for(email)
+        answer: dict[str, Any] = {
+            "email": email,
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": max(1, round(lifetime)),
+            "refresh_token": identity.refresh_token_for(email),
+            "token_uri": self._token_uri,
+            "client_id": IDENTITY_CLIENT_ID,
+            "client_secret": IDENTITY_CLIENT_SECRET,
+        }
+        return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+    async def handle_consent(self, request: web.Request) -> web.Response:
+        """Redirects the caller to the connector's authorize URL (state bound to the caller)."""
+        try:
+            try:
+                user = self._service.identity.user_from_authorization(
+                    request.headers.get("Authorization")
+                )
+            except IdentityError as exc:
+                raise unauthenticated(str(exc)) from None
+            unknown = sorted(set(request.query) - {"connector", "scope"})
+            if unknown:
+                raise ServiceError(
+                    code_pb2.INVALID_ARGUMENT, f"unknown query parameter {unknown[0]!r}"
+                )
+            name = request.query.get("connector") or next(iter(self._service.connectors))
+            connector = self._service.connector(name)
+            scopes = request.query.get("scope", "").split()
+            location = self._service.authorize_url(user, connector, scopes)
+        except ServiceError as exc:
+            return _error(exc)
+        return web.Response(status=302, headers={"Location": location})
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        """The emulator's own counters (from the shared store)."""
+        return web.json_response(await self._service.store.counters())
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        """Liveness for scripts (``GET /healthz``)."""
+        return web.json_response({"status": "SERVING"})

@@ -1,0 +1,549 @@
+"""The DataConnectorService logic, independent of the wire.
+
+Both fronts call :meth:`Service.handle` with the method name, the ``authorization`` value and
+the request message; it answers a response message or raises :class:`ServiceError`. Any other
+exception is logged under an incident id and becomes INTERNAL: never a client error, and
+never a message with a secret in it.
+
+AcquireAccessToken, in order: the process's memory cache (short-lived, see
+``store.memory_cache_seconds``), the shared store's cache, then one refresh per
+(connector, user, scope) flight in this process, serialized across processes by the store's
+lease (see :mod:`._store`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+from google.protobuf import message
+from google.rpc import code_pb2
+
+from agentspace_grpc import _proto
+from agentspace_grpc.emulator._config import CONNECTOR_PATTERN, Config, Connector
+from agentspace_grpc.emulator._crypto import Keyring
+from agentspace_grpc.emulator._errors import (
+    CONNECTOR_NOT_FOUND,
+    REFRESH_TOKEN_NOT_FOUND,
+    REFRESH_TOKEN_REVOKED,
+    SCOPES_MISSING,
+    ServiceError,
+    internal,
+    invalid_argument,
+    unauthenticated,
+)
+from agentspace_grpc.emulator._identity import Identity, IdentityError
+from agentspace_grpc.emulator._store import (
+    Busy,
+    CachedToken,
+    Grant,
+    Leased,
+    NewAccessToken,
+    Store,
+    scope_key,
+)
+from agentspace_grpc.emulator._upstream import InvalidGrant, TokenAnswer, token_request
+
+log = logging.getLogger("agentspace_grpc.emulator")
+
+CRASH_ENV: Final = "AGENTSPACE_EMULATOR_CRASH_AT"
+CRASH_POINTS: Final = ("after-upstream-refresh",)
+STATE_LIFETIME: Final = 600.0
+_STANDARD_FIELDS: Final = frozenset(
+    {"access_token", "refresh_token", "id_token", "token_type", "expires_in", "scope"}
+)
+_INT64: Final = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Memory:
+    token: str = field(repr=False)
+    scopes: tuple[str, ...]
+    grant: Grant
+    good_until: float
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Service:
+    """Acquire, store and check, over a store, a set of connectors and an HTTP session."""
+
+    def __init__(
+        self,
+        config: Config,
+        connectors: Mapping[str, Connector],
+        store: Store,
+        identity: Identity,
+        keyring: Keyring,
+        session: aiohttp.ClientSession,
+        owner: str,
+        crash_at: str | None = None,
+    ) -> None:
+        self.config = config
+        self.connectors = dict(connectors)
+        self.store = store
+        self.identity = identity
+        self._session = session
+        self._owner = owner
+        self._state_key = keyring.mac_key("consent-state")
+        self._crash_at = crash_at
+        self._memory: dict[tuple[str, str, str], _Memory] = {}
+        self._flights: dict[tuple[str, str, str], asyncio.Task[CachedToken]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._handlers = {
+            "AcquireAccessToken": self.acquire_access_token,
+            "AcquireAndStoreRefreshToken": self.acquire_and_store_refresh_token,
+            "CheckRefreshToken": self.check_refresh_token,
+        }
+
+    def __repr__(self) -> str:
+        return f"Service(connectors={sorted(self.connectors)})"
+
+    async def handle(
+        self, method: str, authorization: str | None, request: message.Message
+    ) -> message.Message:
+        """Authenticates the caller and runs one RPC; only ServiceError escapes."""
+        try:
+            try:
+                user = self.identity.user_from_authorization(authorization)
+            except IdentityError as exc:
+                raise unauthenticated(str(exc)) from None
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise ServiceError(code_pb2.UNIMPLEMENTED, f"method {method} is not implemented")
+            answer: message.Message = await handler(user, request)  # type: ignore[operator]
+            return answer
+        except ServiceError:
+            raise
+        except Exception:
+            incident = secrets.token_hex(4)
+            log.exception("internal error in %s (incident %s)", method, incident)
+            raise internal(incident) from None
+
+    async def close(self) -> None:
+        """Cancels refresh flights still running (at shutdown)."""
+        for task in list(self._flights.values()):
+            task.cancel()
+        for task in list(self._flights.values()):
+            with contextlib.suppress(BaseException):
+                await task
+
+    # ---- connectors and scopes -------------------------------------------------------------
+
+    def connector(self, name: str) -> Connector:
+        """The configured connector ``name``, or INVALID_ARGUMENT / NOT_FOUND."""
+        if not name:
+            raise invalid_argument("name is required (the data connector's resource name)")
+        found = self.connectors.get(name)
+        if found is not None:
+            return found
+        if not CONNECTOR_PATTERN.fullmatch(name):
+            raise invalid_argument(
+                f"name {name!r} is not a data connector: expected "
+                "projects/*/locations/*/collections/*/dataConnector"
+            )
+        raise ServiceError(
+            code_pb2.NOT_FOUND,
+            f"data connector {name} does not exist in this emulator (configure it)",
+            reason=CONNECTOR_NOT_FOUND,
+            metadata={"connector": name},
+        )
+
+    @staticmethod
+    def _check_scopes(
+        connector: Connector,
+        granted: Sequence[str],
+        wanted: Sequence[str],
+        action: str,
+    ) -> None:
+        missing = [s for s in wanted if s not in granted]
+        if action:
+            required = connector.actions.get(action)
+            if required is None:
+                known = ", ".join(sorted(connector.actions)) or "none"
+                raise invalid_argument(
+                    f"action {action!r} is not configured for {connector.name} (known: {known})"
+                )
+            missing += [s for s in required if s not in granted and s not in missing]
+        if missing:
+            why = f"action {action!r} needs" if action else "the request asks for"
+            raise ServiceError(
+                code_pb2.FAILED_PRECONDITION,
+                f"{why} scopes the user did not grant for {connector.name}: "
+                f"{' '.join(missing)}; re-authorize with them",
+                reason=SCOPES_MISSING,
+                metadata={
+                    "connector": connector.name,
+                    "missing_scopes": " ".join(missing),
+                    **({"action": action} if action else {}),
+                },
+            )
+
+    @staticmethod
+    def _not_found(connector: str, user: str) -> ServiceError:
+        return ServiceError(
+            code_pb2.NOT_FOUND,
+            f"no refresh token is stored for user {user} on {connector}: the user must "
+            "authorize (AcquireAndStoreRefreshToken)",
+            reason=REFRESH_TOKEN_NOT_FOUND,
+            metadata={"connector": connector, "user": user},
+        )
+
+    @staticmethod
+    def _revoked(connector: str, user: str) -> ServiceError:
+        return ServiceError(
+            code_pb2.FAILED_PRECONDITION,
+            f"the third party revoked the grant of user {user} on {connector}: the user must "
+            "authorize again",
+            reason=REFRESH_TOKEN_REVOKED,
+            metadata={"connector": connector, "user": user},
+        )
+
+    # ---- AcquireAccessToken ----------------------------------------------------------------
+
+    async def acquire_access_token(
+        self, user: str, request: _proto.AcquireAccessTokenRequest
+    ) -> _proto.AcquireAccessTokenResponse:
+        """A valid access token for (connector, user), refreshing at most once at a time."""
+        connector = self.connector(request.name)
+        wanted = tuple(dict.fromkeys(request.scope.split()))
+        key = scope_key(wanted)
+        memory_key = (connector.name, user, key)
+        now = time.time()
+        remembered = self._memory.get(memory_key)
+        if remembered is not None and now < remembered.good_until:
+            self._check_scopes(connector, remembered.grant.scopes, wanted, request.action)
+            return self._answer(connector.name, remembered.token, remembered.grant.scopes)
+        seen = await self.store.cached(connector.name, user, key)
+        if seen == "missing":
+            raise self._not_found(connector.name, user)
+        grant = seen.grant if isinstance(seen, CachedToken) else seen
+        if grant.revoked:
+            raise self._revoked(connector.name, user)
+        self._check_scopes(connector, grant.scopes, wanted, request.action)
+        if isinstance(seen, CachedToken) and seen.usable(now, connector.expiry_margin_seconds):
+            token = seen
+        else:
+            flight = self._flights.get(memory_key)
+            if flight is None:
+                flight = asyncio.ensure_future(self._obtain(connector, user, key, wanted))
+                self._flights[memory_key] = flight
+                flight.add_done_callback(lambda done: self._end_flight(memory_key, done))
+            token = await asyncio.shield(flight)
+            self._check_scopes(connector, token.grant.scopes, wanted, request.action)
+        self._remember(memory_key, token, connector)
+        return self._answer(connector.name, token.token, token.grant.scopes)
+
+    def _end_flight(self, key: tuple[str, str, str], done: asyncio.Task[CachedToken]) -> None:
+        if self._flights.get(key) is done:
+            del self._flights[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: the waiters got it
+
+    def _remember(
+        self, key: tuple[str, str, str], token: CachedToken, connector: Connector
+    ) -> None:
+        if self.config.memory_cache_seconds <= 0 or token.expires_at <= token.issued_at:
+            return
+        margin = min(connector.expiry_margin_seconds, 0.1 * (token.expires_at - token.issued_at))
+        good_until = min(token.expires_at - margin, time.time() + self.config.memory_cache_seconds)
+        self._memory[key] = _Memory(token.token, token.scopes, token.grant, good_until)
+
+    def _forget(self, connector: str, user: str) -> None:
+        for key in [k for k in self._memory if k[0] == connector and k[1] == user]:
+            del self._memory[key]
+
+    @staticmethod
+    def _answer(
+        connector: str, token: str, scopes: Sequence[str]
+    ) -> _proto.AcquireAccessTokenResponse:
+        return _proto.AcquireAccessTokenResponse(
+            refresh_token_info=_proto.RefreshTokenInfo(name=connector, scopes=list(scopes)),
+            access_token=token,
+        )
+
+    async def _obtain(
+        self, connector: Connector, user: str, key: str, wanted: tuple[str, ...]
+    ) -> CachedToken:
+        """One refresh flight: cache, else lease and refresh, else wait for the holder."""
+        lock = self._locks.setdefault((connector.name, user), asyncio.Lock())
+        async with lock:
+            delay = 0.005
+            while True:
+                now = time.time()
+                outcome = await self.store.try_lease(
+                    connector.name,
+                    user,
+                    key,
+                    owner=self._owner,
+                    now=now,
+                    lease_seconds=self.config.lease_seconds,
+                    margin_cap=connector.expiry_margin_seconds,
+                )
+                if outcome == "missing":
+                    raise self._not_found(connector.name, user)
+                if isinstance(outcome, Grant):
+                    raise self._revoked(connector.name, user)
+                if isinstance(outcome, CachedToken):
+                    return outcome
+                if isinstance(outcome, Busy):
+                    # Someone else refreshes: re-read the store when it is done.
+                    await asyncio.sleep(min(delay, max(0.001, outcome.until - now)))
+                    delay = min(delay * 2, 0.1)
+                    continue
+                refreshed = await self._refresh(connector, user, key, wanted, outcome)
+                if refreshed is not None:
+                    return refreshed
+                delay = 0.005  # a lost race: read the store again
+
+    async def _refresh(
+        self,
+        connector: Connector,
+        user: str,
+        key: str,
+        wanted: tuple[str, ...],
+        leased: Leased,
+    ) -> CachedToken | None:
+        """Refreshes upstream under our lease; None when the invalid_grant was a race."""
+        grant = leased.grant
+        form = {"grant_type": "refresh_token", "refresh_token": leased.refresh_token}
+        if wanted:
+            form["scope"] = " ".join(wanted)
+        try:
+            self._check_scopes(connector, grant.scopes, wanted, "")
+            answer = await token_request(self._session, connector, form, grant.instance_uri)
+        except InvalidGrant:
+            verdict = await self.store.resolve_invalid_grant(
+                connector.name, user, owner=self._owner, used_version=grant.version
+            )
+            self._forget(connector.name, user)
+            if verdict == "race":
+                log.info(
+                    "invalid_grant after a lost refresh race on %s; re-reading", connector.name
+                )
+                return None
+            log.warning("the third party revoked a grant on %s", connector.name)
+            raise self._revoked(connector.name, user) from None
+        except BaseException:
+            await asyncio.shield(self.store.release_lease(connector.name, user, self._owner))
+            raise
+        if self._crash_at == "after-upstream-refresh":
+            log.warning("crash point after-upstream-refresh: SIGKILL before the commit")
+            os.kill(os.getpid(), signal.SIGKILL)
+        now = time.time()
+        access = self._cacheable(connector, answer, wanted or grant.scopes, now)
+        await asyncio.shield(
+            self.store.commit_refresh(
+                connector.name,
+                user,
+                key,
+                owner=self._owner,
+                used_version=grant.version,
+                new_refresh_token=answer.refresh_token,
+                access=access,
+                now=now,
+            )
+        )
+        version = grant.version + (1 if answer.refresh_token is not None else 0)
+        fresh_grant = Grant(grant.connector, user, version, grant.scopes, False, grant.instance_uri)
+        expires = access.expires_at if access is not None else now
+        return CachedToken(
+            answer.access_token, access_scopes(answer, wanted, grant), now, expires, fresh_grant
+        )
+
+    @staticmethod
+    def _cacheable(
+        connector: Connector, answer: TokenAnswer, scopes: Sequence[str], now: float
+    ) -> NewAccessToken | None:
+        lifetime = answer.expires_in
+        if lifetime is None:
+            lifetime = connector.default_expires_in or None
+        if lifetime is None or lifetime <= 0:
+            return None
+        return NewAccessToken(answer.access_token, tuple(scopes), now, now + lifetime)
+
+    # ---- AcquireAndStoreRefreshToken ---------------------------------------------------------
+
+    def authorize_url(self, user: str, connector: Connector, scopes: Sequence[str]) -> str:
+        """The third party's authorize URL for ``user``, with a state bound to them."""
+        scopes = tuple(scopes) or connector.default_scopes
+        payload = {
+            "c": connector.name,
+            "u": user,
+            "s": list(scopes),
+            "e": int(time.time() + STATE_LIFETIME),
+            "n": secrets.token_hex(4),
+        }
+        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        state = f"st1.{body}.{self._state_mac(body)}"
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": connector.client_id,
+                "redirect_uri": connector.redirect_uri,
+                "scope": " ".join(scopes),
+                "state": state,
+                "login_hint": user,
+                "access_type": "offline",
+                "prompt": "consent",
+            }
+        )
+        separator = "&" if "?" in connector.authorize_url else "?"
+        return f"{connector.authorize_url}{separator}{query}"
+
+    def _state_mac(self, body: str) -> str:
+        return _b64(hmac.new(self._state_key, body.encode(), hashlib.sha256).digest()[:16])
+
+    def _check_state(self, state: str | None, connector: Connector, user: str) -> list[str]:
+        if not state:
+            raise invalid_argument(
+                "full_redirect_uri has no state parameter: start the consent from the "
+                "emulator's consent endpoint"
+            )
+        parts = state.split(".")
+        if (
+            len(parts) != 3
+            or parts[0] != "st1"
+            or not hmac.compare_digest(parts[2], self._state_mac(parts[1]))
+        ):
+            raise invalid_argument("the state in full_redirect_uri was not issued by this emulator")
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except (binascii.Error, ValueError):
+            raise invalid_argument("the state in full_redirect_uri is malformed") from None
+        if payload.get("c") != connector.name:
+            raise invalid_argument(
+                f"the consent in full_redirect_uri was started for connector {payload.get('c')}, "
+                f"not {connector.name}"
+            )
+        if payload.get("u") != user:
+            raise invalid_argument(
+                f"the consent in full_redirect_uri was started by {payload.get('u')}, but the "
+                f"caller is {user}: store the token with that end user's credentials"
+            )
+        if payload.get("e", 0) < time.time():
+            raise invalid_argument("the consent in full_redirect_uri expired: start it again")
+        scopes = payload.get("s", [])
+        return [s for s in scopes if isinstance(s, str)]
+
+    async def acquire_and_store_refresh_token(
+        self, user: str, request: _proto.AcquireAndStoreRefreshTokenRequest
+    ) -> _proto.AcquireAndStoreRefreshTokenResponse:
+        """Exchanges the code in ``full_redirect_uri`` and stores the refresh token."""
+        connector = self.connector(request.name)
+        if not request.full_redirect_uri:
+            raise invalid_argument("full_redirect_uri is required (the redirect with code=...)")
+        parts = urlsplit(request.full_redirect_uri)
+        params = parse_qs(parts.query)
+        if "error" in params:
+            raise invalid_argument(
+                f"full_redirect_uri carries error={params['error'][0]!r} instead of a code: the "
+                "user did not consent"
+            )
+        codes = params.get("code")
+        if not codes or not codes[0]:
+            raise invalid_argument("full_redirect_uri has no code parameter")
+        base = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        if base != connector.redirect_uri:
+            raise invalid_argument(
+                f"full_redirect_uri does not start with the redirect URI of {connector.name} "
+                f"({connector.redirect_uri})"
+            )
+        state_scopes = self._check_state(params.get("state", [None])[0], connector, user)
+        answer = await token_request(
+            self._session,
+            connector,
+            {
+                "grant_type": "authorization_code",
+                "code": codes[0],
+                "redirect_uri": connector.redirect_uri,
+            },
+            request.instance_uri,
+        )
+        if answer.refresh_token is None:
+            raise ServiceError(
+                code_pb2.FAILED_PRECONDITION,
+                f"the third party returned no refresh token for {connector.name} (offline "
+                "access not granted?)",
+            )
+        scopes = (
+            answer.scopes
+            or tuple(request.scopes)
+            or tuple(state_scopes)
+            or connector.default_scopes
+        )
+        now = time.time()
+        access = self._cacheable(connector, answer, scopes, now)
+        await asyncio.shield(
+            self.store.store_grant(
+                connector.name,
+                user,
+                scopes=scopes,
+                refresh_token=answer.refresh_token,
+                instance_uri=request.instance_uri,
+                access=access,
+                now=now,
+            )
+        )
+        self._forget(connector.name, user)
+        log.info("stored a refresh token for a user on %s", connector.name)
+        return _proto.AcquireAndStoreRefreshTokenResponse(
+            additional_oauth_responses=_additional(answer.extra)
+        )
+
+    # ---- CheckRefreshToken -----------------------------------------------------------------
+
+    async def check_refresh_token(
+        self, user: str, request: _proto.CheckRefreshTokenRequest
+    ) -> _proto.CheckRefreshTokenResponse:
+        """What the store holds for (connector, user)."""
+        connector = self.connector(request.name)
+        grant = await self.store.get_grant(connector.name, user)
+        if grant is None:
+            raise self._not_found(connector.name, user)
+        if grant.revoked:
+            raise self._revoked(connector.name, user)
+        return _proto.CheckRefreshTokenResponse(
+            refresh_token_info=_proto.RefreshTokenInfo(name=connector.name, scopes=grant.scopes)
+        )
+
+
+def access_scopes(answer: TokenAnswer, wanted: Sequence[str], grant: Grant) -> tuple[str, ...]:
+    """The scopes an access token carries: the provider's word, else what was asked."""
+    return answer.scopes or tuple(wanted) or grant.scopes
+
+
+def _additional(extra: Mapping[str, Any]) -> list[_proto.AdditionalOAuthResponse]:
+    out = []
+    for key in sorted(extra):
+        if key in _STANDARD_FIELDS:
+            continue
+        value = extra[key]
+        item = _proto.AdditionalOAuthResponse(key=key)
+        if isinstance(value, bool):
+            item.bool_value = value
+        elif isinstance(value, int) and _INT64[0] <= value <= _INT64[1]:
+            item.int_value = value
+        elif isinstance(value, str):
+            item.string_value = value
+        else:
+            item.string_value = json.dumps(value, separators=(",", ":"))
+        out.append(item)
+    return out

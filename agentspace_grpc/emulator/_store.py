@@ -1,0 +1,464 @@
+"""The emulator's token store: one SQLite file in the data directory, shared by processes.
+
+Tables (schema version 1):
+
+- ``grants``: one row per (connector, user): the encrypted refresh token, granted scopes, a
+  ``version`` that grows with every new refresh token, a ``revoked`` flag, and the refresh
+  lease (``lease_owner``, ``lease_until``).
+- ``access_tokens``: cached access tokens per (connector, user, scope key), encrypted.
+- ``counters``: what the emulator did (upstream refreshes, races), for tests and operators.
+
+Refresh protocol (one refresh at a time per (connector, user), across processes):
+
+1. :meth:`Store.try_lease` takes the lease in a short write transaction and returns the
+   refresh token to use, or a usable cached token, or who holds the lease.
+2. The caller talks to the provider with no transaction open.
+3. :meth:`Store.commit_refresh` writes the rotated refresh token and the access token and
+   releases the lease in one transaction, before the answer goes out. On ``invalid_grant``,
+   :meth:`Store.resolve_invalid_grant` tells a lost race (the row has moved on) from a
+   revocation.
+
+Lease holders are ``host/pid/nonce``; a lease whose holder is a dead process on this host, or
+whose time ran out, may be taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from agentspace_grpc.emulator._crypto import Keyring
+from agentspace_grpc.emulator._db import Database, write_transaction
+
+DB_FILE_NAME: Final = "emulator.sqlite3"
+
+_MIGRATIONS: Final = (
+    (
+        """CREATE TABLE grants (
+            connector TEXT NOT NULL,
+            user TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            scopes TEXT NOT NULL,
+            refresh_ct BLOB NOT NULL,
+            instance_uri TEXT NOT NULL DEFAULT '',
+            revoked INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL,
+            lease_owner TEXT,
+            lease_until REAL,
+            PRIMARY KEY (connector, user)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE access_tokens (
+            connector TEXT NOT NULL,
+            user TEXT NOT NULL,
+            scope_key TEXT NOT NULL,
+            grant_version INTEGER NOT NULL,
+            token_ct BLOB NOT NULL,
+            scopes TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (connector, user, scope_key)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    ),
+)
+
+_REFRESH: Final = "refresh_token"
+_ACCESS: Final = "access_token"
+
+
+def new_owner() -> str:
+    """A lease-holder id for this process (host, pid and a random nonce)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(6)}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when ``owner`` names a process on this host that no longer exists."""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] == "Z"
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What the store knows of a user's grant (never the token itself)."""
+
+    connector: str
+    user: str
+    version: int
+    scopes: tuple[str, ...]
+    revoked: bool
+    instance_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class CachedToken:
+    """A cached access token; the token is kept out of ``repr``."""
+
+    token: str = field(repr=False)
+    scopes: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    grant: Grant
+
+    def usable(self, now: float, margin_cap: float) -> bool:
+        """Valid now with a safety margin (at most ``margin_cap``, at most 10% of its life)."""
+        margin = min(margin_cap, 0.1 * max(0.0, self.expires_at - self.issued_at))
+        return now < self.expires_at - margin
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccessToken:
+    """An access token to cache (``expires_at`` is absolute)."""
+
+    token: str = field(repr=False)
+    scopes: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """The lease is ours: refresh with ``refresh_token`` (version ``grant.version``)."""
+
+    grant: Grant
+    refresh_token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another holder refreshes; re-read the store when ``until`` passes or it finishes."""
+
+    until: float
+
+
+Missing = Literal["missing"]
+LeaseResult = Leased | CachedToken | Busy | Grant | Missing
+"""A revoked ``Grant`` comes back as is; ``"missing"`` when the user stored nothing."""
+
+
+def scope_key(scopes: Sequence[str]) -> str:
+    """The cache key of a scope set ('' for the grant's own scopes)."""
+    return " ".join(sorted(set(scopes)))
+
+
+class Store:
+    """Encrypted per-(connector, user) refresh tokens and cached access tokens."""
+
+    def __init__(self, data_dir: Path, keyring: Keyring) -> None:
+        self._db = Database(data_dir / DB_FILE_NAME, _MIGRATIONS, "store")
+        self._keys = keyring
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file."""
+        return self._db.path
+
+    async def open(self) -> None:
+        """Creates or migrates the database."""
+        await self._db.open()
+
+    async def close(self) -> None:
+        """Closes the database."""
+        await self._db.close()
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def get_grant(self, connector: str, user: str) -> Grant | None:
+        """The user's grant for a connector, if any (revoked ones included)."""
+        return await self._db.run(lambda conn: self._grant(conn, connector, user)[0])
+
+    async def cached(self, connector: str, user: str, key: str) -> CachedToken | Grant | Missing:
+        """The cached access token for a scope key, else the grant, else ``"missing"``."""
+
+        def work(conn: sqlite3.Connection) -> CachedToken | Grant | Missing:
+            grant, _ = self._grant(conn, connector, user)
+            if grant is None:
+                return "missing"
+            return self._cached_token(conn, grant, key) or grant
+
+        return await self._db.run(work)
+
+    async def counters(self) -> dict[str, int]:
+        """The emulator's own counters (upstream refreshes, races, ...)."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            return {name: value for name, value in conn.execute("SELECT * FROM counters")}
+
+        return await self._db.run(work)
+
+    # ---- the refresh protocol --------------------------------------------------------------
+
+    async def try_lease(
+        self,
+        connector: str,
+        user: str,
+        key: str,
+        *,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        margin_cap: float,
+    ) -> LeaseResult:
+        """Serves a usable cached token, or takes the refresh lease, or says who holds it."""
+
+        def work(conn: sqlite3.Connection) -> LeaseResult:
+            with write_transaction(conn):
+                grant, row = self._grant(conn, connector, user)
+                if grant is None or row is None:
+                    return "missing"
+                if grant.revoked:
+                    return grant
+                cached = self._cached_token(conn, grant, key)
+                if cached is not None and cached.usable(now, margin_cap):
+                    return cached
+                holder, until = row["lease_owner"], row["lease_until"]
+                if holder and holder != owner and until > now and not owner_is_dead(holder):
+                    return Busy(until=until)
+                conn.execute(
+                    "UPDATE grants SET lease_owner = ?, lease_until = ? "
+                    "WHERE connector = ? AND user = ?",
+                    (owner, now + lease_seconds, connector, user),
+                )
+                token = self._keys.decrypt(
+                    row["refresh_ct"], purpose=_REFRESH, connector=connector, user=user
+                )
+                return Leased(grant=grant, refresh_token=token)
+
+        return await self._db.run(work)
+
+    async def commit_refresh(
+        self,
+        connector: str,
+        user: str,
+        key: str,
+        *,
+        owner: str,
+        used_version: int,
+        new_refresh_token: str | None,
+        access: NewAccessToken | None,
+        now: float,
+    ) -> bool:
+        """Saves a refresh's outcome and releases the lease; False if the grant moved on.
+
+        The write happens only if the row still holds the version that was refreshed (a new
+        consent in the meantime wins); the lease is released either way if it is still ours.
+        """
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with write_transaction(conn):
+                grant, _ = self._grant(conn, connector, user)
+                current = grant is not None and grant.version == used_version
+                if grant is not None and current:
+                    version = used_version
+                    if new_refresh_token is not None:
+                        version += 1
+                        blob = self._keys.encrypt(
+                            new_refresh_token, purpose=_REFRESH, connector=connector, user=user
+                        )
+                        conn.execute(
+                            "UPDATE grants SET refresh_ct = ?, version = ?, updated_at = ? "
+                            "WHERE connector = ? AND user = ?",
+                            (blob, version, now, connector, user),
+                        )
+                        conn.execute(
+                            "UPDATE access_tokens SET grant_version = ? "
+                            "WHERE connector = ? AND user = ?",
+                            (version, connector, user),
+                        )
+                    if access is not None:
+                        self._put_access(conn, connector, user, key, version, access)
+                    _bump(conn, "upstream_refreshes_committed")
+                conn.execute(
+                    "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
+                    "WHERE connector = ? AND user = ? AND lease_owner = ?",
+                    (connector, user, owner),
+                )
+                return current
+
+        return await self._db.run(work)
+
+    async def release_lease(self, connector: str, user: str, owner: str) -> None:
+        """Gives the lease up (after a failed refresh)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            with write_transaction(conn):
+                conn.execute(
+                    "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
+                    "WHERE connector = ? AND user = ? AND lease_owner = ?",
+                    (connector, user, owner),
+                )
+
+        await self._db.run(work)
+
+    async def resolve_invalid_grant(
+        self, connector: str, user: str, *, owner: str, used_version: int
+    ) -> Literal["race", "revoked"]:
+        """After ``invalid_grant``: a race if the row moved on, else mark it revoked.
+
+        Either way the lease is released in the same transaction.
+        """
+
+        def work(conn: sqlite3.Connection) -> Literal["race", "revoked"]:
+            with write_transaction(conn):
+                grant, _ = self._grant(conn, connector, user)
+                conn.execute(
+                    "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
+                    "WHERE connector = ? AND user = ? AND lease_owner = ?",
+                    (connector, user, owner),
+                )
+                if grant is None or grant.version != used_version or grant.revoked:
+                    _bump(conn, "invalid_grant_races")
+                    return "race"
+                conn.execute(
+                    "UPDATE grants SET revoked = 1 WHERE connector = ? AND user = ?",
+                    (connector, user),
+                )
+                conn.execute(
+                    "DELETE FROM access_tokens WHERE connector = ? AND user = ?",
+                    (connector, user),
+                )
+                _bump(conn, "grants_revoked")
+                return "revoked"
+
+        return await self._db.run(work)
+
+    async def store_grant(
+        self,
+        connector: str,
+        user: str,
+        *,
+        scopes: Sequence[str],
+        refresh_token: str,
+        instance_uri: str,
+        access: NewAccessToken | None,
+        now: float,
+    ) -> Grant:
+        """Stores a new grant (from a consent), replacing the old one and its cached tokens."""
+
+        def work(conn: sqlite3.Connection) -> Grant:
+            blob = self._keys.encrypt(
+                refresh_token, purpose=_REFRESH, connector=connector, user=user
+            )
+            with write_transaction(conn):
+                row = conn.execute(
+                    "SELECT version FROM grants WHERE connector = ? AND user = ?",
+                    (connector, user),
+                ).fetchone()
+                version = (row[0] if row else 0) + 1
+                conn.execute(
+                    "INSERT INTO grants (connector, user, version, scopes, refresh_ct, "
+                    "instance_uri, revoked, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+                    "ON CONFLICT (connector, user) DO UPDATE SET version = excluded.version, "
+                    "scopes = excluded.scopes, refresh_ct = excluded.refresh_ct, "
+                    "instance_uri = excluded.instance_uri, revoked = 0, "
+                    "updated_at = excluded.updated_at",
+                    (connector, user, version, " ".join(scopes), blob, instance_uri, now),
+                )
+                conn.execute(
+                    "DELETE FROM access_tokens WHERE connector = ? AND user = ?",
+                    (connector, user),
+                )
+                if access is not None:
+                    self._put_access(conn, connector, user, "", version, access)
+                _bump(conn, "grants_stored")
+            return Grant(connector, user, version, tuple(scopes), False, instance_uri)
+
+        return await self._db.run(work)
+
+    # ---- helpers (worker thread) -----------------------------------------------------------
+
+    @staticmethod
+    def _grant(
+        conn: sqlite3.Connection, connector: str, user: str
+    ) -> tuple[Grant | None, sqlite3.Row | None]:
+        row = conn.execute(
+            "SELECT * FROM grants WHERE connector = ? AND user = ?", (connector, user)
+        ).fetchone()
+        if row is None:
+            return None, None
+        grant = Grant(
+            connector=connector,
+            user=user,
+            version=row["version"],
+            scopes=tuple(row["scopes"].split()),
+            revoked=bool(row["revoked"]),
+            instance_uri=row["instance_uri"],
+        )
+        return grant, row
+
+    def _cached_token(self, conn: sqlite3.Connection, grant: Grant, key: str) -> CachedToken | None:
+        row = conn.execute(
+            "SELECT token_ct, scopes, issued_at, expires_at FROM access_tokens "
+            "WHERE connector = ? AND user = ? AND scope_key = ? AND grant_version = ?",
+            (grant.connector, grant.user, key, grant.version),
+        ).fetchone()
+        if row is None or grant.revoked:
+            return None
+        token = self._keys.decrypt(
+            row["token_ct"], purpose=_ACCESS, connector=grant.connector, user=grant.user
+        )
+        return CachedToken(
+            token=token,
+            scopes=tuple(row["scopes"].split()),
+            issued_at=row["issued_at"],
+            expires_at=row["expires_at"],
+            grant=grant,
+        )
+
+    def _put_access(
+        self,
+        conn: sqlite3.Connection,
+        connector: str,
+        user: str,
+        key: str,
+        version: int,
+        access: NewAccessToken,
+    ) -> None:
+        blob = self._keys.encrypt(access.token, purpose=_ACCESS, connector=connector, user=user)
+        conn.execute(
+            "INSERT OR REPLACE INTO access_tokens (connector, user, scope_key, grant_version, "
+            "token_ct, scopes, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                connector,
+                user,
+                key,
+                version,
+                blob,
+                " ".join(access.scopes),
+                access.issued_at,
+                access.expires_at,
+            ),
+        )
+
+
+def _bump(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        (name,),
+    )

@@ -1,0 +1,163 @@
+"""Talking to a connector's third-party token endpoint (OAuth 2.0, RFC 6749 section 4.1/6).
+
+One function per grant; every failure becomes a :class:`ServiceError` (or
+:class:`InvalidGrant`, which the service must judge: race or revocation). No secret is put in
+any message: errors name the token endpoint's host and the OAuth ``error`` code only.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from google.rpc import code_pb2
+
+from agentspace_grpc.emulator._config import Connector
+from agentspace_grpc.emulator._errors import (
+    SCOPES_MISSING,
+    UPSTREAM_UNAVAILABLE,
+    ServiceError,
+)
+
+_LOOPBACK: Final = ("127.0.0.1", "localhost", "::1", "[::1]")
+_ERROR_CODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class InvalidGrant(Exception):
+    """The provider answered ``invalid_grant``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAnswer:
+    """A successful token answer; secrets are kept out of ``repr``."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_in: float | None
+    scopes: tuple[str, ...] | None
+    extra: Mapping[str, Any]
+
+
+def _proxy_for(url: str) -> str | None:
+    host = urlsplit(url).hostname or ""
+    if host in _LOOPBACK:
+        return None
+    proxies = urllib.request.getproxies_environment()
+    bypass = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 - untyped
+    if bypass(host, proxies):
+        return None
+    scheme = urlsplit(url).scheme
+    return proxies.get(scheme) or None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+async def token_request(
+    session: aiohttp.ClientSession,
+    connector: Connector,
+    form: dict[str, str],
+    instance_uri: str = "",
+) -> TokenAnswer:
+    """POSTs ``form`` to the connector's token endpoint with its client authentication."""
+    url = connector.token_url.replace("{instance_uri}", instance_uri.rstrip("/"))
+    host = urlsplit(url).netloc
+    headers = {"Accept": "application/json"}
+    body = dict(form)
+    if connector.auth_method == "client_secret_basic":
+        pair = f"{quote(connector.client_id, safe='')}:{quote(connector.client_secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    else:
+        body["client_id"] = connector.client_id
+        body["client_secret"] = connector.client_secret
+    try:
+        async with session.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=connector.timeout_seconds),
+            proxy=_proxy_for(url),
+            allow_redirects=False,
+        ) as response:
+            status = response.status
+            raw = await response.read()
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise ServiceError(
+            code_pb2.UNAVAILABLE,
+            f"the third party's token endpoint at {host} could not be reached "
+            f"({type(exc).__name__})",
+            reason=UPSTREAM_UNAVAILABLE,
+            metadata={"connector": connector.name},
+        ) from None
+    try:
+        document = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if status == 429 or status >= 500:
+        what = "rate-limited the emulator" if status == 429 else f"failed (HTTP {status})"
+        raise ServiceError(
+            code_pb2.UNAVAILABLE,
+            f"the third party's token endpoint at {host} {what}",
+            reason=UPSTREAM_UNAVAILABLE,
+            metadata={"connector": connector.name, "http_status": str(status)},
+            retry_after=retry_after,
+        )
+    if status != 200:
+        error = document.get("error") if isinstance(document, dict) else None
+        code = error if isinstance(error, str) and _ERROR_CODE.fullmatch(error) else None
+        if code == "invalid_grant":
+            raise InvalidGrant()
+        if code == "invalid_scope":
+            raise ServiceError(
+                code_pb2.FAILED_PRECONDITION,
+                f"the third party refused the requested scopes for {connector.name}: "
+                "re-authorize with the scopes you need",
+                reason=SCOPES_MISSING,
+                metadata={"connector": connector.name, "missing_scopes": form.get("scope", "")},
+            )
+        raise ServiceError(
+            code_pb2.FAILED_PRECONDITION,
+            f"the third party's token endpoint at {host} rejected the request "
+            f"(HTTP {status}, error={code or 'unknown'}); check connector {connector.name}",
+        )
+    if not isinstance(document, dict) or not isinstance(document.get("access_token"), str):
+        raise ServiceError(
+            code_pb2.UNAVAILABLE,
+            f"the third party's token endpoint at {host} answered without an access_token",
+            reason=UPSTREAM_UNAVAILABLE,
+            metadata={"connector": connector.name},
+        )
+    refresh = document.get("refresh_token")
+    expires = document.get("expires_in")
+    if isinstance(expires, str) and expires.isdigit():
+        expires = int(expires)
+    scope = document.get("scope")
+    return TokenAnswer(
+        access_token=document["access_token"],
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        expires_in=float(expires)
+        if isinstance(expires, int | float) and not isinstance(expires, bool)
+        else None,
+        scopes=tuple(scope.split()) if isinstance(scope, str) else None,
+        extra=document,
+    )

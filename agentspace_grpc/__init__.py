@@ -2,6 +2,53 @@
 
 from __future__ import annotations
 
+from agentspace_grpc._client import AccessToken, DataConnectorClient, RetryPolicy
+from agentspace_grpc._errors import (
+    Aborted,
+    AlreadyExists,
+    AuthorizationRequired,
+    Cancelled,
+    DataConnectorError,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+    UsageError,
+)
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Aborted",
+    "AccessToken",
+    "AlreadyExists",
+    "AuthorizationRequired",
+    "Cancelled",
+    "DataConnectorClient",
+    "DataConnectorError",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "UsageError",
+    "__version__",
+]

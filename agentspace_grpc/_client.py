@@ -1,0 +1,978 @@
+"""``DataConnectorClient``: DataConnectorService's token methods, awaited from asyncio.
+
+One client serves many end users: the credentials passed to a call override the client's
+default, and every call on a loop shares that loop's channel (gRPC) or session (REST).
+
+Per call, :meth:`DataConnectorClient._invoke` runs the attempts: resolve the ``authorization``
+header (refreshing in a thread if needed), send over the chosen wire with the time left, and
+on failure decide between falling back to REST (``auto`` mode, when gRPC cannot reach the
+service), one credentials refresh (UNAUTHENTICATED), a retry (UNAVAILABLE, within the
+deadline) or raising. Identical concurrent acquires share one run of it (single-flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import os
+import random
+import ssl
+import time
+import urllib.request
+import warnings
+from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar, final
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf import message
+
+from agentspace_grpc import _proto
+from agentspace_grpc._credentials import Authorizer, CredentialsLike, check_credentials
+from agentspace_grpc._errors import (
+    AuthorizationRequired,
+    Cancelled,
+    DataConnectorError,
+    DeadlineExceeded,
+    Internal,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    UsageError,
+    failure_of,
+)
+from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
+from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
+
+__all__ = ["AccessToken", "DataConnectorClient", "RetryPolicy"]
+
+_log = logging.getLogger("agentspace_grpc")
+
+TransportMode = Literal["grpc", "rest", "auto"]
+
+#: Seconds a call may take, all attempts included, when ``timeout`` is not given.
+DEFAULT_TIMEOUT: Final = 60.0
+#: Environment variables that point every client at a running emulator.
+EMULATOR_HOST_ENV: Final = "AGENTSPACE_EMULATOR_HOST"
+EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
+
+_DEFAULT_HOST: Final = "discoveryengine.googleapis.com"
+# The multi-region locations have their own hosts (the service's documented endpoints).
+_REGIONAL_HOSTS: Final = {
+    "us": "us-discoveryengine.googleapis.com",
+    "eu": "eu-discoveryengine.googleapis.com",
+}
+# After falling back to REST in auto mode, gRPC is tried again after this long (doubling).
+_REPROBE_FIRST: Final = 30.0
+_REPROBE_MAX: Final = 600.0
+_NAME_CACHE_SIZE: Final = 4096
+
+_M = TypeVar("_M", bound=message.Message)
+
+
+# --------------------------------------------------------------------------------------
+# Public value types
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of UNAVAILABLE answers and connection failures, within the call's deadline.
+
+    The wait before retry *n* (1-based) is drawn uniformly from ``[0, min(max_backoff,
+    initial_backoff * multiplier ** (n - 1))]`` ("full jitter"), and is at least the server's
+    ``RetryInfo`` delay when it sends one. No attempt starts once the deadline would pass
+    during the wait. AcquireAccessToken and AcquireAndStoreRefreshToken change server state,
+    so they are retried only when the request demonstrably did not reach the service
+    (connection refused, TLS failure) or the service answered UNAVAILABLE; a connection that
+    breaks after the request was sent is retried for CheckRefreshToken only.
+
+    Attributes:
+        max_attempts: Attempts in all, the first one included (1 disables retries).
+        initial_backoff: Upper bound of the first wait, in seconds.
+        max_backoff: Upper bound of any wait, in seconds.
+        multiplier: Growth of the bound per retry.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise UsageError("RetryPolicy.max_attempts must be an integer")
+        if self.max_attempts < 1:
+            raise UsageError("RetryPolicy.max_attempts must be at least 1")
+        for field in ("initial_backoff", "max_backoff", "multiplier"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"RetryPolicy.{field} must be a number")
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(f"RetryPolicy.{field} must be a finite number >= 0")
+        if self.multiplier < 1:
+            raise UsageError("RetryPolicy.multiplier must be at least 1")
+
+    def backoff(self, retry: int) -> float:
+        """A jittered wait before retry number ``retry`` (1 for the first retry)."""
+        bound = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return random.uniform(0.0, bound)
+
+
+class _Secret:
+    """Holds the token so that no attribute of AccessToken has a revealing repr."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+
+@final
+class AccessToken:
+    """A third-party access token for one end user and connector.
+
+    ``repr()`` and ``str()`` never show the token; read :attr:`access_token` to use it. The
+    service sends no expiry: use the token right away and acquire again for the next task
+    (the service caches tokens, so repeated acquires are cheap).
+    """
+
+    __slots__ = ("_connector", "_scopes", "_secret")
+
+    def __init__(self, access_token: str, *, connector: str, scopes: tuple[str, ...]) -> None:
+        self._secret = _Secret(access_token)
+        self._connector = connector
+        self._scopes = scopes
+
+    @property
+    def access_token(self) -> str:
+        """The token itself (a secret: don't log it)."""
+        return self._secret.value
+
+    @property
+    def connector(self) -> str:
+        """The data connector's resource name."""
+        return self._connector
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes the end user granted, as the service reports them."""
+        return self._scopes
+
+    def __repr__(self) -> str:
+        return (
+            f"AccessToken(connector={self._connector!r}, scopes={self._scopes!r}, "
+            "access_token=<redacted>)"
+        )
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("AccessToken cannot be pickled: it holds a secret")
+
+
+# --------------------------------------------------------------------------------------
+# Operations (one per RPC)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    route: Route
+    idempotent: bool
+    call: Callable[[Transport, Endpoint, Any, Headers, float], Coroutine[Any, Any, Any]]
+
+
+_ACQUIRE: Final = _Op(
+    ROUTES["AcquireAccessToken"],
+    idempotent=False,
+    call=lambda t, e, r, h, s: t.acquire_access_token(e, r, h, s),
+)
+_STORE: Final = _Op(
+    ROUTES["AcquireAndStoreRefreshToken"],
+    idempotent=False,
+    call=lambda t, e, r, h, s: t.acquire_and_store_refresh_token(e, r, h, s),
+)
+_CHECK: Final = _Op(
+    ROUTES["CheckRefreshToken"],
+    idempotent=True,
+    call=lambda t, e, r, h, s: t.check_refresh_token(e, r, h, s),
+)
+
+
+def _retryable(error: DataConnectorError, op: _Op) -> bool:
+    if not isinstance(error, Unavailable):
+        return False
+    failure = failure_of(error)
+    if failure == "io":
+        # The request may have reached the service, which may have rotated a refresh token.
+        return op.idempotent
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Endpoints
+# --------------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_host_port(value: str, what: str) -> tuple[str, int | None]:
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise UsageError(f"{what} must be a 'host[:port]' string")
+    if "://" in value or "/" in value:
+        raise UsageError(
+            f"{what} takes 'host[:port]', not a URL (got {value!r}); "
+            "a REST base URL goes in rest_endpoint="
+        )
+    parts = urlsplit("//" + value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"{what} {value!r} has an invalid port") from None
+    host = parts.hostname
+    if not host:
+        raise UsageError(f"{what} {value!r} has no host")
+    return host, port
+
+
+def _format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _proxy_for(scheme: str, host: str, port: int) -> str | None:
+    """The proxy for a connection from HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY.
+
+    Loopback is never proxied (a common ``http_proxy`` breakage with grpc).
+    """
+    if _is_loopback(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme)
+    if not proxy:
+        return None
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if bypass(_format_host_port(host, port), proxies):
+        return None
+    return proxy
+
+
+def _root_certificates(context: ssl.SSLContext | None) -> bytes | None:
+    """The CA certificates of an SSLContext as PEM, for grpc (None: grpc's own roots)."""
+    if context is None:
+        return None
+    ders = context.get_ca_certs(binary_form=True)
+    if not ders:
+        return None
+    return "".join(ssl.DER_cert_to_PEM_cert(der) for der in ders).encode("ascii")
+
+
+_BASE_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
+    ("grpc.primary_user_agent", API_CLIENT.rsplit(" ", 1)[-1]),
+    # Pings only while calls are in flight, rarely enough not to earn GOAWAY too_many_pings.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    # Drop idle connections before typical NAT / proxy idle timeouts do it silently.
+    ("grpc.client_idle_timeout_ms", 240_000),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How endpoints are chosen: fixed (explicit or emulator) or per region."""
+
+    fixed: Endpoint | None
+    rest_override: str | None
+
+
+# --------------------------------------------------------------------------------------
+# Single-flight
+# --------------------------------------------------------------------------------------
+
+
+class _Flight:
+    __slots__ = ("deadline", "task", "waiters")
+
+    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
+        self.deadline = deadline
+        self.task = task
+        self.waiters: set[asyncio.Future[Any]] = set()
+
+
+class _Flights:
+    """Concurrent identical calls on one loop share one task; each waiter keeps its deadline.
+
+    The shared task runs with the longest of the first waiter's deadline and the default
+    timeout; a waiter whose deadline is earlier stops waiting at its own deadline (a timer,
+    not a wrapper). A waiter that leaves (deadline or cancellation) never cancels the task
+    for the others; the task is cancelled when no waiter is left. Nothing outlives the call:
+    this is not a cache.
+    """
+
+    __slots__ = ("_flights", "_transport_name")
+
+    def __init__(self, transport_name: Callable[[], Literal["grpc", "rest"]]) -> None:
+        self._flights: dict[Hashable, _Flight] = {}
+        self._transport_name = transport_name
+
+    async def run(
+        self,
+        key: Hashable,
+        deadline: float,
+        start: Callable[[float], Coroutine[Any, Any, _M]],
+    ) -> _M:
+        loop = asyncio.get_running_loop()
+        flight = self._flights.get(key)
+        if flight is None:
+            flight_deadline = max(deadline, loop.time() + DEFAULT_TIMEOUT)
+            flight = _Flight(flight_deadline, loop.create_task(start(flight_deadline)))
+            self._flights[key] = flight
+            flight.task.add_done_callback(partial(self._finish, key, flight))
+        waiter: asyncio.Future[_M] = loop.create_future()
+        flight.waiters.add(waiter)
+        timer = None
+        if deadline < flight.deadline:
+            timer = loop.call_at(deadline, self._expire, flight, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            flight.waiters.discard(waiter)
+            if not flight.waiters and not flight.task.done():
+                flight.task.cancel()
+                # Like wait_for: return once the shared call has really stopped.
+                await asyncio.wait((flight.task,))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, flight: _Flight, waiter: asyncio.Future[Any]) -> None:
+        if waiter.done():
+            return
+        waiter.set_exception(
+            DeadlineExceeded(
+                "the call's deadline passed before the answer came",
+                transport=self._transport_name(),
+            )
+        )
+        flight.waiters.discard(waiter)
+        if not flight.waiters:
+            flight.task.cancel()
+
+    def _finish(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if task.cancelled():
+            for waiter in flight.waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        Cancelled("the call was cancelled", transport=self._transport_name())
+                    )
+            return
+        error = task.exception()
+        for waiter in flight.waiters:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(task.result())
+
+    def cancel_all(self, reason: str) -> list[asyncio.Task[Any]]:
+        """Fail every waiter with Cancelled and cancel the tasks (the client is closing)."""
+        tasks = []
+        for flight in list(self._flights.values()):
+            for waiter in flight.waiters:
+                if not waiter.done():
+                    waiter.set_exception(Cancelled(reason))
+            flight.waiters.clear()
+            flight.task.cancel()
+            tasks.append(flight.task)
+        self._flights.clear()
+        return tasks
+
+
+# --------------------------------------------------------------------------------------
+# Per-loop state
+# --------------------------------------------------------------------------------------
+
+
+class _LoopState:
+    """What a client keeps per event loop: the two transports and the flights."""
+
+    __slots__ = ("closed", "flights", "grpc", "keeper", "rest")
+
+    def __init__(self, client: DataConnectorClient, ssl_context: ssl.SSLContext | None) -> None:
+        self.grpc = GrpcTransport()
+        self.rest = RestTransport(ssl_context=ssl_context)
+        self.flights = _Flights(client._transport_name)
+        self.closed = False
+        self.keeper: AsyncGenerator[None, None] | None = None
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        tasks = self.flights.cancel_all("the client was closed while the call was in flight")
+        await asyncio.gather(self.grpc.aclose(), self.rest.aclose())
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+async def _close_at_loop_shutdown(
+    client: DataConnectorClient, loop: asyncio.AbstractEventLoop, state: _LoopState
+) -> AsyncGenerator[None, None]:
+    """An async generator whose ``finally`` runs when ``asyncio.run`` shuts the loop down.
+
+    ``shutdown_asyncgens()`` finalizes every started async generator while the loop still
+    runs, so a client left open is closed on its loop (no unclosed session or channel).
+    """
+    try:
+        yield
+    finally:
+        client._forget_loop(loop, state)
+        await state.close()
+
+
+# --------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------
+
+
+@final
+class DataConnectorClient:
+    """Async client of DataConnectorService's token methods, over gRPC or REST.
+
+    Args:
+        transport: "auto" (gRPC, falling back to REST when gRPC cannot reach the service),
+            "grpc" or "rest".
+        credentials: The default credentials: a google-auth ``Credentials``, an access-token
+            string, or None for Application Default Credentials (cloud-platform scope; not
+            looked up when an emulator variable is set). Each call may pass its own.
+        endpoint: ``host[:port]`` serving both wires (default: Discovery Engine, with the
+            ``us`` / ``eu`` multi-region hosts chosen from the resource name).
+        rest_endpoint: ``http(s)://host[:port]`` for REST only (the emulator's HTTP port).
+        insecure: Allow plaintext to a non-loopback host (loopback is plaintext already,
+            unless ``ssl_context`` is given).
+        quota_project: The project billed for quota (``x-goog-user-project``).
+        retry: The retry policy, or None to make one attempt only.
+        single_flight: Share one RPC among identical concurrent acquires.
+        ssl_context: TLS trust (a custom CA bundle) for both wires.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: TransportMode = "auto",
+        credentials: CredentialsLike = None,
+        endpoint: str | None = None,
+        rest_endpoint: str | None = None,
+        insecure: bool = False,
+        quota_project: str | None = None,
+        retry: RetryPolicy | None = RetryPolicy(),
+        single_flight: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if transport not in ("auto", "grpc", "rest"):
+            raise UsageError(f"transport must be 'auto', 'grpc' or 'rest', not {transport!r}")
+        if not isinstance(insecure, bool):
+            raise UsageError("insecure must be True or False")
+        if not isinstance(single_flight, bool):
+            raise UsageError("single_flight must be True or False")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise UsageError("retry must be a RetryPolicy or None")
+        if quota_project is not None and (not isinstance(quota_project, str) or not quota_project):
+            raise UsageError("quota_project must be a non-empty string or None")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise UsageError("ssl_context must be an ssl.SSLContext or None")
+        check_credentials(credentials)
+
+        emulator_host = os.environ.get(EMULATOR_HOST_ENV) or None
+        emulator_rest = os.environ.get(EMULATOR_REST_ENV) or None
+        use_emulator = endpoint is None and (emulator_host or emulator_rest) is not None
+
+        self._mode: TransportMode = transport
+        self._insecure = insecure
+        self._ssl_context = ssl_context
+        self._root_pem = _root_certificates(ssl_context)
+        self._quota_project = quota_project
+        self._retry = retry
+        self._single_flight = single_flight
+        self._auth = Authorizer(credentials, use_adc=not use_emulator)
+        self._plan = self._make_plan(
+            endpoint,
+            rest_endpoint,
+            emulator_host if use_emulator else None,
+            emulator_rest if use_emulator else None,
+        )
+        if self._plan.fixed is not None and self._plan.fixed.grpc_target is None:
+            if transport == "grpc":
+                raise UsageError(
+                    f"{EMULATOR_REST_ENV} is set but {EMULATOR_HOST_ENV} is not: gRPC has no "
+                    "target; use transport='rest' or 'auto'"
+                )
+            self._mode = "rest"
+        self._regional: dict[str, Endpoint] = {}
+        self._names: dict[tuple[str, str], Endpoint] = {}
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._last_loop: asyncio.AbstractEventLoop | None = None
+        self._last_state: _LoopState | None = None
+        self._closed = False
+        # auto mode: while time.monotonic() < _rest_until, calls go over REST.
+        self._rest_until = 0.0
+        self._reprobe = _REPROBE_FIRST
+
+    # ---- construction helpers --------------------------------------------------------
+
+    def _make_plan(
+        self,
+        endpoint: str | None,
+        rest_endpoint: str | None,
+        emulator_host: str | None,
+        emulator_rest: str | None,
+    ) -> _Plan:
+        rest_override = None
+        if rest_endpoint is not None:
+            rest_override = self._check_rest_url(rest_endpoint, "rest_endpoint")
+        if endpoint is not None:
+            host, port = _split_host_port(endpoint, "endpoint")
+            tls = not (self._insecure or (_is_loopback(host) and self._ssl_context is None))
+            port = port if port is not None else (443 if tls else 80)
+            target = _format_host_port(host, port)
+            rest_base = rest_override or f"{'https' if tls else 'http'}://{target}"
+            return _Plan(self._endpoint(target, tls, rest_base), rest_override)
+        if emulator_host is not None or emulator_rest is not None:
+            # An emulator speaks plaintext; setting the variable is the explicit opt-in
+            # (as with Google's own emulators), loopback or not.
+            emulator_target: str | None = None
+            if emulator_host is not None:
+                host, port = _split_host_port(emulator_host, EMULATOR_HOST_ENV)
+                if port is None:
+                    raise UsageError(f"{EMULATOR_HOST_ENV} must be 'host:port'")
+                emulator_target = _format_host_port(host, port)
+            rest = rest_override
+            if rest is None and emulator_rest is not None:
+                rest = self._check_rest_url(emulator_rest, EMULATOR_REST_ENV, emulator=True)
+            if rest is None:
+                rest = f"http://{emulator_target}"
+            return _Plan(self._endpoint(emulator_target, False, rest), rest_override)
+        return _Plan(None, rest_override)
+
+    def _check_rest_url(self, url: str, what: str, *, emulator: bool = False) -> str:
+        if not isinstance(url, str):
+            raise UsageError(f"{what} must be an 'http(s)://host[:port]' string")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{what} must be an 'http(s)://host[:port]' URL, got {url!r}")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise UsageError(f"{what} must not carry credentials, a query or a fragment")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise UsageError(f"{what} {url!r} has an invalid port") from None
+        if (
+            parts.scheme == "http"
+            and not _is_loopback(parts.hostname)
+            and not self._insecure
+            and not emulator
+        ):
+            raise UsageError(
+                f"{what} {url!r} is plaintext HTTP to a non-loopback host; use https:// or "
+                "pass insecure=True"
+            )
+        return url.rstrip("/")
+
+    def _endpoint(self, grpc_target: str | None, tls: bool, rest_base: str) -> Endpoint:
+        options = list(_BASE_CHANNEL_OPTIONS)
+        credentials = None
+        if grpc_target is not None:
+            host, port = _split_host_port(grpc_target, "endpoint")
+            proxy = _proxy_for("https" if tls else "http", host, port or 443)
+            if proxy:
+                options.append(("grpc.http_proxy", proxy))
+            else:
+                # Also stops grpc from reading the proxy variables on its own.
+                options.append(("grpc.enable_http_proxy", 0))
+            if tls:
+                credentials = grpc.ssl_channel_credentials(root_certificates=self._root_pem)
+        parts = urlsplit(rest_base)
+        assert parts.hostname is not None
+        rest_port = parts.port or (443 if parts.scheme == "https" else 80)
+        return Endpoint(
+            grpc_target=grpc_target,
+            grpc_credentials=credentials,
+            grpc_options=tuple(options),
+            rest_base=rest_base,
+            rest_proxy=_proxy_for(parts.scheme, parts.hostname, rest_port),
+        )
+
+    def _endpoint_for(self, route: Route, name: object) -> Endpoint:
+        """Validate a connector name (no I/O) and choose its endpoint; cached per name."""
+        if not isinstance(name, str):
+            raise UsageError(f"name must be a data connector resource name, not {type(name)}")
+        key = (route.name, name)
+        endpoint = self._names.get(key)
+        if endpoint is not None:
+            return endpoint
+        try:
+            route.to_http(route.request_class(name=name))
+        except TranscodingError as exc:
+            raise UsageError(f"invalid data connector name: {exc}") from None
+        endpoint = self._plan.fixed
+        if endpoint is None:
+            segments = name.split("/")
+            location = segments[3] if len(segments) > 3 else "global"
+            endpoint = self._regional_endpoint(location)
+        if len(self._names) >= _NAME_CACHE_SIZE:
+            self._names.clear()
+        self._names[key] = endpoint
+        return endpoint
+
+    def _regional_endpoint(self, location: str) -> Endpoint:
+        host = _REGIONAL_HOSTS.get(location, _DEFAULT_HOST)
+        endpoint = self._regional.get(host)
+        if endpoint is None:
+            rest = self._plan.rest_override or f"https://{host}"
+            endpoint = self._regional[host] = self._endpoint(f"{host}:443", True, rest)
+        return endpoint
+
+    # ---- loop state ------------------------------------------------------------------
+
+    def _state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        if loop is self._last_loop and self._last_state is not None:
+            return self._last_state
+        if self._closed:
+            raise RuntimeError("this DataConnectorClient is closed")
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState(self, self._ssl_context)
+            keeper = _close_at_loop_shutdown(self, loop, state)
+            # Start the generator so the loop's asyncgen hooks register it (it does not
+            # await before its yield, so one synchronous step does it).
+            step = keeper.__anext__()
+            with contextlib.suppress(StopIteration):
+                step.send(None)
+            state.keeper = keeper
+        self._last_loop, self._last_state = loop, state
+        return state
+
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
+        if self._states.get(loop) is state:
+            del self._states[loop]
+        if self._last_loop is loop:
+            self._last_loop = self._last_state = None
+
+    def _transport_name(self) -> Literal["grpc", "rest"]:
+        if self._mode == "grpc":
+            return "grpc"
+        if self._mode == "rest" or self._rest_until:
+            return "rest"
+        return "grpc"
+
+    def _pick(self, state: _LoopState) -> Transport:
+        mode = self._mode
+        if mode == "grpc":
+            return state.grpc
+        if mode == "rest":
+            return state.rest
+        if self._rest_until and time.monotonic() < self._rest_until:
+            return state.rest
+        return state.grpc
+
+    def _fall_back(self, reason: str, *, incompatible: bool = False) -> None:
+        now = time.monotonic()
+        if self._rest_until and now < self._rest_until:
+            return  # a concurrent call did it already
+        interval = _REPROBE_MAX if incompatible else self._reprobe
+        self._rest_until = now + interval
+        self._reprobe = min(self._reprobe * 2, _REPROBE_MAX)
+        _log.warning("using REST instead of gRPC for %.0f s: %s", interval, reason)
+
+    # ---- the call loop ---------------------------------------------------------------
+
+    async def _invoke(
+        self,
+        op: _Op,
+        request: message.Message,
+        name: str,
+        credentials: CredentialsLike,
+        extra: Headers,
+        state: _LoopState,
+        endpoint: Endpoint,
+        deadline: float,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        retry = self._retry
+        attempt = 1
+        refreshed = False
+        while True:
+            if state.closed:
+                raise Cancelled("the client was closed while the call was in flight")
+            transport = self._pick(state)
+            authorization = await self._auth.authorization(credentials, deadline)
+            headers = build_headers(
+                authorization=authorization,
+                name=name,
+                quota_project=self._quota_project or self._auth.quota_project(credentials),
+                extra=extra,
+            )
+            time_left = deadline - loop.time()
+            if time_left <= 0:
+                raise DeadlineExceeded(
+                    "the call's deadline passed before an attempt could start",
+                    transport=transport.kind,
+                )
+            try:
+                response = await op.call(transport, endpoint, request, headers, time_left)
+            except DataConnectorError as exc:
+                if state.closed:
+                    raise Cancelled(
+                        "the client was closed while the call was in flight",
+                        transport=transport.kind,
+                    ) from exc
+                failure = failure_of(exc)
+                if (
+                    transport is state.grpc
+                    and self._mode == "auto"
+                    and (failure == "connect" or isinstance(exc, Unimplemented))
+                ):
+                    self._fall_back(f"gRPC cannot reach the service ({exc})")
+                    continue
+                if isinstance(exc, Unauthenticated) and failure is None and not refreshed:
+                    refreshed = True
+                    if await self._auth.refresh_rejected(credentials, authorization, deadline):
+                        continue
+                if isinstance(exc, AuthorizationRequired) and exc.principal is None:
+                    exc.principal = self._auth.principal_hint(credentials)
+                if retry is None or attempt >= retry.max_attempts or not _retryable(exc, op):
+                    raise
+                delay = retry.backoff(attempt)
+                if exc.retry_delay is not None:
+                    delay = max(delay, exc.retry_delay)
+                if loop.time() + delay >= deadline:
+                    raise
+                _log.debug(
+                    "%s attempt %d failed (%s); retrying in %.3f s",
+                    op.route.name,
+                    attempt,
+                    exc.code.name,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            if op is _ACQUIRE and not response.access_token:
+                if transport is state.grpc and self._mode == "auto":
+                    self._fall_back(
+                        "a gRPC answer had no access token (the inferred field numbers may not "
+                        "match the service)",
+                        incompatible=True,
+                    )
+                    continue
+                raise Internal(
+                    "the service answered without an access token",
+                    transport=transport.kind,
+                )
+            if self._rest_until and transport is state.grpc:
+                self._rest_until = 0.0
+                self._reprobe = _REPROBE_FIRST
+                _log.info("gRPC reaches the service again; leaving REST")
+            return response
+
+    def _deadline(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> float:
+        if timeout is None:
+            return loop.time() + DEFAULT_TIMEOUT
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise UsageError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        return loop.time() + timeout
+
+    # ---- public API ------------------------------------------------------------------
+
+    async def acquire_access_token(
+        self,
+        name: str,
+        *,
+        scope: str | None = None,
+        action: str | None = None,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AccessToken:
+        """A fresh third-party access token for the end user behind ``credentials``.
+
+        Args:
+            name: The connector, ``projects/*/locations/*/collections/*/dataConnector``.
+            scope: A scope to ask for instead of the connector's default.
+            action: The tool or action about to run (the service checks its scopes).
+            credentials: The end user's credentials for this call (default: the client's).
+            timeout: Seconds for the whole call, retries included (default 60).
+            metadata: Extra ``(key, value)`` headers for this call.
+
+        Raises:
+            AuthorizationRequired: The user has not authorized the connector yet.
+            DataConnectorError: Any other failure (see the exception tree).
+            UsageError: Bad arguments, before any I/O.
+        """
+        loop = asyncio.get_running_loop()
+        state = self._state(loop)
+        deadline = self._deadline(loop, timeout)
+        endpoint = self._endpoint_for(_ACQUIRE.route, name)
+        if scope is not None and not isinstance(scope, str):
+            raise UsageError("scope must be a string or None")
+        if action is not None and not isinstance(action, str):
+            raise UsageError("action must be a string or None")
+        if credentials is not None:
+            check_credentials(credentials)
+        extra = check_user_metadata(metadata) if metadata else ()
+        request = _proto.AcquireAccessTokenRequest(
+            name=name, scope=scope or "", action=action or ""
+        )
+        response: _proto.AcquireAccessTokenResponse
+        if self._single_flight:
+            key = (name, scope, action, self._auth.identity(credentials), extra)
+            response = await state.flights.run(
+                key,
+                deadline,
+                partial(self._invoke, _ACQUIRE, request, name, credentials, extra, state, endpoint),
+            )
+        else:
+            response = await self._invoke(
+                _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
+            )
+        info = response.refresh_token_info
+        return AccessToken(
+            response.access_token, connector=info.name or name, scopes=tuple(info.scopes)
+        )
+
+    async def store_refresh_token(
+        self,
+        name: str,
+        full_redirect_uri: str,
+        *,
+        scopes: Sequence[str] = (),
+        instance_uri: str | None = None,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+    ) -> dict[str, str | int | bool]:
+        """Exchange the authorization code in ``full_redirect_uri`` and store the refresh token.
+
+        Call it with the credentials of the end user who consented: the service files the
+        token under the caller's identity.
+
+        Returns:
+            The third party's extra token-answer fields (``additional_oauth_responses``).
+        """
+        loop = asyncio.get_running_loop()
+        state = self._state(loop)
+        deadline = self._deadline(loop, timeout)
+        endpoint = self._endpoint_for(_STORE.route, name)
+        if not isinstance(full_redirect_uri, str) or not full_redirect_uri:
+            raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
+        if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
+            raise UsageError("scopes must be a sequence of strings (not one string)")
+        if instance_uri is not None and not isinstance(instance_uri, str):
+            raise UsageError("instance_uri must be a string or None")
+        if credentials is not None:
+            check_credentials(credentials)
+        request = _proto.AcquireAndStoreRefreshTokenRequest(
+            name=name,
+            scopes=list(scopes),
+            full_redirect_uri=full_redirect_uri,
+            instance_uri=instance_uri or "",
+        )
+        response: _proto.AcquireAndStoreRefreshTokenResponse = await self._invoke(
+            _STORE, request, name, credentials, (), state, endpoint, deadline
+        )
+        extra: dict[str, str | int | bool] = {}
+        for item in response.additional_oauth_responses:
+            kind = item.WhichOneof("value")
+            if kind is not None:
+                extra[item.key] = getattr(item, kind)
+        return extra
+
+    async def check_refresh_token(
+        self, name: str, *, credentials: CredentialsLike = None
+    ) -> tuple[str, ...]:
+        """Deprecated by the service: the scopes of the user's stored refresh token.
+
+        Raises:
+            AuthorizationRequired: Nothing is stored for this user and connector.
+        """
+        warnings.warn(
+            "CheckRefreshToken is deprecated by the service: call acquire_access_token() and "
+            "handle AuthorizationRequired instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        loop = asyncio.get_running_loop()
+        state = self._state(loop)
+        deadline = self._deadline(loop, None)
+        endpoint = self._endpoint_for(_CHECK.route, name)
+        if credentials is not None:
+            check_credentials(credentials)
+        request = _proto.CheckRefreshTokenRequest(name=name)
+        response: _proto.CheckRefreshTokenResponse = await self._invoke(
+            _CHECK, request, name, credentials, (), state, endpoint, deadline
+        )
+        return tuple(response.refresh_token_info.scopes)
+
+    async def aclose(self) -> None:
+        """Close connections promptly (calls in flight end with Cancelled); idempotent."""
+        self._closed = True
+        self._last_loop = self._last_state = None
+        loop = asyncio.get_running_loop()
+        for state_loop, state in list(self._states.items()):
+            if state_loop is loop:
+                if state.keeper is not None:
+                    await state.keeper.aclose()
+                else:
+                    self._forget_loop(state_loop, state)
+                    await state.close()
+            elif not state_loop.is_closed():
+                # A loop in another thread: close there (fire and forget).
+                asyncio.run_coroutine_threadsafe(state.close(), state_loop)
+                self._forget_loop(state_loop, state)
+            else:
+                self._forget_loop(state_loop, state)
+        self._auth.close()
+
+    async def __aenter__(self) -> DataConnectorClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        fixed = self._plan.fixed
+        where = repr(fixed) if fixed is not None else "Discovery Engine"
+        return f"DataConnectorClient(transport={self._mode!r}, endpoint={where})"

@@ -1,0 +1,375 @@
+"""The client's exceptions: one tree for both wires.
+
+A server error raises the same exception whether it came over gRPC (``grpc-status-details-bin``)
+or REST (Google's JSON error envelope): both are turned into a ``google.rpc.Status`` first and
+:func:`from_status` is the one place that maps a status to a class::
+
+    Exception
+    ├── DataConnectorError            code, message, details, reason, domain, metadata,
+    │   │                             retry_delay, transport, http_status
+    │   ├── Cancelled                 CANCELLED (also: the client was closed mid-call)
+    │   ├── Unknown                   UNKNOWN
+    │   ├── InvalidArgument           INVALID_ARGUMENT
+    │   ├── DeadlineExceeded          DEADLINE_EXCEEDED (the call's overall deadline)
+    │   ├── NotFound                  NOT_FOUND
+    │   │   └── AuthorizationRequired the end user stored no refresh token for the connector
+    │   ├── AlreadyExists             ALREADY_EXISTS
+    │   ├── PermissionDenied          PERMISSION_DENIED
+    │   ├── ResourceExhausted         RESOURCE_EXHAUSTED (also: an oversize response)
+    │   ├── FailedPrecondition        FAILED_PRECONDITION (SCOPES_MISSING, REFRESH_TOKEN_REVOKED)
+    │   ├── Aborted                   ABORTED
+    │   ├── OutOfRange                OUT_OF_RANGE
+    │   ├── Unimplemented             UNIMPLEMENTED
+    │   ├── Internal                  INTERNAL (also: a malformed or tokenless success)
+    │   ├── Unavailable               UNAVAILABLE (also: connection refused / reset / TLS)
+    │   ├── DataLoss                  DATA_LOSS
+    │   └── Unauthenticated           UNAUTHENTICATED (also: credentials that cannot refresh)
+    └── ValueError
+        └── UsageError                misuse (a malformed name, bad arguments), before any I/O
+
+Messages never carry tokens: they are built from the server's status message, the connector
+name and the principal, never from headers or request bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Final, Literal
+
+import grpc
+from google.protobuf import any_pb2, descriptor_pool, message, message_factory
+from google.rpc import error_details_pb2, status_pb2
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "AuthorizationRequired",
+    "Cancelled",
+    "DataConnectorError",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "UsageError",
+    "from_status",
+]
+
+Transport = Literal["grpc", "rest"]
+
+#: How a call failed below the service (private to the client's retry and fallback logic):
+#: "connect": the connection was never established, so the request demonstrably did not reach
+#: the server; "io": the connection broke after the request may have been sent.
+Failure = Literal["connect", "io"]
+
+ERROR_DOMAIN: Final = "discoveryengine.googleapis.com"
+REFRESH_TOKEN_NOT_FOUND: Final = "REFRESH_TOKEN_NOT_FOUND"  # noqa: S105 - a reason code
+
+# Keep the google.rpc detail types registered in the default pool.
+_DETAILS_FILE: Final = error_details_pb2.DESCRIPTOR
+
+
+class UsageError(ValueError):
+    """The client was called wrongly (a malformed name, a bad argument); nothing was sent."""
+
+
+class DataConnectorError(Exception):
+    """An RPC failed: the service answered with an error, or the wire failed.
+
+    Attributes:
+        code: The canonical status code.
+        message: The server's message (or the client's description of a wire failure).
+        details: The ``google.rpc`` detail messages, unpacked; unknown types are kept packed
+            as ``google.protobuf.Any``.
+        reason, domain, metadata: From the ``google.rpc.ErrorInfo`` detail, if any.
+        retry_delay: Seconds, from the ``google.rpc.RetryInfo`` detail, if any.
+        transport: The wire that carried the call, "grpc" or "rest" (None: no wire was used).
+        http_status: The HTTP status of a REST answer (None over gRPC).
+    """
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: tuple[message.Message, ...] = (),
+        transport: Transport | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.transport: Transport | None = transport
+        self.http_status = http_status
+        self.reason: str | None = None
+        self.domain: str | None = None
+        self.metadata: Mapping[str, str] = {}
+        self.retry_delay: float | None = None
+        self._failure: Failure | None = None
+        for detail in details:
+            if isinstance(detail, error_details_pb2.ErrorInfo):
+                self.reason = detail.reason or None
+                self.domain = detail.domain or None
+                self.metadata = dict(detail.metadata)
+            elif isinstance(detail, error_details_pb2.RetryInfo) and detail.HasField("retry_delay"):
+                self.retry_delay = detail.retry_delay.ToNanoseconds() / 1e9
+
+    def __str__(self) -> str:
+        text = f"{self.code.name}: {self.message}"
+        if self.reason:
+            text += f" [reason={self.reason}]"
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code.name}, message={self.message!r}, "
+            f"reason={self.reason!r}, transport={self.transport!r}, "
+            f"http_status={self.http_status!r})"
+        )
+
+
+class Cancelled(DataConnectorError):
+    """The call was cancelled (by the server, or because the client was closed)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unknown(DataConnectorError):
+    """UNKNOWN."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(DataConnectorError):
+    """INVALID_ARGUMENT: the service rejected the request."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(DataConnectorError):
+    """DEADLINE_EXCEEDED: the call's overall deadline passed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(DataConnectorError):
+    """NOT_FOUND (for example ``CONNECTOR_NOT_FOUND``)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AuthorizationRequired(NotFound):
+    """The end user has no refresh token stored for this connector: they must authorize.
+
+    Raised for NOT_FOUND with reason ``REFRESH_TOKEN_NOT_FOUND``, or with no reason at all
+    (what the hosted service sends), on the token-reading calls.
+
+    Attributes:
+        connector: The data connector's resource name.
+        principal: Who the call was made as, where known (the server's ErrorInfo metadata
+            ``principal``, or the service account of the credentials used); a service account
+            here usually means the user's own credentials were not passed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        connector: str,
+        principal: str | None = None,
+        details: tuple[message.Message, ...] = (),
+        transport: Transport | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message, details=details, transport=transport, http_status=http_status)
+        self.connector = connector
+        self.principal = principal or self.metadata.get("principal") or None
+
+    def __str__(self) -> str:
+        who = self.principal or "the end user"
+        return (
+            f"{self.code.name}: {who} has not authorized data connector {self.connector}: "
+            f"send the user through the connector's consent flow and store the result with "
+            f"store_refresh_token() (server: {self.message})"
+        )
+
+
+class AlreadyExists(DataConnectorError):
+    """ALREADY_EXISTS."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(DataConnectorError):
+    """PERMISSION_DENIED: the caller may not use this connector."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(DataConnectorError):
+    """RESOURCE_EXHAUSTED: quota, or a response larger than the client accepts."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(DataConnectorError):
+    """FAILED_PRECONDITION: for example ``SCOPES_MISSING`` or ``REFRESH_TOKEN_REVOKED``."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(DataConnectorError):
+    """ABORTED."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(DataConnectorError):
+    """OUT_OF_RANGE."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(DataConnectorError):
+    """UNIMPLEMENTED: the endpoint does not serve this method."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(DataConnectorError):
+    """INTERNAL: a server fault, or an answer the client cannot use."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(DataConnectorError):
+    """UNAVAILABLE: the service (or the third party behind it) or the wire failed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(DataConnectorError):
+    """DATA_LOSS."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unauthenticated(DataConnectorError):
+    """UNAUTHENTICATED: missing, invalid or expired credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+_CLASSES: Final[dict[int, type[DataConnectorError]]] = {
+    cls.code.value[0]: cls
+    for cls in (
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    )
+}
+
+
+def error_class(code: grpc.StatusCode) -> type[DataConnectorError]:
+    """The exception class of a canonical code."""
+    return _CLASSES.get(code.value[0], Unknown)
+
+
+def unpack_details(details: Sequence[any_pb2.Any]) -> tuple[message.Message, ...]:
+    """Unpack ``google.rpc`` status details; types this process does not know stay packed."""
+    unpacked: list[message.Message] = []
+    pool = descriptor_pool.Default()
+    for packed in details:
+        try:
+            desc = pool.FindMessageTypeByName(packed.TypeName())
+        except KeyError:
+            unpacked.append(packed)
+            continue
+        detail = message_factory.GetMessageClass(desc)()
+        if packed.Unpack(detail):
+            unpacked.append(detail)
+        else:
+            unpacked.append(packed)
+    return tuple(unpacked)
+
+
+def from_status(
+    status: status_pb2.Status,
+    *,
+    transport: Transport,
+    http_status: int | None = None,
+    connector: str | None = None,
+    from_service: bool = True,
+    failure: Failure | None = None,
+) -> DataConnectorError:
+    """The exception for a ``google.rpc.Status``, whichever wire carried it.
+
+    Args:
+        status: The status (code, message, details).
+        transport: The wire, recorded on the exception.
+        http_status: The HTTP status of a REST answer.
+        connector: The connector the call read a token for; given, a NOT_FOUND from the service
+            with reason ``REFRESH_TOKEN_NOT_FOUND`` or no reason becomes
+            :class:`AuthorizationRequired`.
+        from_service: False when the status was made up from something that is not a Google
+            API error (a proxy's HTML page): such a NOT_FOUND is never read as "not authorized".
+        failure: Set when the status describes a wire failure rather than a service answer.
+    """
+    details = unpack_details(status.details)
+    message_text = status.message or f"the server sent status {status.code} without a message"
+    code = status.code
+    if code == grpc.StatusCode.NOT_FOUND.value[0] and connector is not None and from_service:
+        reasons = [d.reason for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
+        if not reasons or not reasons[0] or reasons[0] == REFRESH_TOKEN_NOT_FOUND:
+            return AuthorizationRequired(
+                message_text,
+                connector=connector,
+                details=details,
+                transport=transport,
+                http_status=http_status,
+            )
+    cls = _CLASSES.get(code, Unknown)
+    error = cls(message_text, details=details, transport=transport, http_status=http_status)
+    error._failure = failure
+    return error
+
+
+def wire_failure(
+    cls: type[DataConnectorError],
+    message_text: str,
+    *,
+    transport: Transport,
+    failure: Failure | None,
+    http_status: int | None = None,
+) -> DataConnectorError:
+    """An error made by the client for a failure below the service (no server status)."""
+    error = cls(message_text, transport=transport, http_status=http_status)
+    error._failure = failure
+    return error
+
+
+def failure_of(error: DataConnectorError) -> Failure | None:
+    """How the wire failed, for the retry and fallback decisions (None: the server answered)."""
+    return error._failure

@@ -1,0 +1,199 @@
+"""The gRPC wire over ``grpc.aio``: one lazily opened channel per target on this event loop.
+
+The multicallables are built once per channel, so a call costs what a generated-stub call
+costs plus the error translation in :func:`_error_from_rpc`. Headers (``authorization``
+included) travel as call metadata, never as grpc call credentials, which grpc drops on
+plaintext channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import grpc
+import grpc.aio
+from google.rpc import status_pb2
+
+from agentspace_grpc import _proto
+from agentspace_grpc._errors import (
+    Cancelled,
+    DataConnectorError,
+    Failure,
+    UsageError,
+    from_status,
+    wire_failure,
+)
+from agentspace_grpc._errors import error_class as _error_class
+from agentspace_grpc._headers import Headers
+from agentspace_grpc._transports.base import Endpoint, Transport
+
+__all__ = ["GrpcTransport"]
+
+_DETAILS_KEY: Final = "grpc-status-details-bin"
+_UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE
+
+# grpc core's texts for failures below the service. The connection-phase ones mean that the
+# request never left the client (grpc sends nothing before the connection is ready).
+_CONNECT_PHASE: Final = (
+    "failed to connect to all addresses",
+    "DNS resolution failed",
+    "Name resolution failure",
+    "empty address list",
+)
+_AFTER_CONNECT: Final = (
+    "Socket closed",
+    "Connection reset",
+    "Broken pipe",
+    "GOAWAY",
+    "Stream removed",
+    "keepalive",
+    "Transport closed",
+    "connection closed",
+    "Connection closed",
+    "End of TCP stream",
+    "recvmsg",
+    "sendmsg",
+    "Endpoint closing",
+    "Connection aborted",
+    "Delayed close",
+)
+
+
+def _path(name: str) -> str:
+    return _proto.method_path(_proto.SERVICE.methods_by_name[name])
+
+
+_ACQUIRE_PATH: Final = _path("AcquireAccessToken")
+_STORE_PATH: Final = _path("AcquireAndStoreRefreshToken")
+_CHECK_PATH: Final = _path("CheckRefreshToken")
+
+
+class _Channel:
+    """A channel and its three multicallables."""
+
+    __slots__ = ("acquire", "channel", "check", "store")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        target = endpoint.grpc_target
+        if target is None:
+            raise UsageError("gRPC is not configured for this endpoint; use transport='rest'")
+        options = list(endpoint.grpc_options)
+        if endpoint.grpc_credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.aio.secure_channel(
+                target, endpoint.grpc_credentials, options=options
+            )
+        self.acquire = self.channel.unary_unary(
+            _ACQUIRE_PATH,
+            request_serializer=_proto.AcquireAccessTokenRequest.SerializeToString,
+            response_deserializer=_proto.AcquireAccessTokenResponse.FromString,
+        )
+        self.store = self.channel.unary_unary(
+            _STORE_PATH,
+            request_serializer=_proto.AcquireAndStoreRefreshTokenRequest.SerializeToString,
+            response_deserializer=_proto.AcquireAndStoreRefreshTokenResponse.FromString,
+        )
+        self.check = self.channel.unary_unary(
+            _CHECK_PATH,
+            request_serializer=_proto.CheckRefreshTokenRequest.SerializeToString,
+            response_deserializer=_proto.CheckRefreshTokenResponse.FromString,
+        )
+
+
+class GrpcTransport(Transport):
+    """gRPC over ``grpc.aio``; create and use it on one event loop."""
+
+    kind = "grpc"
+
+    def __init__(self) -> None:
+        self._channels: dict[str | None, _Channel] = {}
+        self._closed = False
+
+    def _channel(self, endpoint: Endpoint) -> _Channel:
+        channel = self._channels.get(endpoint.grpc_target)
+        if channel is None:
+            if self._closed:
+                raise wire_failure(
+                    Cancelled, "the client is closed", transport="grpc", failure=None
+                )
+            channel = self._channels[endpoint.grpc_target] = _Channel(endpoint)
+        return channel
+
+    async def acquire_access_token(
+        self,
+        endpoint: Endpoint,
+        request: _proto.AcquireAccessTokenRequest,
+        headers: Headers,
+        time_left: float,
+    ) -> _proto.AcquireAccessTokenResponse:
+        """AcquireAccessToken over gRPC."""
+        try:
+            return await self._channel(endpoint).acquire(
+                request, timeout=time_left, metadata=headers
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _error_from_rpc(exc, connector=request.name) from exc
+
+    async def acquire_and_store_refresh_token(
+        self,
+        endpoint: Endpoint,
+        request: _proto.AcquireAndStoreRefreshTokenRequest,
+        headers: Headers,
+        time_left: float,
+    ) -> _proto.AcquireAndStoreRefreshTokenResponse:
+        """AcquireAndStoreRefreshToken over gRPC."""
+        try:
+            return await self._channel(endpoint).store(request, timeout=time_left, metadata=headers)
+        except grpc.aio.AioRpcError as exc:
+            raise _error_from_rpc(exc, connector=None) from exc
+
+    async def check_refresh_token(
+        self,
+        endpoint: Endpoint,
+        request: _proto.CheckRefreshTokenRequest,
+        headers: Headers,
+        time_left: float,
+    ) -> _proto.CheckRefreshTokenResponse:
+        """CheckRefreshToken over gRPC."""
+        try:
+            return await self._channel(endpoint).check(request, timeout=time_left, metadata=headers)
+        except grpc.aio.AioRpcError as exc:
+            raise _error_from_rpc(exc, connector=request.name) from exc
+
+    async def aclose(self) -> None:
+        """Close every channel; calls in flight end with CANCELLED."""
+        self._closed = True
+        channels, self._channels = list(self._channels.values()), {}
+        if channels:
+            await asyncio.gather(*(c.channel.close(grace=None) for c in channels))
+
+
+def _error_from_rpc(exc: grpc.aio.AioRpcError, *, connector: str | None) -> DataConnectorError:
+    """Translate a grpc.aio error; the one place where grpc exceptions are mapped."""
+    code = exc.code()
+    text = exc.details() or ""
+    for key, value in exc.trailing_metadata() or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status()
+            try:
+                status.ParseFromString(value)
+            except Exception:  # a garbled detail must not hide the status
+                break
+            if status.code == code.value[0]:
+                return from_status(status, transport="grpc", connector=connector)
+            break
+    failure: Failure | None = None
+    if code == _UNAVAILABLE:
+        if text.startswith(_CONNECT_PHASE) or any(p in text for p in _CONNECT_PHASE):
+            failure = "connect"
+        elif any(p in text for p in _AFTER_CONNECT):
+            failure = "io"
+    if failure is not None:
+        return wire_failure(
+            _error_class(code), text or code.name, transport="grpc", failure=failure
+        )
+    return from_status(
+        status_pb2.Status(code=code.value[0], message=text), transport="grpc", connector=connector
+    )

@@ -1,0 +1,300 @@
+"""The REST wire over aiohttp, with the HTTP request derived from ``google.api.http``.
+
+One ``aiohttp.ClientSession`` per event loop (this transport is made per loop). Each call is
+``Route.to_http`` (method, encoded path, query, JSON body), one request, and
+``message_from_json`` on success or ``status_from_http`` otherwise, so REST errors are
+classified by the JSON ``error.status`` first and by the HTTP status only when the body is
+not a Google error. aiohttp's exceptions are translated in :func:`_map_client_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterator
+from typing import Final, TypeVar, cast
+
+import aiohttp
+from google.protobuf import message
+from google.rpc import status_pb2
+from yarl import URL
+
+from agentspace_grpc import _proto
+from agentspace_grpc._errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+    UsageError,
+    from_status,
+    wire_failure,
+)
+from agentspace_grpc._headers import Headers
+from agentspace_grpc._transcode import ROUTES, Route, TranscodingError, message_from_json
+from agentspace_grpc._transcode import status_from_http as _status_from_http
+from agentspace_grpc._transports.base import Endpoint, Transport
+
+__all__ = ["MAX_RESPONSE_BYTES", "RestTransport"]
+
+#: The largest response body read (gRPC's default receive limit).
+MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
+
+_M = TypeVar("_M", bound=message.Message)
+
+_ACQUIRE: Final = ROUTES["AcquireAccessToken"]
+_STORE: Final = ROUTES["AcquireAndStoreRefreshToken"]
+_CHECK: Final = ROUTES["CheckRefreshToken"]
+_JSON_BODY: Final = (("content-type", "application/json"),)
+_URL_CACHE_SIZE: Final = 1024
+
+
+class RestTransport(Transport):
+    """REST over aiohttp; create and use it on one event loop.
+
+    Args:
+        ssl_context: The TLS context for https endpoints (None: the system's CAs).
+        max_response_bytes: Larger responses fail with :class:`ResourceExhausted`.
+    """
+
+    kind = "rest"
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._max = max_response_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str, tuple[tuple[str, str], ...]], URL] = {}
+        self._closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None:
+            if self._closed:
+                raise wire_failure(
+                    Cancelled, "the client is closed", transport="rest", failure=None
+                )
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                # Proxies are chosen by the client per endpoint (loopback is never proxied).
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return session
+
+    async def acquire_access_token(
+        self,
+        endpoint: Endpoint,
+        request: _proto.AcquireAccessTokenRequest,
+        headers: Headers,
+        time_left: float,
+    ) -> _proto.AcquireAccessTokenResponse:
+        """AcquireAccessToken over REST."""
+        return await self._call(
+            _ACQUIRE,
+            _proto.AcquireAccessTokenResponse,
+            endpoint,
+            request,
+            headers,
+            time_left,
+            connector=request.name,
+        )
+
+    async def acquire_and_store_refresh_token(
+        self,
+        endpoint: Endpoint,
+        request: _proto.AcquireAndStoreRefreshTokenRequest,
+        headers: Headers,
+        time_left: float,
+    ) -> _proto.AcquireAndStoreRefreshTokenResponse:
+        """AcquireAndStoreRefreshToken over REST."""
+        return await self._call(
+            _STORE,
+            _proto.AcquireAndStoreRefreshTokenResponse,
+            endpoint,
+            request,
+            headers,
+            time_left,
+            connector=None,
+        )
+
+    async def check_refresh_token(
+        self,
+        endpoint: Endpoint,
+        request: _proto.CheckRefreshTokenRequest,
+        headers: Headers,
+        time_left: float,
+    ) -> _proto.CheckRefreshTokenResponse:
+        """CheckRefreshToken over REST."""
+        return await self._call(
+            _CHECK,
+            _proto.CheckRefreshTokenResponse,
+            endpoint,
+            request,
+            headers,
+            time_left,
+            connector=request.name,
+        )
+
+    async def _call(
+        self,
+        route: Route,
+        response_class: type[_M],
+        endpoint: Endpoint,
+        request: message.Message,
+        headers: Headers,
+        time_left: float,
+        *,
+        connector: str | None,
+    ) -> _M:
+        try:
+            http = route.to_http(request)
+        except TranscodingError as exc:
+            raise UsageError(str(exc)) from exc
+        url = self._url(endpoint.rest_base, http.path, http.query)
+        if http.body is not None:
+            headers = (*headers, *_JSON_BODY)
+        session = self._get_session()
+        with _map_client_errors(time_left):
+            async with session.request(
+                http.method,
+                url,
+                data=http.body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=time_left),
+                proxy=endpoint.rest_proxy,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                content_type = response.headers.get("Content-Type")
+                body, oversize = await self._read(response)
+        if 200 <= status < 300 and not oversize:
+            try:
+                return cast(_M, message_from_json(body, response_class, ignore_unknown=True))
+            except (ValueError, TypeError) as exc:
+                raise wire_failure(
+                    Internal,
+                    f"the HTTP {status} answer is not a valid {response_class.__name__} JSON "
+                    f"document ({len(body)} bytes of {content_type or 'no content type'}): "
+                    f"{_first_line(exc)}",
+                    transport="rest",
+                    failure=None,
+                    http_status=status,
+                ) from exc
+        if oversize:
+            limit = f"the {self._max}-byte limit"
+            if 200 <= status < 300:
+                raise wire_failure(
+                    ResourceExhausted,
+                    f"the HTTP {status} answer is larger than {limit}",
+                    transport="rest",
+                    failure=None,
+                    http_status=status,
+                )
+            classified = _status_from_http(status, b"", content_type).code
+            raise from_status(
+                status_pb2.Status(
+                    code=classified,
+                    message=f"HTTP {status} with a {content_type or 'untyped'} body larger "
+                    f"than {limit}",
+                ),
+                transport="rest",
+                http_status=status,
+                from_service=False,
+                failure="io",
+            )
+        google_error = _looks_like_google_error(content_type, body)
+        described = _status_from_http(status, body, content_type)
+        # A proxy's or gateway's page (not a Google error): whether the service saw the request
+        # is unknown, which the retry policy must know.
+        raise from_status(
+            described,
+            transport="rest",
+            http_status=status,
+            connector=connector,
+            from_service=google_error,
+            failure=None if google_error else "io",
+        )
+
+    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """The body, or (what was read, True) when it is larger than the limit."""
+        length = response.content_length
+        if length is not None:
+            if length > self._max:
+                return b"", True
+            return await response.read(), False
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            total += len(chunk)
+            if total > self._max:
+                return b"", True
+            chunks.append(chunk)
+        return b"".join(chunks), False
+
+    def _url(self, base: str, path: str, query: tuple[tuple[str, str], ...]) -> URL:
+        key = (base, path, query)
+        url = self._urls.get(key)
+        if url is None:
+            url = URL(base + path, encoded=True)
+            if query:
+                url = url.with_query(list(query))
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[key] = url
+        return url
+
+    async def aclose(self) -> None:
+        """Close the session; requests in flight fail and end promptly."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _looks_like_google_error(content_type: str | None, body: bytes) -> bool:
+    """True when the body is JSON that can be Google's error envelope (not a proxy's page)."""
+    if content_type is None or "json" not in content_type.lower():
+        return False
+    return b'"error"' in body
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _map_client_errors(timeout: float) -> Iterator[None]:
+    """Translate aiohttp's and the socket layer's exceptions; the one place that does it."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise wire_failure(
+            DeadlineExceeded,
+            f"no answer within the {timeout:.3g} s left of the deadline",
+            transport="rest",
+            failure=None,
+        ) from exc
+    except (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError) as exc:
+        # The connection (TCP, TLS or the proxy's CONNECT) was never established.
+        raise wire_failure(
+            Unavailable, f"cannot connect: {_first_line(exc)}", transport="rest", failure="connect"
+        ) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise wire_failure(
+            Unavailable,
+            f"the answer was cut off: {_first_line(exc)}",
+            transport="rest",
+            failure="io",
+        ) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise wire_failure(
+            Unavailable,
+            f"the connection failed during the call: {_first_line(exc)}",
+            transport="rest",
+            failure="io",
+        ) from exc

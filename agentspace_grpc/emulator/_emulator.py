@@ -399,8 +399,9 @@ class Emulator:
 
     def client(self, **kwargs: Any) -> Any:
         """A ``DataConnectorClient`` pointed at this emulator (both wires)."""
-        from agentspace_grpc import DataConnectorClient  # type: ignore[attr-defined]
+        import importlib
 
+        client_class = importlib.import_module("agentspace_grpc").DataConnectorClient
         kwargs.setdefault("endpoint", self.grpc_target)
         kwargs.setdefault("rest_endpoint", self.http_url)
-        return DataConnectorClient(**kwargs)
+        return client_class(**kwargs)

@@ -467,16 +467,22 @@ class Service:
                 f"({connector.redirect_uri})"
             )
         state_scopes = self._check_state(params.get("state", [None])[0], connector, user)
-        answer = await token_request(
-            self._session,
-            connector,
-            {
-                "grant_type": "authorization_code",
-                "code": codes[0],
-                "redirect_uri": connector.redirect_uri,
-            },
-            request.instance_uri,
-        )
+        try:
+            answer = await token_request(
+                self._session,
+                connector,
+                {
+                    "grant_type": "authorization_code",
+                    "code": codes[0],
+                    "redirect_uri": connector.redirect_uri,
+                },
+                request.instance_uri,
+            )
+        except InvalidGrant:
+            raise invalid_argument(
+                "the third party rejected the authorization code in full_redirect_uri "
+                "(invalid_grant: used already, expired or unknown); run the consent again"
+            ) from None
         if answer.refresh_token is None:
             raise ServiceError(
                 code_pb2.FAILED_PRECONDITION,

@@ -66,7 +66,8 @@ async def test_grpc_store_acquire_check_end_to_end(emu: Emulator) -> None:
         )
         assert list(checked.refresh_token_info.scopes) == ["read", "write"]
     status, info = await userinfo(emu.http_url, answer.access_token)
-    assert status == 200 and info["sub"] == ALICE
+    assert status == 200
+    assert info["sub"] == ALICE
 
 
 async def test_rest_store_acquire_check_end_to_end(emu: Emulator) -> None:
@@ -84,7 +85,8 @@ async def test_rest_store_acquire_check_end_to_end(emu: Emulator) -> None:
     assert body["refreshTokenInfo"] == {"name": CONNECTOR, "scopes": ["read"]}
     assert (await userinfo(emu.http_url, body["accessToken"]))[1]["sub"] == BOB
     status, body = await rest(emu.http_url, "GET", CHECK, token)
-    assert status == 200 and body["refreshTokenInfo"]["scopes"] == ["read"]
+    assert status == 200
+    assert body["refreshTokenInfo"]["scopes"] == ["read"]
 
 
 async def test_rest_accepts_snake_case_camel_case_and_an_empty_body(emu: Emulator) -> None:
@@ -113,7 +115,8 @@ async def test_rest_unknown_or_mistyped_fields_are_invalid_argument(
 
 async def test_rest_unknown_path_and_wrong_method(emu: Emulator) -> None:
     status, body = await rest(emu.http_url, "POST", "/v1alpha/nothing:here", emu.user_token(ALICE))
-    assert status == 404 and body["error"]["status"] == "NOT_FOUND"
+    assert status == 404
+    assert body["error"]["status"] == "NOT_FOUND"
     status, body = await rest(emu.http_url, "GET", ACQUIRE, emu.user_token(ALICE))
     assert status == 405
 
@@ -131,7 +134,8 @@ async def test_unknown_user_gets_not_found_with_reason(emu: Emulator, wire: str)
         message = failure.message
     else:
         status, body = await rest(emu.http_url, "POST", ACQUIRE, token, {})
-        assert status == 404 and body["error"]["status"] == "NOT_FOUND"
+        assert status == 404
+        assert body["error"]["status"] == "NOT_FOUND"
         (detail,) = body["error"]["details"]
         assert detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
         reason, domain, metadata = detail["reason"], detail["domain"], detail["metadata"]
@@ -171,14 +175,16 @@ async def test_expired_identity_is_unauthenticated(tmp_path: Path, wire: str) ->
             assert "expired" in failure.message
         else:
             status, body = await rest(emu.http_url, "POST", ACQUIRE, token, {})
-            assert status == 401 and "expired" in body["error"]["message"]
+            assert status == 401
+            assert "expired" in body["error"]["message"]
 
 
 async def test_google_auth_user_credentials_refresh_against_the_emulator(emu: Emulator) -> None:
     credentials = emu.user_credentials(ALICE)
     assert not credentials.valid
     await asyncio.to_thread(credentials.refresh, google.auth.transport.requests.Request())
-    assert credentials.valid and credentials.expiry is not None
+    assert credentials.valid
+    assert credentials.expiry is not None
     await _store_grpc(emu, ALICE)
     async with channel_to(emu.grpc_target) as stub:
         answer = await grpc_acquire(stub, credentials.token)
@@ -199,7 +205,8 @@ async def test_unknown_and_malformed_connectors(emu: Emulator) -> None:
         failure = await grpc_fail(grpc_acquire(stub, token, name=other))
         assert failure.code == grpc.StatusCode.NOT_FOUND
         info = failure.error_info()
-        assert info is not None and info.reason == "CONNECTOR_NOT_FOUND"
+        assert info is not None
+        assert info.reason == "CONNECTOR_NOT_FOUND"
         for bad in ("", "projects/x"):
             failure = await grpc_fail(grpc_acquire(stub, token, name=bad))
             assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, bad
@@ -222,7 +229,8 @@ async def test_missing_scopes_name_the_scopes(emu: Emulator, wire: str) -> None:
             reason, metadata = info.reason, dict(info.metadata)
         else:
             status, body = await rest(emu.http_url, "POST", ACQUIRE, token, kwargs)
-            assert status == 400 and body["error"]["status"] == "FAILED_PRECONDITION"
+            assert status == 400
+            assert body["error"]["status"] == "FAILED_PRECONDITION"
             reason = body["error"]["details"][0]["reason"]
             metadata = body["error"]["details"][0]["metadata"]
         assert reason == "SCOPES_MISSING"
@@ -258,14 +266,16 @@ async def test_store_checks_code_and_state(emu: Emulator) -> None:
         # The state binds the consent to the user who started it.
         failure = await grpc_fail(store(redirect, BOB))
         assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert ALICE in failure.message and BOB in failure.message
+        assert ALICE in failure.message
+        assert BOB in failure.message
         await store(redirect)
         # A code is single use: the provider refuses it the second time.
         failure = await grpc_fail(store(redirect))
         assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "run the consent again" in failure.message
     stats = await provider_stats(emu.http_url)
-    assert stats["code_exchanges"] == 1 and stats["invalid_grant"] == 1
+    assert stats["code_exchanges"] == 1
+    assert stats["invalid_grant"] == 1
 
 
 async def test_health_and_reflection_answer(emu: Emulator) -> None:
@@ -284,7 +294,8 @@ async def test_health_and_reflection_answer(emu: Emulator) -> None:
     assert _proto.SERVICE.full_name in names
     assert answers[1].file_descriptor_response.file_descriptor_proto
     status, body = await rest(emu.http_url, "GET", "/healthz", None)
-    assert status == 200 and body == {"status": "SERVING"}
+    assert status == 200
+    assert body == {"status": "SERVING"}
 
 
 @pytest.mark.parametrize("wire", ["grpc", "rest"])
@@ -311,11 +322,13 @@ async def test_an_internal_failure_is_internal_and_carries_no_secret(
             message = failure.message
         else:
             status, body = await rest(emu.http_url, "POST", ACQUIRE, token, {})
-            assert status == 500 and body["error"]["status"] == "INTERNAL"
+            assert status == 500
+            assert body["error"]["status"] == "INTERNAL"
             message = body["error"]["message"]
         assert "incident" in message
         assert "DecryptionError" in caplog.text  # the operator's log has the cause
-        assert token not in caplog.text and token not in message
+        assert token not in caplog.text
+        assert token not in message
         # Alice's own row still works.
         async with channel_to(emu.grpc_target) as stub:
             answer = await grpc_acquire(stub, emu.user_token(ALICE))
@@ -340,10 +353,12 @@ async def test_pitfall_20_users_isolated_under_interleaved_rotations(tmp_path: P
             results = await asyncio.gather(*calls)
         for user, access in results:
             status, info = await userinfo(emu.http_url, access)
-            assert status == 200 and info["sub"] == user
+            assert status == 200
+            assert info["sub"] == user
         stats = await provider_stats(emu.http_url)
         assert stats["refreshes"] >= 6
-        assert stats["invalid_grant"] == 0 and stats["families_revoked"] == 0
+        assert stats["invalid_grant"] == 0
+        assert stats["families_revoked"] == 0
 
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])

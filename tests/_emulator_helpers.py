@@ -254,6 +254,7 @@ class CanaryProvider:
     current: dict[str, str] = field(default_factory=dict)  # refresh token -> user
     codes: dict[str, str] = field(default_factory=dict)
     url: str = ""
+    expires_in: int = 3600
 
     def connector_config(self, name: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -284,7 +285,7 @@ class CanaryProvider:
         return {
             "access_token": access,
             "refresh_token": refresh,
-            "expires_in": 1,
+            "expires_in": self.expires_in,
             "token_type": "Bearer",
             "scope": "read",
             "instance_url": "https://canary.example",

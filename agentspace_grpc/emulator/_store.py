@@ -384,7 +384,9 @@ class Store:
                     (connector, user),
                 )
                 if access is not None:
-                    self._put_access(conn, connector, user, "", version, access)
+                    # The token covers exactly the granted scopes: serve it for both keys.
+                    for key in {"", scope_key(scopes)}:
+                        self._put_access(conn, connector, user, key, version, access)
                 _bump(conn, "grants_stored")
             return Grant(connector, user, version, tuple(scopes), False, instance_uri)
 

@@ -54,9 +54,13 @@ def emulator(tmp_path: Path, emulator_config: Any) -> Iterator[Emulator]:
     try:
         from agentspace_grpc.emulator import Emulator
     except ImportError as exc:  # pragma: no cover - depends on the user's environment
+        missing = str(exc)
+    else:
+        missing = ""
+    if missing:
         pytest.fail(
-            f"the emulator fixture needs the emulator extra: pip install "
-            f"'agentspace-grpc[emulator]' ({exc})",
+            "the emulator fixture needs the emulator extra: pip install "
+            f"'agentspace-grpc[emulator]' ({missing})",
             pytrace=False,
         )
     with Emulator(data_dir=tmp_path / "agentspace-emulator", config=emulator_config) as emu:

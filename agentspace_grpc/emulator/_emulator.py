@@ -24,6 +24,7 @@ from aiohttp import web
 
 from agentspace_grpc.emulator._config import DEFAULT_CONNECTOR, Config, Connector, load_config
 from agentspace_grpc.emulator._crypto import Keyring, load_keyring
+from agentspace_grpc.emulator._grpc import start_grpc
 from agentspace_grpc.emulator._identity import (
     IDENTITY_CLIENT_ID,
     IDENTITY_CLIENT_SECRET,
@@ -203,8 +204,6 @@ class Emulator:
         log.info("emulator ready: grpc %s, http %s", self.grpc_target, self.http_url)
 
     async def _start(self) -> None:
-        from agentspace_grpc.emulator._grpc import start_grpc
-
         if self._data_dir_arg is None:
             self._temp_dir = Path(tempfile.mkdtemp(prefix="agentspace-emulator-"))
             self._data_dir = self._temp_dir

@@ -193,12 +193,14 @@ def _parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError("connectors must be an array of tables ([[connectors]])")
     for index, item in enumerate(raw_connectors):
         connector = _connector(item, f"connectors[{index}]")
+        connectors[connector.name] = connector
+    for connector in connectors.values():
+        # A lease must outlive the upstream call it protects, or two holders could refresh.
         if connector.timeout_seconds >= lease:
             raise ConfigError(
-                f"connectors[{index}].timeout_seconds ({connector.timeout_seconds:g}) must be "
-                f"shorter than store.lease_seconds ({lease:g})"
+                f"connector {connector.name}: timeout_seconds ({connector.timeout_seconds:g}) "
+                f"must be shorter than store.lease_seconds ({lease:g})"
             )
-        connectors[connector.name] = connector
     return Config(
         connectors=connectors,
         provider=provider,

@@ -1,19 +1,24 @@
 """The emulator in its own process, set up for the end-to-end runs.
 
-``python -m agentspace_grpc.bench._emulator_proc`` starts :class:`Emulator` on loopback with
-two connectors, has one end user authorize both, and prints one JSON line: ``grpc``, ``http``,
-``token`` (that user's bearer token for the emulator), ``cached`` (a connector whose access
-tokens the emulator caches: the cache-hit path) and ``uncached`` (a connector whose provider
-answers carry no ``expires_in``, so no access token is cached and every acquire refreshes
-upstream: the refresh path). It stops at end of stdin.
+``python -m agentspace_grpc.bench._emulator_proc [--users N]`` starts :class:`Emulator` on
+loopback with two connectors and prints one JSON line: ``grpc``, ``http``, ``cached`` (a
+connector whose access tokens the emulator caches: the cache-hit path), ``uncached`` (a
+connector whose provider answers carry no ``expires_in``, so no access token is cached and
+every acquire refreshes upstream: the refresh path), ``token`` (the bearer token of the user
+who authorized ``cached``) and ``tokens`` (N users who authorized ``uncached``). The refresh
+path takes many users because the emulator runs one refresh at a time per user and lets
+concurrent callers of the same user share it; with a user per call in flight, every call is a
+real refresh. It stops at end of stdin.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import inspect
 import json
+from collections.abc import Sequence
 from typing import Any, Final
 
 from agentspace_grpc.bench._servers import serve_commands
@@ -34,31 +39,45 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _main() -> None:
+async def _main(users: int) -> None:
     emulator_module: Any = importlib.import_module("agentspace_grpc.emulator")
     async with emulator_module.Emulator(config=config()) as emu:
-        token = await _maybe_await(emu.user_token(USER))
         uncached = emu.connector
-        async with emu.client(credentials=token) as client:
-            for connector in (CACHED, uncached):
-                redirect = await emu.consent(USER, connector=connector)
-                await client.store_refresh_token(connector, redirect)
+        async with emu.client() as client:
+
+            async def authorize(email: str, connector: str) -> str:
+                token = str(await _maybe_await(emu.user_token(email)))
+                redirect = await emu.consent(email, connector=connector)
+                await client.store_refresh_token(connector, redirect, credentials=token)
                 # The first acquire fills the cache (for the cached connector).
-                await client.acquire_access_token(connector)
+                await client.acquire_access_token(connector, credentials=token)
+                return token
+
+            token = await authorize(USER, CACHED)
+            tokens: list[str] = []
+            for start in range(0, users, 16):
+                batch = range(start, min(users, start + 16))
+                tokens += await asyncio.gather(
+                    *(authorize(f"bench-user-{i}@example.com", uncached) for i in batch)
+                )
         ready = {
             "grpc": emu.grpc_target,
             "http": emu.http_url,
-            "token": token,
             "cached": CACHED,
             "uncached": uncached,
+            "token": token,
+            "tokens": tokens,
         }
         print(json.dumps(ready), flush=True)
         await serve_commands()
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run until stdin closes."""
-    asyncio.run(_main())
+    parser = argparse.ArgumentParser(prog="python -m agentspace_grpc.bench._emulator_proc")
+    parser.add_argument("--users", type=int, default=80, help="users for the refresh path")
+    args = parser.parse_args(argv)
+    asyncio.run(_main(max(1, args.users)))
     return 0
 
 

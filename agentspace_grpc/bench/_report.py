@@ -242,9 +242,10 @@ def table(results: dict[str, Any]) -> str:
     if any(True for _ in _rows(results, "emulator")):
         out += _stack_table(results, "emulator", "vs constant")
         refreshes = [
-            f"{stack['title']} {stack['upstream_refreshes_per_call']:.3f}"
+            f"{stack['title']} ({MODE_LABELS[mode]}) {figures['upstream_refreshes_per_call']:.2f}"
             for _, stack in _rows(results, "emulator")
-            if "upstream_refreshes_per_call" in stack
+            for mode, figures in stack["modes"].items()
+            if "upstream_refreshes_per_call" in figures
         ]
         if refreshes:
             out += ["", f"Upstream refreshes per acquire: {'; '.join(refreshes)}."]

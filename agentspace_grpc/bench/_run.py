@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import socket
@@ -57,9 +58,9 @@ class StackRun:
     status: str = "ok"
     reason: str = ""
     samples: dict[str, list[_measure.Sample | None]] = field(default_factory=dict)
-    # Emulator stacks: the built-in provider's refreshes during the samples, and the calls.
-    upstream_refreshes: int = 0
-    upstream_calls: int = 0
+    # Emulator stacks, per mode: the built-in provider's refreshes during the samples and
+    # the calls made in them.
+    upstream: dict[str, list[int]] = field(default_factory=dict)
 
     def fail(self, status: str, reason: str) -> None:
         """Stop measuring this stack."""
@@ -127,6 +128,17 @@ def environment() -> dict[str, Any]:
     }
 
 
+class _Notices(logging.Handler):
+    """Counts the warnings the client logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.warnings += 1
+
+
 async def _bounded(awaitable: Awaitable[_T], seconds: float) -> _T:
     async with asyncio.timeout(seconds):
         return await awaitable
@@ -146,7 +158,9 @@ class Bench:
             "agentspace_grpc.bench._servers", "http", name="constant HTTP server"
         )
         self.emulator = ServerProcess.module(
-            "agentspace_grpc.bench._emulator_proc", name="emulator"
+            "agentspace_grpc.bench._emulator_proc",
+            f"--users={settings.inflight + 16}",
+            name="emulator",
         )
         self.emulator_status = "not run"
         self.extras: dict[str, Any] = {}
@@ -236,6 +250,9 @@ class Bench:
                         http_url=str(ready.get("http", "")),
                         token=str(ready.get("token", "")),
                         name=str(ready.get(connector_key, "")),
+                        users=[str(t) for t in ready.get("tokens", ())]
+                        if path == "refresh"
+                        else (),
                     )
                 )
         for stack in emulated:
@@ -318,8 +335,9 @@ class Bench:
                 coro = _measure.concurrent(run.stack.call_concurrent, s.size, s.inflight, cap)
             sample = await _bounded(coro, cap * 3 + 30.0)
             if run.group == "emulator":
-                run.upstream_refreshes += await self._provider_refreshes() - refreshes
-                run.upstream_calls += sample.calls
+                counts = run.upstream.setdefault(mode, [0, 0])
+                counts[0] += await self._provider_refreshes() - refreshes
+                counts[1] += sample.calls
         except Exception as exc:
             run.fail("failed", f"{mode}: {_describe(exc)}")
             return None
@@ -392,6 +410,11 @@ class Bench:
         auto_second: list[float] = []
         rest_first: list[float] = []
         result: dict[str, Any] = {"status": "ok", "repeats": repeats}
+        # The client logs a warning when it falls back; collect those instead of printing
+        # them through the progress bar (one is expected per fresh client).
+        notices = _Notices()
+        logger = logging.getLogger("agentspace_grpc")
+        logger.addHandler(notices)
         try:
             for _ in range(repeats):
                 self._step("fallback cost")
@@ -410,6 +433,7 @@ class Bench:
         except Exception as exc:
             result = {"status": "failed", "reason": _describe(exc)}
         else:
+            result["fallback_warnings_logged"] = notices.warnings
             overhead = [a - r for a, r in zip(auto_first, rest_first, strict=True)]
             result.update(
                 {
@@ -419,6 +443,8 @@ class Bench:
                     "fallback_overhead_ms": _measure.spread(overhead),
                 }
             )
+        finally:
+            logger.removeHandler(notices)
         self.extras["fallback"] = result
 
     async def _timed_calls(self, transport: str, endpoint: str) -> tuple[float, float]:
@@ -456,6 +482,9 @@ class Bench:
                     for metric in _measure.METRICS
                 }
                 modes[mode]["calls"] = [0 if x is None else x.calls for x in samples]
+                refreshes, calls = run.upstream.get(mode, (0, 0))
+                if calls:
+                    modes[mode]["upstream_refreshes_per_call"] = round(refreshes / calls, 3)
             out[run.stack.key] = {
                 "title": run.stack.title,
                 "group": run.group,
@@ -465,10 +494,6 @@ class Bench:
                 "reason": run.reason,
                 "modes": modes,
             }
-            if run.group == "emulator" and run.upstream_calls:
-                out[run.stack.key]["upstream_refreshes_per_call"] = round(
-                    run.upstream_refreshes / run.upstream_calls, 3
-                )
         return out
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
+import itertools
 import json
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, Literal
 
@@ -290,7 +292,8 @@ class Agentspace(Stack):
     """``DataConnectorClient.acquire_access_token`` over one wire.
 
     Single-flight is off here: 64 identical calls in flight would otherwise share one RPC,
-    and these runs measure what one call costs. Single-flight is measured on its own.
+    and these runs measure what one call costs. Single-flight is measured on its own. With
+    ``users`` (bearer tokens), the calls cycle through those end users, one per call.
     """
 
     def __init__(
@@ -304,12 +307,14 @@ class Agentspace(Stack):
         http_url: str,
         token: str,
         name: str,
+        users: Sequence[str] = (),
     ) -> None:
         super().__init__(key=key, title=title, wire=wire, baseline=baseline)
         self._grpc_target = grpc_target
         self._http_url = http_url
         self._token = token
         self._name = name
+        self._users = itertools.cycle(users) if users else None
         self._client: Any = None
 
     async def start(self) -> None:
@@ -324,7 +329,13 @@ class Agentspace(Stack):
         await self._client.__aenter__()
 
     async def call(self) -> None:
-        token = await self._client.acquire_access_token(self._name)
+        if self._users is None:
+            token = await self._client.acquire_access_token(self._name)
+        else:
+            # One client, many end users: each call passes its user's credentials.
+            token = await self._client.acquire_access_token(
+                self._name, credentials=next(self._users)
+            )
         _check(token.access_token)
 
     async def aclose(self) -> None:

@@ -1,0 +1,111 @@
+"""The benchmark harness end to end at a tiny size: every stack measured, files written.
+
+No timing assertions: the figures only have to exist and be positive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from agentspace_grpc import cli
+
+STACKS = {
+    "grpc_stub",
+    "agentspace_grpc",
+    "gapic",
+    "aiohttp_raw",
+    "agentspace_rest",
+    "discovery",
+    "emulator_cache_hit_grpc",
+    "emulator_cache_hit_rest",
+    "emulator_refresh_grpc",
+    "emulator_refresh_rest",
+}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(
+            [
+                "bench",
+                "--quick",
+                "--size",
+                "24",
+                "--repeats",
+                "2",
+                "--budget",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+    return code, stdout.getvalue(), out
+
+
+def test_exit_status_and_files(bench_run: tuple[int, str, Path]) -> None:
+    code, _, out = bench_run
+    assert code == 0
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "bench.json").read_text())
+    for name in ("python", "grpcio", "protobuf", "protobuf_backend", "aiohttp"):
+        assert results["versions"][name]
+    assert results["machine"]["cores"] >= 1
+    assert results["machine"]["cpu_model"]
+
+
+def test_every_stack_has_figures(bench_run: tuple[int, str, Path]) -> None:
+    _, _, out = bench_run
+    results = json.loads((out / "bench.json").read_text())
+    assert set(results["stacks"]) == STACKS
+    for key, stack in results["stacks"].items():
+        assert stack["status"] == "ok", f"{key}: {stack['reason']}"
+        for mode in ("sequential", "concurrent"):
+            figures = stack["modes"][mode]
+            for metric in ("calls_per_s", "cpu_us_per_call", "p50_ms", "p99_ms"):
+                values = figures[metric]["values"]
+                assert len(values) == 2, (key, mode, metric)
+                assert all(v is not None and v > 0 and math.isfinite(v) for v in values)
+            assert all(calls > 0 for calls in figures["calls"])
+            if stack["baseline"]:
+                assert figures["ratio_to_baseline"]["cpu_us_per_call"]["median"] > 0
+
+
+def test_extras_and_targets(bench_run: tuple[int, str, Path]) -> None:
+    _, _, out = bench_run
+    results = json.loads((out / "bench.json").read_text())
+    for key in ("grpc_on", "grpc_off", "rest_on", "rest_off"):
+        entry = results["single_flight"][key]
+        assert entry["status"] == "ok", entry
+        assert entry["rpcs"] >= 1
+    # Without single-flight every caller's RPC reaches the server.
+    assert results["single_flight"]["grpc_off"]["rpcs"] == 1000
+    assert results["single_flight"]["rest_off"]["rpcs"] == 1000
+    assert results["fallback"]["status"] == "ok", results["fallback"]
+    assert results["fallback"]["auto_first_call_ms"]["median"] > 0
+    assert all(t["result"] in ("pass", "miss") for t in results["targets"]), results["targets"]
+
+
+def test_table_names_every_stack_and_target(bench_run: tuple[int, str, Path]) -> None:
+    _, table, out = bench_run
+    results = json.loads((out / "bench.json").read_text())
+    for stack in results["stacks"].values():
+        assert f"| {stack['title']} |" in table
+    for target in results["targets"]:
+        assert target["target"] in table
+    assert str(out / "bench.json") in table
+
+
+def test_bad_arguments_fail_before_any_server_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--repeats", "0"])
+    assert exc.value.code == 2
+    assert "at least 1" in capsys.readouterr().err

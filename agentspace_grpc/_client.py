@@ -25,7 +25,6 @@ import urllib.request
 import warnings
 from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, final
 from urllib.parse import urlsplit
@@ -34,7 +33,13 @@ import grpc
 from google.protobuf import message
 
 from agentspace_grpc import _proto
-from agentspace_grpc._credentials import Authorizer, CredentialsLike, check_credentials
+from agentspace_grpc._credentials import (
+    PENDING,
+    Authorizer,
+    CredentialsLike,
+    _Pending,
+    check_credentials,
+)
 from agentspace_grpc._errors import (
     AuthorizationRequired,
     Cancelled,
@@ -73,6 +78,7 @@ _REGIONAL_HOSTS: Final = {
 _REPROBE_FIRST: Final = 30.0
 _REPROBE_MAX: Final = 600.0
 _NAME_CACHE_SIZE: Final = 4096
+_HEADER_CACHE_SIZE: Final = 1024
 
 _M = TypeVar("_M", bound=message.Message)
 
@@ -313,10 +319,14 @@ class _Plan:
 class _Flight:
     __slots__ = ("deadline", "task", "waiters")
 
-    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
+    def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.task = task
+        self.task: asyncio.Task[None] | None = None
         self.waiters: set[asyncio.Future[Any]] = set()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 class _Flights:
@@ -339,15 +349,16 @@ class _Flights:
         self,
         key: Hashable,
         deadline: float,
-        start: Callable[[float], Coroutine[Any, Any, _M]],
+        start: Callable[..., Coroutine[Any, Any, _M]],
+        args: tuple[Any, ...],
     ) -> _M:
+        """Join the flight for ``key`` or start one running ``start(*args, deadline)``."""
         loop = asyncio.get_running_loop()
         flight = self._flights.get(key)
         if flight is None:
-            flight_deadline = max(deadline, loop.time() + DEFAULT_TIMEOUT)
-            flight = _Flight(flight_deadline, loop.create_task(start(flight_deadline)))
+            flight = _Flight(max(deadline, loop.time() + DEFAULT_TIMEOUT))
+            flight.task = loop.create_task(self._fly(key, flight, start(*args, flight.deadline)))
             self._flights[key] = flight
-            flight.task.add_done_callback(partial(self._finish, key, flight))
         waiter: asyncio.Future[_M] = loop.create_future()
         flight.waiters.add(waiter)
         timer = None
@@ -357,14 +368,41 @@ class _Flights:
             return await waiter
         except asyncio.CancelledError:
             flight.waiters.discard(waiter)
-            if not flight.waiters and not flight.task.done():
-                flight.task.cancel()
+            task = flight.task
+            if not flight.waiters and task is not None and not task.done():
+                task.cancel()
                 # Like wait_for: return once the shared call has really stopped.
-                await asyncio.wait((flight.task,))
+                await asyncio.wait((task,))
             raise
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _fly(self, key: Hashable, flight: _Flight, call: Coroutine[Any, Any, Any]) -> None:
+        # The outcome goes to the waiters from here (not from a done callback), which saves
+        # an event-loop turn per call.
+        try:
+            result = await call
+        except asyncio.CancelledError:
+            self._settle(key, flight, None, Cancelled("the call was cancelled"))
+            raise
+        except BaseException as exc:  # handed to every waiter
+            self._settle(key, flight, None, exc)
+        else:
+            self._settle(key, flight, result, None)
+
+    def _settle(
+        self, key: Hashable, flight: _Flight, result: Any, error: BaseException | None
+    ) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        for waiter in flight.waiters:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(result)
 
     def _expire(self, flight: _Flight, waiter: asyncio.Future[Any]) -> None:
         if waiter.done():
@@ -377,28 +415,9 @@ class _Flights:
         )
         flight.waiters.discard(waiter)
         if not flight.waiters:
-            flight.task.cancel()
+            flight.cancel()
 
-    def _finish(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if task.cancelled():
-            for waiter in flight.waiters:
-                if not waiter.done():
-                    waiter.set_exception(
-                        Cancelled("the call was cancelled", transport=self._transport_name())
-                    )
-            return
-        error = task.exception()
-        for waiter in flight.waiters:
-            if waiter.done():
-                continue
-            if error is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(task.result())
-
-    def cancel_all(self, reason: str) -> list[asyncio.Task[Any]]:
+    def cancel_all(self, reason: str) -> list[asyncio.Task[None]]:
         """Fail every waiter with Cancelled and cancel the tasks (the client is closing)."""
         tasks = []
         for flight in list(self._flights.values()):
@@ -406,8 +425,9 @@ class _Flights:
                 if not waiter.done():
                     waiter.set_exception(Cancelled(reason))
             flight.waiters.clear()
-            flight.task.cancel()
-            tasks.append(flight.task)
+            flight.cancel()
+            if flight.task is not None:
+                tasks.append(flight.task)
         self._flights.clear()
         return tasks
 
@@ -534,6 +554,7 @@ class DataConnectorClient:
             self._mode = "rest"
         self._regional: dict[str, Endpoint] = {}
         self._names: dict[tuple[str, str], Endpoint] = {}
+        self._headers: dict[tuple[str | None, str, Headers], Headers] = {}
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_loop: asyncio.AbstractEventLoop | None = None
         self._last_state: _LoopState | None = None
@@ -729,13 +750,24 @@ class DataConnectorClient:
             if state.closed:
                 raise Cancelled("the client was closed while the call was in flight")
             transport = self._pick(state)
-            authorization = await self._auth.authorization(credentials, deadline)
-            headers = build_headers(
-                authorization=authorization,
-                name=name,
-                quota_project=self._quota_project or self._auth.quota_project(credentials),
-                extra=extra,
-            )
+            authorization = self._auth.ready(credentials)
+            if authorization is PENDING:
+                authorization = await self._auth.authorization(credentials, deadline)
+            assert not isinstance(authorization, _Pending)
+            headers_key = (authorization, name, extra)
+            headers = self._headers.get(headers_key)
+            if headers is None:
+                # The quota project follows the credentials; one token comes from one
+                # credentials object, so the token identifies it well enough for the cache.
+                headers = build_headers(
+                    authorization=authorization,
+                    name=name,
+                    quota_project=self._quota_project or self._auth.quota_project(credentials),
+                    extra=extra,
+                )
+                if len(self._headers) >= _HEADER_CACHE_SIZE:
+                    self._headers.clear()
+                self._headers[headers_key] = headers
             time_left = deadline - loop.time()
             if time_left <= 0:
                 raise DeadlineExceeded(
@@ -858,7 +890,8 @@ class DataConnectorClient:
             response = await state.flights.run(
                 key,
                 deadline,
-                partial(self._invoke, _ACQUIRE, request, name, credentials, extra, state, endpoint),
+                self._invoke,
+                (_ACQUIRE, request, name, credentials, extra, state, endpoint),
             )
         else:
             response = await self._invoke(

@@ -56,6 +56,15 @@ class _DefaultMarker:
 DEFAULT_IDENTITY: Final = _DefaultMarker()
 
 
+class _Pending:
+    """Returned by :meth:`Authorizer.ready` when the header needs an await (refresh, ADC)."""
+
+    __slots__ = ()
+
+
+PENDING: Final = _Pending()
+
+
 def check_credentials(credentials: object, what: str = "credentials") -> None:
     """Reject anything but a google-auth Credentials, a token string or None (no I/O)."""
     if credentials is None or isinstance(credentials, _GoogleCredentials):
@@ -121,6 +130,24 @@ class Authorizer:
         return None
 
     # ---- headers ---------------------------------------------------------------------
+
+    def ready(self, credentials: CredentialsLike) -> str | _Pending | None:
+        """The ``authorization`` value if it is at hand without I/O, else :data:`PENDING`."""
+        creds = self._default if credentials is None else credentials
+        if type(creds) is str:
+            return self._bearer(creds)
+        if creds is None:
+            if not self._use_adc:
+                return None
+            creds = self._adc
+            if creds is None:
+                return PENDING
+        assert isinstance(creds, _GoogleCredentials)
+        creds = _scoped(creds)
+        token = creds.token
+        if token and creds.valid:
+            return self._bearer(token)
+        return PENDING
 
     async def authorization(self, credentials: CredentialsLike, deadline: float) -> str | None:
         """The ``authorization`` value for a call, refreshing first if needed."""

@@ -46,7 +46,7 @@ _ACQUIRE: Final = ROUTES["AcquireAccessToken"]
 _STORE: Final = ROUTES["AcquireAndStoreRefreshToken"]
 _CHECK: Final = ROUTES["CheckRefreshToken"]
 _JSON_BODY: Final = (("content-type", "application/json"),)
-_URL_CACHE_SIZE: Final = 1024
+_CACHE_SIZE: Final = 1024
 
 
 class RestTransport(Transport):
@@ -68,7 +68,9 @@ class RestTransport(Transport):
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._max = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[tuple[str, str, tuple[tuple[str, str], ...]], URL] = {}
+        # Transcoded requests by (base URL, method, serialized request): a name, scope and
+        # action seen before cost a dict lookup instead of a transcoding.
+        self._prepared: dict[tuple[str, str, bytes], tuple[str, URL, bytes | None]] = {}
         self._closed = False
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -151,19 +153,22 @@ class RestTransport(Transport):
         *,
         connector: str | None,
     ) -> _M:
-        try:
-            http = route.to_http(request)
-        except TranscodingError as exc:
-            raise UsageError(str(exc)) from exc
-        url = self._url(endpoint.rest_base, http.path, http.query)
-        if http.body is not None:
+        key = (endpoint.rest_base, route.name, request.SerializeToString())
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = self._prepare(route, endpoint.rest_base, request)
+            if len(self._prepared) >= _CACHE_SIZE:
+                self._prepared.clear()
+            self._prepared[key] = prepared
+        method, url, body = prepared
+        if body is not None:
             headers = (*headers, *_JSON_BODY)
         session = self._get_session()
         with _map_client_errors(time_left):
             async with session.request(
-                http.method,
+                method,
                 url,
-                data=http.body,
+                data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=time_left),
                 proxy=endpoint.rest_proxy,
@@ -236,17 +241,19 @@ class RestTransport(Transport):
             chunks.append(chunk)
         return b"".join(chunks), False
 
-    def _url(self, base: str, path: str, query: tuple[tuple[str, str], ...]) -> URL:
-        key = (base, path, query)
-        url = self._urls.get(key)
-        if url is None:
-            url = URL(base + path, encoded=True)
-            if query:
-                url = url.with_query(list(query))
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            self._urls[key] = url
-        return url
+    @staticmethod
+    def _prepare(
+        route: Route, base: str, request: message.Message
+    ) -> tuple[str, URL, bytes | None]:
+        """Method, URL and body of a request (transcoded once per distinct request)."""
+        try:
+            http = route.to_http(request)
+        except TranscodingError as exc:
+            raise UsageError(str(exc)) from exc
+        url = URL(base + http.path, encoded=True)
+        if http.query:
+            url = url.with_query(list(http.query))
+        return http.method, url, http.body
 
     async def aclose(self) -> None:
         """Close the session; requests in flight fail and end promptly."""

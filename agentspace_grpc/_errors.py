@@ -176,8 +176,8 @@ class AuthorizationRequired(NotFound):
     Attributes:
         connector: The data connector's resource name.
         principal: Who the call was made as, where known (the server's ErrorInfo metadata
-            ``principal``, or the service account of the credentials used); a service account
-            here usually means the user's own credentials were not passed.
+            ``principal`` or ``user``, else the account the credentials name); a service
+            account here usually means the end user's own credentials were not passed.
     """
 
     def __init__(
@@ -192,7 +192,9 @@ class AuthorizationRequired(NotFound):
     ) -> None:
         super().__init__(message, details=details, transport=transport, http_status=http_status)
         self.connector = connector
-        self.principal = principal or self.metadata.get("principal") or None
+        self.principal = (
+            principal or self.metadata.get("principal") or self.metadata.get("user") or None
+        )
 
     def __str__(self) -> str:
         who = self.principal or "the end user"

@@ -1,0 +1,73 @@
+"""``agentspace-grpc acquire``: fetch an end user's third-party access token (AcquireAccessToken).
+
+Prints the connector, the granted scopes, the wire that answered and the token's fingerprint;
+the token itself only with ``--show-token`` (then alone on stdout, so that
+``TOKEN=$(agentspace-grpc acquire NAME --show-token)`` works, with the details on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from agentspace_grpc._commands import _common
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``acquire`` subcommand."""
+    parser = _common.new_parser(
+        subparsers,
+        "acquire",
+        help_text="fetch an end user's third-party access token from a data connector",
+        description="Call AcquireAccessToken: the service mints a fresh third-party access "
+        "token (Jira, Salesforce, ...) from the refresh token that the end user stored with "
+        "`store`. Prints the connector, the scopes and the wire that answered; the token "
+        "itself only with --show-token.",
+    )
+    parser.add_argument("--scope", help="ask for this scope instead of the connector's default")
+    parser.add_argument(
+        "--action", help="the tool or action about to run (the service checks its scopes)"
+    )
+    parser.add_argument(
+        "--show-token",
+        action="store_true",
+        help="print the access token (alone on stdout; the details go to stderr)",
+    )
+    _common.add_connection_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Acquire one token and print what the user asked for."""
+
+    async def main(log: _common.ClientLog) -> int:
+        credentials = await _common.credentials_from(args)
+        async with _common.make_client(args, credentials) as client:
+            token = await client.acquire_access_token(
+                args.name, scope=args.scope, action=args.action, timeout=args.timeout
+            )
+        transport = _common.answered_by(args, log, token)
+        if args.json:
+            data: dict[str, Any] = {
+                "connector": token.connector,
+                "scopes": list(token.scopes),
+                "transport": transport,
+                "token_sha256": _common.fingerprint(token.access_token),
+            }
+            if args.show_token:
+                data["access_token"] = token.access_token
+            _common.print_json(data)
+            return _common.EXIT_OK
+        details = sys.stderr if args.show_token else sys.stdout
+        print(f"connector  {token.connector}", file=details)
+        print(f"scopes     {' '.join(token.scopes) or '(none reported)'}", file=details)
+        print(f"transport  {transport}", file=details)
+        hint = "" if args.show_token else " (--show-token prints the token)"
+        print(f"token      sha256:{_common.fingerprint(token.access_token)}{hint}", file=details)
+        if args.show_token:
+            sys.stdout.write(token.access_token + "\n")
+            sys.stdout.flush()
+        return _common.EXIT_OK
+
+    return _common.run("acquire", args, main)

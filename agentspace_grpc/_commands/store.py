@@ -1,0 +1,112 @@
+"""``agentspace-grpc store``: store an end user's refresh token (AcquireAndStoreRefreshToken).
+
+After the user consented at the third party, the browser lands on the connector's redirect URI
+with ``code=...&state=...``; the service exchanges that code and files the refresh token under
+the caller's identity, so this must run with the end user's own credentials. The redirect URI
+holds a secret (the code): it is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from agentspace_grpc._commands import _common
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``store`` subcommand."""
+    parser = _store_parser(subparsers)
+    parser.set_defaults(handler=run)
+
+
+def _store_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = _common.new_parser(
+        subparsers,
+        "store",
+        help_text="store an end user's refresh token after consent",
+        description="Call AcquireAndStoreRefreshToken with the full redirect URI that the "
+        "third party sent the user's browser back to (code= and every other parameter): the "
+        "service exchanges the code and stores the refresh token for the calling user, so "
+        "use that user's credentials.",
+    )
+    parser.add_argument(
+        "--redirect-uri",
+        required=True,
+        metavar="URI",
+        help="the full redirect URI after consent, query included ('-': read stdin); never printed",
+    )
+    parser.add_argument(
+        "--scopes",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="SCOPE",
+        help="the scopes the user consented to (space-separated or repeated)",
+    )
+    parser.add_argument("--instance-uri", metavar="URI", help="the third party's instance URI")
+    _common.add_connection_arguments(parser)
+    return parser
+
+
+def redirect_uri_from(value: str) -> str:
+    """The redirect URI from the flag ('-': stdin), checked for a code without echoing it."""
+    uri = sys.stdin.readline().strip() if value == "-" else value.strip()
+    if not uri:
+        raise _common.CommandError("--redirect-uri is empty")
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _common.CommandError(
+            "--redirect-uri must be the full http(s) URL the browser was sent back to"
+        )
+    query = parse_qs(parts.query)
+    if "error" in query:
+        raise _common.CommandError(
+            f"the consent did not succeed: the third party answered error={query['error'][0]}; "
+            "run the consent flow again",
+            _common.EXIT_AUTHORIZE,
+        )
+    if not query.get("code"):
+        raise _common.CommandError(
+            "--redirect-uri has no code= parameter: pass the whole URI the browser landed on "
+            "after consent, query string included"
+        )
+    return uri
+
+
+def run(args: argparse.Namespace) -> int:
+    """Store the refresh token and print the third party's extra answer fields."""
+
+    async def main(log: _common.ClientLog) -> int:
+        uri = redirect_uri_from(args.redirect_uri)
+        scopes = [scope for value in args.scopes for scope in value.split()]
+        credentials = await _common.credentials_from(args)
+        async with _common.make_client(args, credentials) as client:
+            extra = await client.store_refresh_token(
+                args.name,
+                uri,
+                scopes=scopes,
+                instance_uri=args.instance_uri,
+                timeout=args.timeout,
+            )
+        transport = _common.answered_by(args, log)
+        if args.json:
+            data: dict[str, Any] = {
+                "connector": args.name,
+                "stored": True,
+                "transport": transport,
+                "additional_oauth_responses": extra,
+            }
+            _common.print_json(data)
+            return _common.EXIT_OK
+        who = f" of {args.emulator_user}" if args.emulator_user else ""
+        print(f"stored the refresh token{who} for {args.name} (transport {transport})")
+        for key in sorted(extra):
+            print(f"  {key}: {extra[key]}")
+        return _common.EXIT_OK
+
+    return _common.run("store", args, main)

@@ -1,0 +1,429 @@
+"""One exception tree for both wires: parity of service errors, REST faults, AuthorizationRequired."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import google.oauth2.credentials
+import grpc
+import pytest
+from aiohttp import web
+from google.protobuf import any_pb2, struct_pb2
+from google.rpc import error_details_pb2
+
+from agentspace_grpc import (
+    Aborted,
+    AlreadyExists,
+    AuthorizationRequired,
+    Cancelled,
+    DataConnectorClient,
+    DataConnectorError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+from tests._servers import (
+    CONNECTOR,
+    RpcFault,
+    Servers,
+    error_info,
+    reset_connection,
+    retry_info,
+    serve,
+)
+
+TRANSPORTS = ["grpc", "rest"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    async with serve() as running:
+        yield running
+
+
+@pytest.fixture
+async def client(servers: Servers, transport: str) -> AsyncIterator[DataConnectorClient]:
+    async with DataConnectorClient(
+        credentials="alice-token", retry=None, **servers.client_kwargs(transport)
+    ) as made:
+        yield made
+
+
+# ---- the same service error raises the same exception over gRPC and REST ----------------
+
+SERVICE_ERRORS = [
+    (grpc.StatusCode.NOT_FOUND, "CONNECTOR_NOT_FOUND", NotFound),
+    (grpc.StatusCode.FAILED_PRECONDITION, "SCOPES_MISSING", FailedPrecondition),
+    (grpc.StatusCode.FAILED_PRECONDITION, "REFRESH_TOKEN_REVOKED", FailedPrecondition),
+    (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", Unavailable),
+    (grpc.StatusCode.PERMISSION_DENIED, None, PermissionDenied),
+    (grpc.StatusCode.INVALID_ARGUMENT, None, InvalidArgument),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMIT_EXCEEDED", ResourceExhausted),
+    (grpc.StatusCode.ABORTED, None, Aborted),
+    (grpc.StatusCode.INTERNAL, None, Internal),
+    (grpc.StatusCode.UNKNOWN, None, Unknown),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, None, DeadlineExceeded),
+    (grpc.StatusCode.UNIMPLEMENTED, None, Unimplemented),
+    (grpc.StatusCode.CANCELLED, None, Cancelled),
+]
+
+
+@pytest.mark.parametrize(("code", "reason", "expected"), SERVICE_ERRORS)
+async def test_service_errors_map_to_the_same_exception_on_both_wires(
+    servers: Servers, code: grpc.StatusCode, reason: str | None, expected: type[Exception]
+) -> None:
+    details = [retry_info(1.5)]
+    if reason is not None:
+        details.insert(0, error_info(reason, connector=CONNECTOR, missing_scopes="a b"))
+    caught: dict[str, DataConnectorError] = {}
+    for transport in TRANSPORTS:
+        servers.service.fail_next(RpcFault(code, f"the {code.name} message", *details))
+        async with DataConnectorClient(
+            credentials="alice-token", retry=None, **servers.client_kwargs(transport)
+        ) as client:
+            with pytest.raises(DataConnectorError) as info:
+                await client.acquire_access_token(CONNECTOR)
+        caught[transport] = info.value
+    on_grpc, on_rest = caught["grpc"], caught["rest"]
+    for error in (on_grpc, on_rest):
+        assert type(error) is expected
+        assert error.code == code
+        assert error.message == f"the {code.name} message"
+        assert error.reason == reason
+        assert error.retry_delay == pytest.approx(1.5)
+        assert error.domain == ("discoveryengine.googleapis.com" if reason else None)
+        assert dict(error.metadata) == (
+            {"connector": CONNECTOR, "missing_scopes": "a b"} if reason else {}
+        )
+        assert str(error) == str(on_grpc)
+    assert on_grpc.transport == "grpc"
+    assert on_rest.transport == "rest"
+    assert on_grpc.http_status is None
+    assert on_rest.http_status is not None
+    assert on_rest.http_status >= 400
+
+
+async def test_known_details_are_unpacked_and_unknown_ones_kept(
+    servers: Servers, transport: str, client: DataConnectorClient
+) -> None:
+    custom = any_pb2.Any(type_url="type.googleapis.com/example.v1.Custom", value=b"\x08\x01")
+    fault = RpcFault(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "denied",
+        error_info("IAM_PERMISSION_DENIED", permission="discoveryengine.dataConnectors.use"),
+        error_details_pb2.LocalizedMessage(locale="fr", message="refusé"),
+    )
+    fault.status.details.append(custom)
+    servers.service.fail_next(fault)
+    with pytest.raises(PermissionDenied) as caught:
+        await client.acquire_access_token(CONNECTOR)
+    details = caught.value.details
+    assert len(details) == 3
+    assert isinstance(details[0], error_details_pb2.ErrorInfo)
+    assert caught.value.metadata["permission"] == "discoveryengine.dataConnectors.use"
+    assert isinstance(details[1], error_details_pb2.LocalizedMessage)
+    assert details[1].message == "refusé"
+    # The unknown type is kept: packed as is over gRPC, as the JSON it was over REST.
+    assert isinstance(details[2], any_pb2.Any | struct_pb2.Value)
+    assert "example.v1.Custom" in str(details[2])
+
+
+# ---- AuthorizationRequired ----------------------------------------------------------------
+
+
+async def test_refresh_token_not_found_is_authorization_required_naming_connector_and_user(
+    servers: Servers, client: DataConnectorClient, transport: str
+) -> None:
+    servers.service.fail_next(
+        RpcFault(
+            grpc.StatusCode.NOT_FOUND,
+            "no refresh token stored",
+            error_info("REFRESH_TOKEN_NOT_FOUND", connector=CONNECTOR, user="alice@example.com"),
+        )
+    )
+    with pytest.raises(AuthorizationRequired) as caught:
+        await client.acquire_access_token(CONNECTOR)
+    error = caught.value
+    assert isinstance(error, NotFound)
+    assert error.connector == CONNECTOR
+    assert error.principal == "alice@example.com"
+    assert error.reason == "REFRESH_TOKEN_NOT_FOUND"
+    text = str(error)
+    assert CONNECTOR in text
+    assert "alice@example.com" in text
+    assert "store_refresh_token" in text
+    assert error.transport == transport
+
+
+async def test_not_found_without_reason_means_authorization_required(
+    servers: Servers, client: DataConnectorClient
+) -> None:
+    servers.service.fail_next(RpcFault(grpc.StatusCode.NOT_FOUND, "Not found"))
+    with pytest.raises(AuthorizationRequired, match="the end user has not authorized"):
+        await client.acquire_access_token(CONNECTOR)
+
+
+async def test_connector_not_found_is_not_authorization_required(
+    servers: Servers, client: DataConnectorClient
+) -> None:
+    servers.service.fail_next(
+        RpcFault(grpc.StatusCode.NOT_FOUND, "no such connector", error_info("CONNECTOR_NOT_FOUND"))
+    )
+    with pytest.raises(NotFound) as caught:
+        await client.acquire_access_token(CONNECTOR)
+    assert not isinstance(caught.value, AuthorizationRequired)
+    assert caught.value.reason == "CONNECTOR_NOT_FOUND"
+
+
+async def test_check_refresh_token_not_found_is_authorization_required(
+    servers: Servers, client: DataConnectorClient
+) -> None:
+    servers.service.fail_next(RpcFault(grpc.StatusCode.NOT_FOUND, "nothing stored"))
+    with pytest.warns(DeprecationWarning), pytest.raises(AuthorizationRequired):
+        await client.check_refresh_token(CONNECTOR)
+
+
+async def test_store_not_found_stays_a_plain_not_found(
+    servers: Servers, client: DataConnectorClient
+) -> None:
+    servers.service.fail_next(RpcFault(grpc.StatusCode.NOT_FOUND, "no such connector"))
+    with pytest.raises(NotFound) as caught:
+        await client.store_refresh_token(CONNECTOR, "https://r/?code=c")
+    assert not isinstance(caught.value, AuthorizationRequired)
+
+
+async def test_authorization_required_names_the_account_of_the_credentials(
+    servers: Servers, transport: str
+) -> None:
+    # The classic mistake: calling with the agent's own service account instead of the user.
+    credentials = google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
+        token="agent-token", account="agent@project.iam.gserviceaccount.com"
+    )
+    servers.service.fail_next(RpcFault(grpc.StatusCode.NOT_FOUND, "Not found"))
+    async with DataConnectorClient(
+        credentials=credentials, **servers.client_kwargs(transport)
+    ) as client:
+        with pytest.raises(AuthorizationRequired) as caught:
+            await client.acquire_access_token(CONNECTOR)
+    assert caught.value.principal == "agent@project.iam.gserviceaccount.com"
+    assert "agent@project.iam.gserviceaccount.com has not authorized" in str(caught.value)
+
+
+# ---- REST: the parity table of pitfall 9 -------------------------------------------------
+
+# What a non-Google answer means, by HTTP status (an independent statement of the mapping).
+BY_HTTP_STATUS: dict[int, type[DataConnectorError]] = {
+    400: InvalidArgument,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Aborted,
+    412: FailedPrecondition,
+    429: ResourceExhausted,
+    499: Cancelled,
+    500: Internal,
+    501: Unimplemented,
+    502: Unavailable,
+    503: Unavailable,
+    504: Unavailable,
+}
+
+HTML_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+
+
+async def _rest_call(servers: Servers, answer: web.StreamResponse) -> DataConnectorError:
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return answer
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", retry=None, **servers.client_kwargs("rest")
+    ) as client:
+        with pytest.raises(DataConnectorError) as caught:
+            await client.acquire_access_token(CONNECTOR)
+    return caught.value
+
+
+@pytest.mark.parametrize("status", sorted(BY_HTTP_STATUS))
+async def test_pitfall_9_html_error_pages_are_classified_by_http_status(
+    servers: Servers, status: int
+) -> None:
+    error = await _rest_call(
+        servers, web.Response(status=status, body=HTML_PAGE, content_type="text/html")
+    )
+    assert type(error) is BY_HTTP_STATUS[status]
+    assert not isinstance(error, AuthorizationRequired)
+    assert error.http_status == status
+    assert error.transport == "rest"
+    assert "text/html" in error.message
+    assert "nginx" not in error.message  # the page itself is not dumped into the message
+
+
+@pytest.mark.parametrize("status", sorted(BY_HTTP_STATUS))
+async def test_pitfall_9_empty_error_bodies_are_classified_by_http_status(
+    servers: Servers, status: int
+) -> None:
+    error = await _rest_call(servers, web.Response(status=status))
+    assert type(error) is BY_HTTP_STATUS[status]
+    assert error.http_status == status
+    assert "empty body" in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "name", "expected"),
+    [
+        (400, "FAILED_PRECONDITION", FailedPrecondition),
+        (400, "OUT_OF_RANGE", OutOfRange),
+        (409, "ALREADY_EXISTS", AlreadyExists),
+        (500, "UNAVAILABLE", Unavailable),
+        (503, "RESOURCE_EXHAUSTED", ResourceExhausted),
+        (404, "NOT_FOUND", AuthorizationRequired),
+        (429, "NO_SUCH_STATUS", ResourceExhausted),
+    ],
+)
+async def test_pitfall_9_google_errors_are_classified_by_their_status_first(
+    servers: Servers, status: int, name: str, expected: type[DataConnectorError]
+) -> None:
+    body = {
+        "error": {
+            "code": status,
+            "message": f"{name} from the service",
+            "status": name,
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "SOME_REASON" if name != "NOT_FOUND" else "REFRESH_TOKEN_NOT_FOUND",
+                    "domain": "discoveryengine.googleapis.com",
+                    "metadata": {"k": "v"},
+                }
+            ],
+        }
+    }
+    error = await _rest_call(
+        servers, web.Response(status=status, text=json.dumps(body), content_type="application/json")
+    )
+    assert isinstance(error, expected)
+    if name in grpc.StatusCode.__members__:
+        assert error.code == grpc.StatusCode[name]
+    assert error.message == f"{name} from the service"
+    assert error.metadata == {"k": "v"}
+    assert error.http_status == status
+
+
+async def test_pitfall_9_connection_reset_mid_call_is_unavailable(servers: Servers) -> None:
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        reset_connection(request)
+        return web.Response()
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", retry=None, **servers.client_kwargs("rest")
+    ) as client:
+        with pytest.raises(Unavailable) as caught:
+            await client.acquire_access_token(CONNECTOR)
+    assert caught.value.transport == "rest"
+
+
+async def test_pitfall_9_oversize_success_is_resource_exhausted(servers: Servers) -> None:
+    big = json.dumps({"accessToken": "x" * (5 * 1024 * 1024)})
+    error = await _rest_call(servers, web.Response(text=big, content_type="application/json"))
+    assert type(error) is ResourceExhausted
+    assert "limit" in error.message
+
+
+async def test_pitfall_9_oversize_chunked_error_page_is_classified_and_bounded(
+    servers: Servers,
+) -> None:
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=502, headers={"Content-Type": "text/html"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b"<p>" + b"x" * 65536 + b"</p>"
+        for _ in range(80):  # about 5 MiB, without a Content-Length
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", retry=None, **servers.client_kwargs("rest")
+    ) as client:
+        with pytest.raises(Unavailable, match="larger than") as caught:
+            await client.acquire_access_token(CONNECTOR)
+    assert caught.value.http_status == 502
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"accessToken": 42}', "application/json"),
+        (b'{"accessToken": "a", "refreshTokenInfo": []}', "application/json"),
+        (b"{not json", "application/json"),
+        (b"<html>captive portal</html>", "text/html"),
+        (b"[]", "application/json"),
+    ],
+)
+async def test_pitfall_9_malformed_success_is_internal(
+    servers: Servers, body: bytes, content_type: str
+) -> None:
+    error = await _rest_call(servers, web.Response(body=body, content_type=content_type))
+    assert type(error) is Internal
+    assert error.http_status == 200
+    assert "AcquireAccessTokenResponse" in error.message
+
+
+async def test_pitfall_9_truncated_body_is_unavailable(servers: Servers) -> None:
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "application/json", "Content-Length": "500"}
+        )
+        await response.prepare(request)
+        await response.write(b'{"accessToken": "abc')
+        reset_connection(request)
+        return response
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", retry=None, **servers.client_kwargs("rest")
+    ) as client:
+        with pytest.raises(Unavailable):
+            await client.acquire_access_token(CONNECTOR)
+
+
+async def test_unknown_fields_in_a_success_are_ignored(servers: Servers) -> None:
+    body = {
+        "accessToken": "tok",
+        "refreshTokenInfo": {"name": CONNECTOR, "scopes": ["a"], "futureField": 1},
+        "expireTime": "2030-01-01T00:00:00Z",
+    }
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.json_response(body)
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", **servers.client_kwargs("rest")
+    ) as client:
+        token = await client.acquire_access_token(CONNECTOR)
+    assert token.access_token == "tok"
+    assert token.scopes == ("a",)

@@ -262,7 +262,10 @@ async def test_malformed_name_is_rejected_before_io_naming_the_patterns(
     assert ":acquireAccessToken" in text
     with pytest.raises(ValueError, match="projects/"):
         await client.store_refresh_token(name, "https://r/?code=1")
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="projects/"):
+    with (
+        pytest.warns(DeprecationWarning, match="deprecated"),
+        pytest.raises(ValueError, match="projects/"),
+    ):
         await client.check_refresh_token(name)
     assert servers.service.seen == []
 

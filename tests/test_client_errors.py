@@ -1,4 +1,4 @@
-"""One exception tree for both wires: parity of service errors, REST faults, AuthorizationRequired."""
+"""One exception tree for both wires: service-error parity, REST faults, AuthorizationRequired."""
 
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ async def test_check_refresh_token_not_found_is_authorization_required(
     servers: Servers, client: DataConnectorClient
 ) -> None:
     servers.service.fail_next(RpcFault(grpc.StatusCode.NOT_FOUND, "nothing stored"))
-    with pytest.warns(DeprecationWarning), pytest.raises(AuthorizationRequired):
+    with pytest.warns(DeprecationWarning, match="deprecated"), pytest.raises(AuthorizationRequired):
         await client.check_refresh_token(CONNECTOR)
 
 

@@ -81,6 +81,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "agentspace REST or raw aiohttp did not run",
             )
         )
+    costs = results.get("single_flight_cost", {})
+    for wire, floor, limit in (("grpc", "raw stub", 1.10), ("rest", "raw aiohttp", 1.15)):
+        cost = costs.get(wire, {})
+        out.append(
+            _target(
+                f"{'gRPC' if wire == 'grpc' else 'REST'} CPU/call <= {limit:.2f}x {floor} "
+                "(sequential, single-flight on: the default)",
+                cost.get("on_vs_floor") if cost.get("status") == "ok" else None,
+                limit,
+                "max",
+                cost.get("reason", "the single-flight cost run did not happen"),
+            )
+        )
     for wire in ("grpc", "rest"):
         for mode in ("sequential", "concurrent"):
             out.append(
@@ -262,6 +275,25 @@ def table(results: dict[str, Any]) -> str:
             )
         else:
             out.append(f"| {wire} | {state} | {entry.get('status')}: {entry.get('reason')} | - |")
+    out += [
+        "",
+        "## Single-flight bookkeeping (sequential calls, nothing shared; CPU µs per call)",
+        "",
+        "| wire | floor | client, single-flight off | client, single-flight on (default) "
+        "| on - off | off vs floor | on vs floor |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for wire, cost in results.get("single_flight_cost", {}).items():
+        label = "gRPC" if wire == "grpc" else "REST"
+        if cost.get("status") != "ok":
+            out.append(f"| {label} | {cost.get('status')}: {cost.get('reason')} | | | | | |")
+            continue
+        out.append(
+            f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['off_vs_floor'])} "
+            f"| {_ratio_cell(cost['on_vs_floor'])} |"
+        )
     fallback = results.get("fallback", {})
     out += ["", "## Fallback (auto mode, gRPC port closed; fresh client each time)", ""]
     if fallback.get("status") == "ok":

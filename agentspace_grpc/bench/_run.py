@@ -373,6 +373,81 @@ class Bench:
                     results[key] = {"status": "failed", "reason": _describe(exc)}
         self.extras["single_flight"] = results
 
+    def _run_of(self, key: str) -> StackRun | None:
+        for run in self.runs:
+            if run.stack.key == key:
+                return run
+        return None
+
+    def cost_steps(self) -> int:
+        """Samples :meth:`single_flight_cost` takes (for the progress bar)."""
+        return 2 * 3 * self.settings.repeats
+
+    async def single_flight_cost(self) -> None:
+        """Single-flight's bookkeeping when nothing is shared (sequential calls).
+
+        Per wire, alternated within each repetition: the floor, the client with single-flight
+        off (the transport runs' setting) and with it on (the default).
+        """
+        s = self.settings
+        active = sum(1 for run in self.runs if run.status == "ok")
+        cap = s.budget_s / max(1, s.repeats * len(MODES) * active) / 2
+        results: dict[str, Any] = {}
+        for wire, floor_key in (("grpc", _stacks.GRPC_FLOOR), ("rest", _stacks.REST_FLOOR)):
+            floor, off = self._run_of(floor_key), self._run_of(f"agentspace_{wire}")
+            if floor is None or off is None or floor.status != "ok" or off.status != "ok":
+                results[wire] = {"status": "skipped", "reason": "a stack it needs did not run"}
+                self._step(f"single-flight cost {wire}: skipped", 3 * s.repeats)
+                continue
+            on = _stacks.Agentspace(
+                key=f"agentspace_{wire}_single_flight",
+                title=f"{off.stack.title} (single-flight on)",
+                wire=off.stack.wire,
+                baseline=floor_key,
+                grpc_target=self.grpc_target,
+                http_url=self.http_url,
+                token=BENCH_TOKEN,
+                name=CONNECTOR,
+                single_flight=True,
+            )
+            cpu: dict[str, list[float]] = {"floor": [], "off": [], "on": []}
+            try:
+                await on.start()
+                for _ in range(max(1, min(50, s.size // 4))):
+                    await on.call()
+                stacks = [("floor", floor.stack), ("off", off.stack), ("on", on)]
+                for rep in range(s.repeats):
+                    shift = rep % len(stacks)
+                    for label, stack in stacks[shift:] + stacks[:shift]:
+                        self._step(f"single-flight cost {wire} {label}")
+                        sample = await _bounded(
+                            _measure.sequential(stack.call, s.size, cap), cap * 3 + 30.0
+                        )
+                        cpu[label].append(sample.cpu_us_per_call)
+            except Exception as exc:
+                results[wire] = {"status": "failed", "reason": _describe(exc)}
+                continue
+            finally:
+                with contextlib.suppress(Exception):
+                    await on.aclose()
+            results[wire] = {
+                "status": "ok",
+                "floor": floor.stack.title,
+                "floor_cpu_us_per_call": _measure.spread(cpu["floor"]),
+                "off_cpu_us_per_call": _measure.spread(cpu["off"]),
+                "on_cpu_us_per_call": _measure.spread(cpu["on"]),
+                "on_minus_off_us": _measure.spread(
+                    [a - b for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+                ),
+                "off_vs_floor": _measure.spread(
+                    [a / b for a, b in zip(cpu["off"], cpu["floor"], strict=True)]
+                ),
+                "on_vs_floor": _measure.spread(
+                    [a / b for a, b in zip(cpu["on"], cpu["floor"], strict=True)]
+                ),
+            }
+        self.extras["single_flight_cost"] = results
+
     async def _single_flight(
         self, wire: str, server: ServerProcess, enabled: bool
     ) -> dict[str, Any]:
@@ -512,11 +587,14 @@ async def run(settings: Settings, progress_stream: Any = None) -> dict[str, Any]
         progress.show("starting servers")
         await bench.start_servers()
         bench.build_stacks()
-        progress.total = 1 + len(bench.runs) + bench.measurement_steps() + extras_steps
+        progress.total = (
+            1 + len(bench.runs) + bench.measurement_steps() + bench.cost_steps() + extras_steps
+        )
         progress.step("servers up")
         await bench.start_stacks()
         await bench.measure()
         await bench.single_flight()
+        await bench.single_flight_cost()
         await bench.fallback()
     finally:
         progress.show("closing")

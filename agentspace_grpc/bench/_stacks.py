@@ -291,9 +291,10 @@ def _client_class() -> Any:
 class Agentspace(Stack):
     """``DataConnectorClient.acquire_access_token`` over one wire.
 
-    Single-flight is off here: 64 identical calls in flight would otherwise share one RPC,
-    and these runs measure what one call costs. Single-flight is measured on its own. With
-    ``users`` (bearer tokens), the calls cycle through those end users, one per call.
+    Single-flight is off unless asked for: 64 identical calls in flight would otherwise
+    share one RPC, and the transport runs measure what one call costs; single-flight (its
+    sharing and its bookkeeping cost) is measured on its own. With ``users`` (bearer
+    tokens), the calls cycle through those end users, one per call.
     """
 
     def __init__(
@@ -308,6 +309,7 @@ class Agentspace(Stack):
         token: str,
         name: str,
         users: Sequence[str] = (),
+        single_flight: bool = False,
     ) -> None:
         super().__init__(key=key, title=title, wire=wire, baseline=baseline)
         self._grpc_target = grpc_target
@@ -315,6 +317,7 @@ class Agentspace(Stack):
         self._token = token
         self._name = name
         self._users = itertools.cycle(users) if users else None
+        self._single_flight = single_flight
         self._client: Any = None
 
     async def start(self) -> None:
@@ -324,7 +327,7 @@ class Agentspace(Stack):
             endpoint=self._grpc_target,
             rest_endpoint=self._http_url,
             insecure=True,
-            single_flight=False,
+            single_flight=self._single_flight,
         )
         await self._client.__aenter__()
 

@@ -440,13 +440,14 @@ class _Flights:
 class _LoopState:
     """What a client keeps per event loop: the two transports and the flights."""
 
-    __slots__ = ("closed", "flights", "grpc", "keeper", "rest")
+    __slots__ = ("closed", "flights", "grpc", "keeper", "probed", "rest")
 
     def __init__(self, client: DataConnectorClient, ssl_context: ssl.SSLContext | None) -> None:
         self.grpc = GrpcTransport()
         self.rest = RestTransport(ssl_context=ssl_context)
         self.flights = _Flights(client._transport_name)
         self.closed = False
+        self.probed = 0  # the fallback count when gRPC was last probed on this loop
         self.keeper: AsyncGenerator[None, None] | None = None
 
     async def close(self) -> None:
@@ -562,6 +563,7 @@ class DataConnectorClient:
         # auto mode: while time.monotonic() < _rest_until, calls go over REST.
         self._rest_until = 0.0
         self._reprobe = _REPROBE_FIRST
+        self._fallbacks = 0
 
     # ---- construction helpers --------------------------------------------------------
 
@@ -726,6 +728,7 @@ class DataConnectorClient:
             return  # a concurrent call did it already
         interval = _REPROBE_MAX if incompatible else self._reprobe
         self._rest_until = now + interval
+        self._fallbacks += 1
         self._reprobe = min(self._reprobe * 2, _REPROBE_MAX)
         _log.warning("using REST instead of gRPC for %.0f s: %s", interval, reason)
 
@@ -750,6 +753,10 @@ class DataConnectorClient:
             if state.closed:
                 raise Cancelled("the client was closed while the call was in flight")
             transport = self._pick(state)
+            if self._rest_until and transport is state.grpc and state.probed != self._fallbacks:
+                # The first gRPC call after a REST period probes on a new connection.
+                state.probed = self._fallbacks
+                await state.grpc.fresh_channel(endpoint)
             authorization = self._auth.ready(credentials)
             if authorization is PENDING:
                 authorization = await self._auth.authorization(credentials, deadline)

@@ -121,6 +121,16 @@ class GrpcTransport(Transport):
             channel = self._channels[endpoint.grpc_target] = _Channel(endpoint)
         return channel
 
+    async def fresh_channel(self, endpoint: Endpoint) -> None:
+        """Drop the channel to this endpoint, so that the next call connects anew.
+
+        Used before probing gRPC again after a fallback: a channel that failed to connect
+        stays in grpc's reconnect backoff and would fail the probe without trying.
+        """
+        channel = self._channels.pop(endpoint.grpc_target, None)
+        if channel is not None:
+            await channel.channel.close(grace=None)
+
     async def acquire_access_token(
         self,
         endpoint: Endpoint,

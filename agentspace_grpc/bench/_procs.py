@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any, Self
 
 _READY_TIMEOUT = 60.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class ServerProcessError(RuntimeError):
@@ -82,6 +85,19 @@ class ServerProcess:
         await self._proc.stdin.drain()
         data = await asyncio.wait_for(self._read_line(), 10.0)
         return int(data["calls"])
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the process has used so far (Linux ``/proc``; None elsewhere)."""
+        if self._proc is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields after the command name (which may contain spaces): utime is the 12th, stime
+        # the 13th of what follows the closing parenthesis.
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)

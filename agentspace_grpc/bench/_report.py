@@ -194,6 +194,10 @@ def _ratio_cell(ratio: dict[str, Any] | None) -> str:
     return f"{ratio['median']:.2f}x [{ratio['min']:.2f}-{ratio['max']:.2f}]"
 
 
+def _busy(figure: dict[str, Any] | None) -> str:
+    return "-" if figure is None else f"{figure['median']:.2f}"
+
+
 def _rows(results: dict[str, Any], group: str) -> Iterator[tuple[str, dict[str, Any]]]:
     for key, stack in results["stacks"].items():
         if stack["group"] == group:
@@ -203,8 +207,8 @@ def _rows(results: dict[str, Any], group: str) -> Iterator[tuple[str, dict[str, 
 def _stack_table(results: dict[str, Any], group: str, ratio_label: str) -> list[str]:
     lines = [
         f"| stack | mode | calls/s | CPU µs/call | p50 ms | p99 ms | CPU/call {ratio_label} "
-        f"| calls/s {ratio_label} |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
+        f"| calls/s {ratio_label} | server busy |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     skipped: list[str] = []
     for _, stack in _rows(results, group):
@@ -220,7 +224,7 @@ def _stack_table(results: dict[str, Any], group: str, ratio_label: str) -> list[
                 f"| {stack['title']} | {MODE_LABELS[mode]} "
                 f"| {_cell(figures['calls_per_s'], 0)} | {_cell(figures['cpu_us_per_call'], 0)} "
                 f"| {_cell(figures['p50_ms'], 2)} | {_cell(figures['p99_ms'], 2)} "
-                f"| {cpu_ratio} | {rate_ratio} |"
+                f"| {cpu_ratio} | {rate_ratio} | {_busy(figures.get('server_busy'))} |"
             )
     return lines + (["", *skipped] if skipped else [])
 
@@ -243,7 +247,9 @@ def table(results: dict[str, Any]) -> str:
         f"{versions['google-api-python-client']}.",
         f"{settings['repeats']} repetitions, up to {settings['size']} calls per sample, "
         f"{settings['inflight']} in flight for the concurrent mode. Figures: median "
-        "[min-max] over the repetitions; ratios are taken within each repetition.",
+        "[min-max] over the repetitions; ratios are taken within each repetition. "
+        "Server busy: the server process's CPU time over the sample's wall time (1.00 = one "
+        "core saturated: the server set the pace).",
         "",
         "## Transport cost (constant-answer servers; base: raw stub for gRPC, raw aiohttp "
         "for REST)",

@@ -61,6 +61,9 @@ class StackRun:
     # Emulator stacks, per mode: the built-in provider's refreshes during the samples and
     # the calls made in them.
     upstream: dict[str, list[int]] = field(default_factory=dict)
+    # Per mode and sample: the server process's CPU time over the sample's wall time (1.0 is
+    # one core kept busy: the server, not the client, set the pace).
+    server_busy: dict[str, list[float]] = field(default_factory=dict)
 
     def fail(self, status: str, reason: str) -> None:
         """Stop measuring this stack."""
@@ -329,11 +332,17 @@ class Bench:
         try:
             if run.group == "emulator":
                 refreshes = await self._provider_refreshes()
+            server = self._server_of(run)
+            server_cpu = server.cpu_seconds()
             if mode == "sequential":
                 coro = _measure.sequential(run.stack.call, s.size, cap)
             else:
                 coro = _measure.concurrent(run.stack.call_concurrent, s.size, s.inflight, cap)
             sample = await _bounded(coro, cap * 3 + 30.0)
+            server_cpu_after = server.cpu_seconds()
+            if server_cpu is not None and server_cpu_after is not None and sample.wall_s > 0:
+                busy = (server_cpu_after - server_cpu) / sample.wall_s
+                run.server_busy.setdefault(mode, []).append(busy)
             if run.group == "emulator":
                 counts = run.upstream.setdefault(mode, [0, 0])
                 counts[0] += await self._provider_refreshes() - refreshes
@@ -342,6 +351,11 @@ class Bench:
             run.fail("failed", f"{mode}: {_describe(exc)}")
             return None
         return sample
+
+    def _server_of(self, run: StackRun) -> ServerProcess:
+        if run.group == "emulator":
+            return self.emulator
+        return self.grpc_server if run.stack.wire == "grpc" else self.http_server
 
     async def _provider_refreshes(self) -> int:
         """The emulator's built-in provider's refresh count (``GET /provider/stats``)."""
@@ -557,6 +571,8 @@ class Bench:
                     for metric in _measure.METRICS
                 }
                 modes[mode]["calls"] = [0 if x is None else x.calls for x in samples]
+                if run.server_busy.get(mode):
+                    modes[mode]["server_busy"] = _measure.spread(run.server_busy[mode])
                 refreshes, calls = run.upstream.get(mode, (0, 0))
                 if calls:
                     modes[mode]["upstream_refreshes_per_call"] = round(refreshes / calls, 3)

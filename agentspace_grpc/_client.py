@@ -332,11 +332,12 @@ class _Flight:
 class _Flights:
     """Concurrent identical calls on one loop share one task; each waiter keeps its deadline.
 
-    The shared task runs with the longest of the first waiter's deadline and the default
-    timeout; a waiter whose deadline is earlier stops waiting at its own deadline (a timer,
-    not a wrapper). A waiter that leaves (deadline or cancellation) never cancels the task
-    for the others; the task is cancelled when no waiter is left. Nothing outlives the call:
-    this is not a cache.
+    The shared task runs with the first waiter's deadline (its retries are planned against
+    it). A waiter whose deadline is earlier stops waiting at its own deadline (a timer, not a
+    wrapper); one that joins with a later deadline takes the shared call's outcome, as it
+    joined a call already in flight. A waiter that leaves (deadline or cancellation) never
+    cancels the task for the others; the task is cancelled when no waiter is left. Nothing
+    outlives the call: this is not a cache.
     """
 
     __slots__ = ("_flights", "_transport_name")
@@ -356,7 +357,7 @@ class _Flights:
         loop = asyncio.get_running_loop()
         flight = self._flights.get(key)
         if flight is None:
-            flight = _Flight(max(deadline, loop.time() + DEFAULT_TIMEOUT))
+            flight = _Flight(deadline)
             flight.task = loop.create_task(self._fly(key, flight, start(*args, flight.deadline)))
             self._flights[key] = flight
         waiter: asyncio.Future[_M] = loop.create_future()

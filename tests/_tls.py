@@ -31,7 +31,9 @@ class TlsMaterial:
     key_file: Path
 
     @classmethod
-    def create(cls, directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TlsMaterial:
+    def create(
+        cls, directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    ) -> TlsMaterial:
         """Make a CA and a server certificate valid for ``hosts`` (names or IP addresses)."""
         now = datetime.datetime.now(datetime.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -1,0 +1,248 @@
+"""Single-flight: identical concurrent acquires share one RPC; waiters keep their own fate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agentspace_grpc import AuthorizationRequired, DataConnectorClient, DeadlineExceeded
+from agentspace_grpc import _proto as p
+from tests._servers import CONNECTOR, RpcFault, Seen, Servers, serve
+
+PACKAGE_DIR = str(Path(__import__("agentspace_grpc").__file__).parent)
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    async with serve() as running:
+        yield running
+
+
+class Gate:
+    """Holds every AcquireAccessToken until released; answers per caller identity."""
+
+    def __init__(self, servers: Servers) -> None:
+        self.open = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.fault: RpcFault | None = None
+        servers.service.on("AcquireAccessToken", self.handle)
+
+    async def handle(self, seen: Seen) -> p.AcquireAccessTokenResponse:
+        self.entered.set()
+        await self.open.wait()
+        if self.fault is not None:
+            raise self.fault
+        request = seen.request
+        return p.AcquireAccessTokenResponse(
+            access_token=f"{seen.identity}|{request.scope}|{request.action}|{id(seen)}",
+            refresh_token_info=p.RefreshTokenInfo(name=request.name, scopes=["s"]),
+        )
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
+def own_pending_tasks() -> list[asyncio.Task[object]]:
+    """Tasks still running code of the client package (none should be left behind)."""
+    current = asyncio.current_task()
+    left = []
+    for task in asyncio.all_tasks():
+        if task is current or task.done():
+            continue
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_filename.startswith(PACKAGE_DIR):
+            left.append(task)
+    return left
+
+
+async def test_identical_concurrent_acquires_share_one_rpc(
+    servers: Servers, transport: str
+) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        calls = [
+            asyncio.ensure_future(client.acquire_access_token(CONNECTOR, scope="s", action="a"))
+            for _ in range(50)
+        ]
+        await gate.entered.wait()
+        await settle()
+        gate.open.set()
+        tokens = await asyncio.gather(*calls)
+    assert len(servers.service.seen) == 1
+    assert len({t.access_token for t in tokens}) == 1
+    assert tokens[0].access_token.startswith("alice|s|a|")
+
+
+async def test_different_identities_never_share(servers: Servers, transport: str) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="service-account", **servers.client_kwargs(transport)
+    ) as client:
+        calls = {
+            user: [
+                asyncio.ensure_future(
+                    client.acquire_access_token(CONNECTOR, credentials=f"{user}-token")
+                )
+                for _ in range(20)
+            ]
+            for user in ("alice", "bob")
+        }
+        await gate.entered.wait()
+        await settle()
+        gate.open.set()
+        results = {user: await asyncio.gather(*futures) for user, futures in calls.items()}
+    assert sorted(s.identity or "" for s in servers.service.seen) == ["alice-token", "bob-token"]
+    for user, tokens in results.items():
+        assert all(t.access_token.startswith(f"{user}-token|") for t in tokens)
+
+
+async def test_different_scope_or_action_do_not_share(servers: Servers, transport: str) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        variants = [{}, {"scope": "x"}, {"action": "y"}, {"scope": "x", "action": "y"}]
+        calls = [
+            asyncio.ensure_future(client.acquire_access_token(CONNECTOR, **kw))  # type: ignore[arg-type]
+            for kw in variants
+            for _ in range(3)
+        ]
+        await gate.entered.wait()
+        await settle()
+        gate.open.set()
+        await asyncio.gather(*calls)
+    assert len(servers.service.seen) == 4
+
+
+async def test_each_waiter_stops_at_its_own_deadline(servers: Servers, transport: str) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        patient = asyncio.ensure_future(client.acquire_access_token(CONNECTOR))
+        await gate.entered.wait()
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await client.acquire_access_token(CONNECTOR, timeout=0.3)
+        assert 0.25 <= time.monotonic() - started < 1.5
+        gate.open.set()
+        token = await patient
+    assert token.access_token.startswith("alice|")
+    assert len(servers.service.seen) == 1
+    assert servers.service.cancelled == 0
+
+
+async def test_one_waiters_cancellation_never_cancels_the_shared_rpc(
+    servers: Servers, transport: str
+) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        first = asyncio.ensure_future(client.acquire_access_token(CONNECTOR))
+        await gate.entered.wait()
+        others = [asyncio.ensure_future(client.acquire_access_token(CONNECTOR)) for _ in range(5)]
+        await settle()
+        first.cancel()  # the waiter that started the call leaves
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await settle()
+        gate.open.set()
+        tokens = await asyncio.gather(*others)
+    assert len({t.access_token for t in tokens}) == 1
+    assert len(servers.service.seen) == 1
+    assert servers.service.cancelled == 0
+
+
+async def test_the_rpc_is_cancelled_when_every_waiter_left(
+    servers: Servers, transport: str
+) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        waiters = [asyncio.ensure_future(client.acquire_access_token(CONNECTOR)) for _ in range(3)]
+        await gate.entered.wait()
+        for waiter in waiters:
+            waiter.cancel()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert own_pending_tasks() == []
+        for _ in range(100):  # the server notices the cancellation
+            if servers.service.cancelled:
+                break
+            await asyncio.sleep(0.01)
+    assert servers.service.cancelled == 1
+    assert len(servers.service.seen) == 1
+
+
+async def test_cancelling_the_caller_cancels_the_rpc_and_leaves_no_task(
+    servers: Servers, transport: str
+) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        call = asyncio.ensure_future(client.acquire_access_token(CONNECTOR))
+        await gate.entered.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert own_pending_tasks() == []  # right away, not eventually
+        for _ in range(100):
+            if servers.service.cancelled:
+                break
+            await asyncio.sleep(0.01)
+    assert servers.service.cancelled == 1
+
+
+async def test_a_shared_error_reaches_every_waiter(servers: Servers, transport: str) -> None:
+    gate = Gate(servers)
+    gate.fault = RpcFault(grpc.StatusCode.NOT_FOUND, "nothing stored")
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        calls = [asyncio.ensure_future(client.acquire_access_token(CONNECTOR)) for _ in range(5)]
+        await gate.entered.wait()
+        await settle()
+        gate.open.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, AuthorizationRequired) for r in results)
+    assert len(servers.service.seen) == 1
+
+
+async def test_single_flight_can_be_disabled(servers: Servers, transport: str) -> None:
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", single_flight=False, **servers.client_kwargs(transport)
+    ) as client:
+        calls = [asyncio.ensure_future(client.acquire_access_token(CONNECTOR)) for _ in range(5)]
+        await gate.entered.wait()
+        await settle()
+        gate.open.set()
+        await asyncio.gather(*calls)
+    assert len(servers.service.seen) == 5
+
+
+async def test_single_flight_is_not_a_cache(servers: Servers, transport: str) -> None:
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        first = await client.acquire_access_token(CONNECTOR)
+        second = await client.acquire_access_token(CONNECTOR)
+    assert first.access_token != second.access_token
+    assert len(servers.service.seen) == 2

@@ -400,6 +400,7 @@ def describe_error(
         return EXIT_USAGE, str(exc)
     if not isinstance(exc, DataConnectorError):
         return EXIT_ERROR, f"unexpected {type(exc).__name__}: {exc}"
+    said = exc.message.rstrip(" .")  # the server's words; advice follows them
     who = _who(exc, args)
     user = f"user {who}" if who else "the end user of these credentials"
     if isinstance(exc, AuthorizationRequired):
@@ -418,7 +419,7 @@ def describe_error(
     if isinstance(exc, FailedPrecondition) and exc.reason == "SCOPES_MISSING":
         missing = exc.metadata.get("missing_scopes", "")
         return EXIT_AUTHORIZE, (
-            f"{user} has not granted the scopes this needs on {name}: {missing or exc.message}; "
+            f"{user} has not granted the scopes this needs on {name}: {missing or said}; "
             "run the consent flow again asking for them, then store the new redirect URI"
             + (f" with --scopes {missing}" if missing else "")
         )
@@ -429,38 +430,39 @@ def describe_error(
         )
     if isinstance(exc, NotFound):
         return EXIT_USAGE, (
-            f"not found: {exc.message}; check the data connector's name and the endpoint "
+            f"not found: {said}; check the data connector's name and the endpoint "
             "(data stores in eu/us use the eu-/us-discoveryengine hosts)"
         )
     if isinstance(exc, InvalidArgument):
-        return EXIT_USAGE, f"the service rejected the request: {exc.message}"
+        return EXIT_USAGE, f"the service rejected the request: {said}"
     if isinstance(exc, Unauthenticated):
         return EXIT_DENIED, (
-            f"the credentials were not accepted: {exc.message}; {_credentials_hint(args)}"
+            f"the credentials were not accepted: {said}; {_credentials_hint(args)}"
         )
     if isinstance(exc, PermissionDenied):
         return EXIT_DENIED, (
-            f"permission denied on {name}: {exc.message}; check that this account may use the "
+            f"permission denied on {name}: {said}; check that this account may use the "
             "data connector's project (IAM), and the quota project if one is set"
         )
     if isinstance(exc, Unavailable):
         if exc.reason == "UPSTREAM_UNAVAILABLE":
             wait = f" (it asked to wait {exc.retry_delay:g} s)" if exc.retry_delay else ""
             return EXIT_RETRY_LATER, (
-                f"the third party behind {name} is unavailable: {exc.message}; retry later{wait}"
+                f"the third party behind {name} is unavailable: {said}; retry later{wait}"
             )
+        if exc.transport == "rest":
+            hint = f"check --rest-endpoint / --endpoint / ${EMULATOR_REST_ENV}"
+        else:
+            hint = f"check --endpoint / ${EMULATOR_HOST_ENV}, or try --transport rest"
         over = f" over {exc.transport}" if exc.transport else ""
-        return EXIT_RETRY_LATER, (
-            f"the service could not be reached{over}: {exc.message}; check --endpoint / "
-            f"${EMULATOR_HOST_ENV}, or try --transport rest"
-        )
+        return EXIT_RETRY_LATER, (f"the service could not be reached{over}: {said}; {hint}")
     if isinstance(exc, DeadlineExceeded):
         return EXIT_RETRY_LATER, (
-            f"no answer before the deadline: {exc.message}; retry, or raise --timeout"
+            f"no answer before the deadline: {said}; retry, or raise --timeout"
         )
     if isinstance(exc, ResourceExhausted):
-        return EXIT_RETRY_LATER, f"resource exhausted: {exc.message}; retry later"
-    return EXIT_ERROR, f"{exc.code.name}: {exc.message}"
+        return EXIT_RETRY_LATER, f"resource exhausted: {said}; retry later"
+    return EXIT_ERROR, f"{exc.code.name}: {said}"
 
 
 def error_json(exc: BaseException, exit_status: int, message: str) -> dict[str, Any]:

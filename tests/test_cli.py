@@ -1,0 +1,548 @@
+"""``agentspace-grpc acquire | store | check`` as subprocesses against a running emulator process.
+
+One emulator process serves the module (started as ``agentspace-grpc emulator``; its JSON ready
+line gives the addresses). alice has connected her account, bob connects during a test, carol
+never does. Every documented exit status is produced for real, and no test lets a token reach
+the terminal unless ``--show-token`` asked for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from agentspace_grpc import cli
+from tests._emulator_helpers import CONNECTOR, connect_user, consent_over_http, mint, userinfo
+
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+CAROL = "carol@example.com"  # never consents
+
+_T = TypeVar("_T")
+
+
+def run_async(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine on a private loop in a worker thread (from sync fixtures and tests)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=60)
+
+
+@dataclass
+class Emu:
+    grpc: str
+    http: str
+    home: Path
+
+    def env(self, *, variables: bool = True) -> dict[str, str]:
+        """A clean environment: no real Google credentials, no metadata server, no proxy."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AGENTSPACE_EMULATOR", "GOOGLE_", "CLOUDSDK_", "GCE_"))
+            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+        }
+        env.update(
+            HOME=str(self.home),
+            CLOUDSDK_CONFIG=str(self.home / "gcloud"),
+            NO_GCE_CHECK="true",
+            GCE_METADATA_HOST="127.0.0.1:9",
+            GCE_METADATA_IP="127.0.0.1:9",
+        )
+        if variables:
+            env["AGENTSPACE_EMULATOR_HOST"] = self.grpc
+            env["AGENTSPACE_EMULATOR_REST"] = self.http
+        return env
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
+    """``agentspace-grpc emulator`` as a process; alice has connected her account."""
+    logs = tmp_path_factory.mktemp("emulator")
+    with (logs / "stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentspace_grpc.cli", "emulator"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AGENTSPACE_EMULATOR")},
+        )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line, (logs / "stderr").read_text()
+        ready = json.loads(line)
+        home = tmp_path_factory.mktemp("home")
+        (home / "gcloud").mkdir()
+        found = Emu(ready["grpc"], ready["http"], home)
+        run_async(connect_user(found.http, ALICE))
+        yield found
+    finally:
+        process.terminate()
+        assert process.wait(20) == 0
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def agentspace(
+    emu: Emu, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None
+) -> Result:
+    done = subprocess.run(
+        [sys.executable, "-m", "agentspace_grpc.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(env) if env is not None else emu.env(),
+        input=stdin,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def token_file(directory: Path, content: str, mode: int = 0o600) -> str:
+    path = directory / f"token-{abs(hash(content)) % 10**8}"
+    path.write_text(content)
+    path.chmod(mode)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def alice_token(emu: Emu) -> str:
+    """alice's end-user (Google-side) bearer token, as a user would hold it."""
+    return run_async(mint(emu.http, ALICE))
+
+
+@pytest.fixture(scope="module")
+def alice_third_party_token(emu: Emu) -> str:
+    """alice's third-party access token, fetched once with --show-token (the service caches
+    it for the token's lifetime, an hour here, so every acquire in this module returns it)."""
+    result = agentspace(emu, "acquire", CONNECTOR, "--emulator-user", ALICE, "--show-token")
+    assert result.status == 0, result.stderr
+    token = result.stdout.strip()
+    status, info = run_async(userinfo(emu.http, token))
+    assert status == 200
+    assert info["email"] == ALICE
+    return token
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---- help ----------------------------------------------------------------------------------
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("acquire", "store", "check", "demo", "emulator", "bench"):
+        assert command in out
+
+
+@pytest.mark.parametrize("command", ["acquire", "store", "check", "demo"])
+def test_help_of_each_subcommand(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: agentspace-grpc {command}" in out
+    if command != "demo":
+        assert "exit status:" in out
+        for line in ("  3 ", "  4 ", "  5 ", "AGENTSPACE_EMULATOR_HOST", "--token-file"):
+            assert line in out
+
+
+# ---- acquire: success ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest", "auto"])
+def test_acquire_over_each_transport_never_prints_the_token(
+    emu: Emu, tmp_path: Path, alice_token: str, alice_third_party_token: str, transport: str
+) -> None:
+    path = token_file(tmp_path, alice_token + "\n")
+    result = agentspace(emu, "acquire", CONNECTOR, "--transport", transport, "--token-file", path)
+    assert result.status == 0, result.stderr
+    expected = "rest" if transport == "rest" else "grpc"
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["connector"] == CONNECTOR
+    assert lines["scopes"] == "read write"
+    assert lines["transport"] == expected
+    fingerprint = hashlib.sha256(alice_third_party_token.encode()).hexdigest()[:8]
+    assert lines["token"].startswith(f"sha256:{fingerprint}")
+    assert alice_third_party_token not in result.output
+    assert alice_token not in result.output
+
+
+def test_acquire_json_output(emu: Emu, alice_third_party_token: str) -> None:
+    result = agentspace(emu, "acquire", CONNECTOR, "--emulator-user", ALICE, "--json")
+    assert result.status == 0, result.stderr
+    data = result.json()
+    assert data == {
+        "connector": CONNECTOR,
+        "scopes": ["read", "write"],
+        "transport": "grpc",
+        "token_sha256": hashlib.sha256(alice_third_party_token.encode()).hexdigest()[:8],
+    }
+    assert alice_third_party_token not in result.output
+
+
+def test_show_token_prints_it_alone_on_stdout(emu: Emu, alice_third_party_token: str) -> None:
+    plain = agentspace(
+        emu, "acquire", CONNECTOR, "--emulator-user", ALICE, "--show-token", "--transport", "rest"
+    )
+    assert plain.status == 0, plain.stderr
+    assert plain.stdout == alice_third_party_token + "\n"
+    assert "transport  rest" in plain.stderr
+    as_json = agentspace(
+        emu, "acquire", CONNECTOR, "--emulator-user", ALICE, "--show-token", "--json"
+    )
+    assert as_json.status == 0, as_json.stderr
+    assert as_json.json()["access_token"] == alice_third_party_token
+
+
+def test_flags_instead_of_emulator_variables(emu: Emu) -> None:
+    result = agentspace(
+        emu,
+        "acquire",
+        CONNECTOR,
+        "--endpoint",
+        emu.grpc,
+        "--rest-endpoint",
+        emu.http,
+        "--transport",
+        "rest",
+        "--emulator-user",
+        ALICE,
+        "--json",
+        env=emu.env(variables=False),
+    )
+    assert result.status == 0, result.stderr
+    assert result.json()["transport"] == "rest"
+
+
+def test_auto_falls_back_to_rest_and_says_which_wire_answered(emu: Emu) -> None:
+    result = agentspace(
+        emu,
+        "acquire",
+        CONNECTOR,
+        "--endpoint",
+        f"127.0.0.1:{closed_port()}",
+        "--rest-endpoint",
+        emu.http,
+        "--emulator-user",
+        ALICE,
+        "--json",
+        env=emu.env(variables=False),
+    )
+    assert result.status == 0, result.stderr
+    assert result.json()["transport"] == "rest"
+    assert "REST instead of gRPC" in result.stderr
+
+
+def test_token_file_from_stdin(emu: Emu, alice_token: str) -> None:
+    result = agentspace(
+        emu, "acquire", CONNECTOR, "--token-file", "-", "--json", stdin=f"Bearer {alice_token}\n"
+    )
+    assert result.status == 0, result.stderr
+    assert result.json()["connector"] == CONNECTOR
+
+
+# ---- store and check -----------------------------------------------------------------------
+
+
+def test_store_then_acquire_and_check(emu: Emu) -> None:
+    async def consent() -> str:
+        return await consent_over_http(emu.http, await mint(emu.http, BOB))
+
+    redirect = run_async(consent())
+    stored = agentspace(
+        emu, "store", CONNECTOR, "--redirect-uri", "-", "--emulator-user", BOB, stdin=redirect
+    )
+    assert stored.status == 0, stored.stderr
+    assert f"stored the refresh token of {BOB}" in stored.stdout
+    assert "account_id:" in stored.stdout
+    code = redirect.split("code=", 1)[1].split("&", 1)[0]
+    assert code not in stored.output
+
+    acquired = agentspace(emu, "acquire", CONNECTOR, "--emulator-user", BOB, "--json")
+    assert acquired.status == 0, acquired.stderr
+
+    checked = agentspace(emu, "check", CONNECTOR, "--emulator-user", BOB, "--transport", "rest")
+    assert checked.status == 0, checked.stderr
+    assert "scopes     read write" in checked.stdout
+    assert checked.stderr.count("deprecated") == 1
+    assert "Traceback" not in checked.stderr
+
+
+def test_store_json_output(emu: Emu, tmp_path: Path) -> None:
+    user = "dave@example.com"
+
+    async def consent() -> tuple[str, str]:
+        token = await mint(emu.http, user)
+        return token, await consent_over_http(emu.http, token)
+
+    token, redirect = run_async(consent())
+    path = token_file(tmp_path, token)
+    result = agentspace(
+        emu, "store", CONNECTOR, "--redirect-uri", redirect, "--token-file", path, "--json"
+    )
+    assert result.status == 0, result.stderr
+    data = result.json()
+    assert data["stored"] is True
+    assert data["connector"] == CONNECTOR
+    assert data["transport"] == "grpc"
+    assert "account_id" in data["additional_oauth_responses"]
+
+
+def test_check_json_output(emu: Emu) -> None:
+    result = agentspace(emu, "check", CONNECTOR, "--emulator-user", ALICE, "--json")
+    assert result.status == 0, result.stderr
+    assert result.json() == {
+        "connector": CONNECTOR,
+        "stored": True,
+        "scopes": ["read", "write"],
+        "transport": "grpc",
+    }
+    assert result.stderr.count("deprecated") == 1
+
+
+# ---- exit status 3: the user must authorize ------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["acquire", "check"])
+def test_exit_3_when_the_user_never_consented(emu: Emu, command: str) -> None:
+    result = agentspace(emu, command, CONNECTOR, "--emulator-user", CAROL, "--json")
+    assert result.status == 3
+    assert f"user {CAROL} has not authorized data connector {CONNECTOR}" in result.stderr
+    assert "consent flow" in result.stderr
+    assert "agentspace-grpc store" in result.stderr
+    assert "Traceback" not in result.stderr
+    error = result.json()["error"]
+    assert error["exit_status"] == 3
+    assert error["status"] == "NOT_FOUND"
+    assert error["reason"] == "REFRESH_TOKEN_NOT_FOUND"
+
+
+def test_exit_3_when_scopes_are_missing(emu: Emu) -> None:
+    result = agentspace(emu, "acquire", CONNECTOR, "--emulator-user", ALICE, "--scope", "admin")
+    assert result.status == 3
+    assert "admin" in result.stderr
+    assert "consent flow again" in result.stderr
+
+
+# ---- exit status 4: credentials refused ----------------------------------------------------
+
+
+def test_exit_4_for_a_token_the_service_does_not_accept(emu: Emu, tmp_path: Path) -> None:
+    secret = "canary-not-an-emulator-token-0123456789"
+    result = agentspace(emu, "acquire", CONNECTOR, "--token-file", token_file(tmp_path, secret))
+    assert result.status == 4
+    assert "credentials were not accepted" in result.stderr
+    assert secret not in result.output
+
+
+def test_exit_4_without_credentials_against_the_emulator(emu: Emu) -> None:
+    result = agentspace(emu, "acquire", CONNECTOR)
+    assert result.status == 4
+    assert "--emulator-user" in result.stderr
+
+
+def test_exit_4_without_application_default_credentials(emu: Emu) -> None:
+    result = agentspace(
+        emu,
+        "acquire",
+        CONNECTOR,
+        "--endpoint",
+        emu.grpc,
+        "--rest-endpoint",
+        emu.http,
+        env=emu.env(variables=False),
+    )
+    assert result.status == 4
+    assert "gcloud auth application-default login" in result.stderr
+
+
+# ---- exit status 5: try again later --------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_exit_5_when_the_service_is_unreachable(emu: Emu, alice_token: str, transport: str) -> None:
+    port = closed_port()
+    result = agentspace(
+        emu,
+        "acquire",
+        CONNECTOR,
+        "--transport",
+        transport,
+        "--endpoint",
+        f"127.0.0.1:{port}",
+        "--token-file",
+        "-",
+        "--timeout",
+        "3",
+        env=emu.env(variables=False),
+        stdin=alice_token,
+    )
+    assert result.status == 5, result.stderr
+    assert f"could not be reached over {transport}" in result.stderr
+
+
+# ---- exit status 2: usage and bad input ----------------------------------------------------
+
+
+def test_exit_2_for_a_malformed_name_before_any_call(emu: Emu) -> None:
+    result = agentspace(emu, "acquire", "projects/x", "--emulator-user", ALICE)
+    assert result.status == 2
+    assert "invalid data connector name" in result.stderr
+
+
+def test_exit_2_for_a_connector_that_does_not_exist(emu: Emu) -> None:
+    name = "projects/p/locations/global/collections/c/dataConnector"
+    result = agentspace(emu, "acquire", name, "--emulator-user", ALICE)
+    assert result.status == 2
+    assert name in result.stderr
+
+
+def test_exit_2_for_an_unknown_action(emu: Emu) -> None:
+    result = agentspace(emu, "acquire", CONNECTOR, "--emulator-user", ALICE, "--action", "nope")
+    assert result.status == 2
+    assert "rejected the request" in result.stderr
+    assert "nope" in result.stderr
+
+
+def test_exit_2_for_missing_arguments(emu: Emu) -> None:
+    assert agentspace(emu, "acquire").status == 2
+    assert agentspace(emu, "store", CONNECTOR).status == 2  # --redirect-uri is required
+
+
+def test_exit_2_for_a_world_readable_token_file(emu: Emu, tmp_path: Path, alice_token: str) -> None:
+    path = token_file(tmp_path, alice_token, mode=0o644)
+    result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path)
+    assert result.status == 2
+    assert "chmod 600" in result.stderr
+    assert alice_token not in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (None, "does not exist"),
+        ("", "is empty"),
+        ('{"type": "authorized_user"}', "GOOGLE_APPLICATION_CREDENTIALS"),
+        ("line-one\nline-two", "one line"),
+    ],
+)
+def test_exit_2_for_an_unusable_token_file(
+    emu: Emu, tmp_path: Path, content: str | None, complaint: str
+) -> None:
+    path = str(tmp_path / "missing") if content is None else token_file(tmp_path, content)
+    result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path)
+    assert result.status == 2
+    assert complaint in result.stderr
+    if content:
+        assert content not in result.output
+
+
+def test_exit_2_for_a_redirect_uri_without_a_code(emu: Emu) -> None:
+    result = agentspace(
+        emu,
+        "store",
+        CONNECTOR,
+        "--redirect-uri",
+        "https://vertexaisearch.cloud.google.com/oauth-redirect?state=abc",
+        "--emulator-user",
+        ALICE,
+    )
+    assert result.status == 2
+    assert "no code= parameter" in result.stderr
+
+
+def test_exit_2_for_emulator_user_without_the_emulator_address(emu: Emu) -> None:
+    result = agentspace(
+        emu, "acquire", CONNECTOR, "--emulator-user", ALICE, env=emu.env(variables=False)
+    )
+    assert result.status == 2
+    assert "AGENTSPACE_EMULATOR_REST" in result.stderr
+
+
+# ---- exit status 1: anything else ----------------------------------------------------------
+
+
+class _InternalErrorHandler(http.server.BaseHTTPRequestHandler):
+    """A REST endpoint that answers every call with a Google-shaped INTERNAL error."""
+
+    def do_POST(self) -> None:
+        body = json.dumps(
+            {"error": {"code": 500, "message": "backend exploded", "status": "INTERNAL"}}
+        ).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def internal_error_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _InternalErrorHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_exit_1_for_other_errors(emu: Emu, internal_error_url: str, alice_token: str) -> None:
+    result = agentspace(
+        emu,
+        "acquire",
+        CONNECTOR,
+        "--transport",
+        "rest",
+        "--rest-endpoint",
+        internal_error_url,
+        "--token-file",
+        "-",
+        "--json",
+        env=emu.env(variables=False),
+        stdin=alice_token,
+    )
+    assert result.status == 1, result.stderr
+    assert "INTERNAL: backend exploded" in result.stderr
+    assert result.json()["error"]["status"] == "INTERNAL"

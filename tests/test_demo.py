@@ -1,0 +1,71 @@
+"""``agentspace-grpc demo`` (what ``make demo`` runs) as a subprocess: its steps, its exit status,
+and no token in clear anywhere in its output."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from agentspace_grpc import cli
+
+STEPS = (
+    "1. Consent",
+    "2. Store",
+    "3. Acquire over gRPC, then over REST",
+    "4. A cache hit",
+    "5. Two users, one client, tokens kept apart",
+    "6. Expiry and refresh-token rotation",
+    "7. An error: a user who never consented",
+)
+# Prefixes of everything secret the emulator issues: third-party access and refresh tokens,
+# authorization codes, end-user identity tokens.
+SECRET_PREFIXES = ("emuat_", "emurt_", "emuac_", "aea1.", "aer1.")
+
+
+def test_the_demo_walks_the_whole_flow() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSPACE_EMULATOR")}
+    done = subprocess.run(
+        [sys.executable, "-m", "agentspace_grpc.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    positions = [out.find(step) for step in STEPS]
+    assert -1 not in positions, out
+    assert positions == sorted(positions)
+    for user in ("alice@example.com", "bob@example.com"):
+        assert f"the provider says it is {user}" in out
+    assert "carol@example.com: AuthorizationRequired" in out
+    assert "user carol@example.com has not authorized data connector" in out
+    assert "provider refreshes 0 -> 1" in out
+    assert "HTTP 401: expired" in out
+    for prefix in SECRET_PREFIXES:
+        assert prefix not in out + done.stderr
+
+    # Fingerprints tell the story: alice keeps one token until it expires, then gets another;
+    # bob's differs from both.
+    first = re.search(r"alice@example.com over gRPC: token \[(\w{8})\]", out)
+    rest = re.search(r"alice@example.com over REST: token \[(\w{8})\]", out)
+    rotated = re.search(r"alice@example.com acquires: new token \[(\w{8})\]", out)
+    bobs = re.search(r"bob@example.com over the same gRPC client: token \[(\w{8})\]", out)
+    assert first, out
+    assert rest, out
+    assert rotated, out
+    assert bobs, out
+    assert first[1] == rest[1]
+    assert len({first[1], rotated[1], bobs[1]}) == 3
+
+
+def test_the_demo_rejects_a_bad_lifetime(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["demo", "--access-token-lifetime", "0.5"])
+    assert exited.value.code == 2
+    assert "--access-token-lifetime" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -26,8 +27,19 @@ STEPS = (
 SECRET_PREFIXES = ("emuat_", "emurt_", "emuac_", "aea1.", "aer1.")
 
 
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_the_demo_walks_the_whole_flow() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSPACE_EMULATOR")}
+    # A proxy that refuses everything: the demo stays on loopback and must not use it.
+    dead_proxy = f"http://127.0.0.1:{closed_port()}"
+    env.update(HTTP_PROXY=dead_proxy, HTTPS_PROXY=dead_proxy, http_proxy=dead_proxy)
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
     done = subprocess.run(
         [sys.executable, "-m", "agentspace_grpc.cli", "demo"],
         capture_output=True,

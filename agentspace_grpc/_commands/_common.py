@@ -30,6 +30,7 @@ import os
 import re
 import stat
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -65,12 +66,13 @@ environment:
 EMULATOR_HOST_ENV: Final = "AGENTSPACE_EMULATOR_HOST"
 EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
 CONNECTOR_HELP: Final = (
-    "the data connector: projects/PROJECT/locations/LOCATION/collections/COLLECTION/dataConnector"
+    "NAME: projects/PROJECT/locations/LOCATION/collections/COLLECTION/dataConnector"
 )
 
 _MAX_TOKEN_FILE: Final = 64 * 1024
 _EMAIL: Final = re.compile(r"[^@\s/]+@[^@\s/]+")
 _FINGERPRINT_HEX: Final = 8
+_HELP_WIDTH: Final = 79
 
 
 class CommandError(Exception):
@@ -104,14 +106,16 @@ def new_parser(
     description: str,
 ) -> argparse.ArgumentParser:
     """A subcommand parser with the connector argument and the exit-status epilog."""
+    # The epilog is laid out by hand, so the description is wrapped here.
+    text = textwrap.fill(description, _HELP_WIDTH) + "\n\n" + CONNECTOR_HELP
     parser = subparsers.add_parser(
         command,
         help=help_text,
-        description=description,
+        description=text,
         epilog=EXIT_STATUS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", metavar="NAME", help=CONNECTOR_HELP)
+    parser.add_argument("name", metavar="NAME", help="the data connector's resource name")
     return parser
 
 
@@ -449,6 +453,11 @@ def describe_error(
             wait = f" (it asked to wait {exc.retry_delay:g} s)" if exc.retry_delay else ""
             return EXIT_RETRY_LATER, (
                 f"the third party behind {name} is unavailable: {said}; retry later{wait}"
+            )
+        if exc.transport is None:  # before any wire: refreshing the credentials failed
+            return EXIT_RETRY_LATER, (
+                f"unavailable: {said}; check the network path to the credentials' token "
+                "endpoint (and HTTPS_PROXY / NO_PROXY)"
             )
         if exc.transport == "rest":
             hint = f"check --rest-endpoint / --endpoint / ${EMULATOR_REST_ENV}"

@@ -18,13 +18,6 @@ from agentspace_grpc._commands import _common
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``store`` subcommand."""
-    parser = _store_parser(subparsers)
-    parser.set_defaults(handler=run)
-
-
-def _store_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
     parser = _common.new_parser(
         subparsers,
         "store",
@@ -50,7 +43,7 @@ def _store_parser(
     )
     parser.add_argument("--instance-uri", metavar="URI", help="the third party's instance URI")
     _common.add_connection_arguments(parser)
-    return parser
+    parser.set_defaults(handler=run)
 
 
 def redirect_uri_from(value: str) -> str:

@@ -122,13 +122,18 @@ class GrpcTransport(Transport):
         return channel
 
     async def fresh_channel(self, endpoint: Endpoint) -> None:
-        """Drop the channel to this endpoint, so that the next call connects anew.
+        """Make the next call to this endpoint try to connect now.
 
         Used before probing gRPC again after a fallback: a channel that failed to connect
-        stays in grpc's reconnect backoff and would fail the probe without trying.
+        waits out grpc's reconnect backoff and would fail the probe without trying, so it is
+        replaced (calls fail fast in that state, so none is cut short).
         """
-        channel = self._channels.pop(endpoint.grpc_target, None)
-        if channel is not None:
+        channel = self._channels.get(endpoint.grpc_target)
+        if channel is None:
+            return
+        state = channel.channel.get_state(try_to_connect=False)
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            del self._channels[endpoint.grpc_target]
             await channel.channel.close(grace=None)
 
     async def acquire_access_token(
@@ -145,6 +150,9 @@ class GrpcTransport(Transport):
             )
         except grpc.aio.AioRpcError as exc:
             raise _error_from_rpc(exc, connector=request.name) from exc
+        except asyncio.CancelledError:
+            self._closed_under_call()
+            raise
 
     async def acquire_and_store_refresh_token(
         self,
@@ -158,6 +166,9 @@ class GrpcTransport(Transport):
             return await self._channel(endpoint).store(request, timeout=time_left, metadata=headers)
         except grpc.aio.AioRpcError as exc:
             raise _error_from_rpc(exc, connector=None) from exc
+        except asyncio.CancelledError:
+            self._closed_under_call()
+            raise
 
     async def check_refresh_token(
         self,
@@ -171,9 +182,26 @@ class GrpcTransport(Transport):
             return await self._channel(endpoint).check(request, timeout=time_left, metadata=headers)
         except grpc.aio.AioRpcError as exc:
             raise _error_from_rpc(exc, connector=request.name) from exc
+        except asyncio.CancelledError:
+            self._closed_under_call()
+            raise
+
+    def _closed_under_call(self) -> None:
+        """grpc ends calls with CancelledError when their channel closes: say why instead.
+
+        A CancelledError is passed on as is when the awaiting task itself was cancelled.
+        """
+        task = asyncio.current_task()
+        if self._closed and (task is None or not task.cancelling()):
+            raise wire_failure(
+                Cancelled,
+                "the client was closed while the call was in flight",
+                transport="grpc",
+                failure=None,
+            ) from None
 
     async def aclose(self) -> None:
-        """Close every channel; calls in flight end with CANCELLED."""
+        """Close every channel; calls in flight end with Cancelled."""
         self._closed = True
         channels, self._channels = list(self._channels.values()), {}
         if channels:

@@ -1,0 +1,200 @@
+"""Endpoints: regional hosts, proxies, custom CAs and the emulator variables, on both wires.
+
+Google's hosts are reached through a real HTTP CONNECT proxy (HTTPS_PROXY) that tunnels every
+connection to a local TLS server holding a test certificate for those names: the CONNECT
+targets show which host the client chose, and the TLS handshake checks ``ssl_context``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentspace_grpc import DataConnectorClient, DeadlineExceeded, Unavailable
+from tests._servers import CONNECTOR, ConnectProxy, Servers, closed_port, serve
+from tests._tls import TlsMaterial
+
+HOSTS = (
+    "discoveryengine.googleapis.com",
+    "us-discoveryengine.googleapis.com",
+    "eu-discoveryengine.googleapis.com",
+    "svc.agentspace.invalid",
+    "127.0.0.1",
+)
+
+
+def name_in(location: str) -> str:
+    return f"projects/p/locations/{location}/collections/default_collection/dataConnector"
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsMaterial:
+    return TlsMaterial.create(tmp_path, HOSTS)
+
+
+@pytest.fixture
+async def tls_servers(tls: TlsMaterial) -> AsyncIterator[Servers]:
+    async with serve(tls=tls) as running:
+        yield running
+
+
+@pytest.fixture
+async def proxy(tls_servers: Servers, transport: str) -> AsyncIterator[ConnectProxy]:
+    port = tls_servers.grpc_port if transport == "grpc" else tls_servers.rest_port
+    async with ConnectProxy(port) as running:
+        yield running
+
+
+@pytest.fixture
+def no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for variable in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "grpc_proxy",
+        "AGENTSPACE_EMULATOR_HOST",
+        "AGENTSPACE_EMULATOR_REST",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    return monkeypatch
+
+
+async def test_regional_hosts_are_chosen_from_the_name_through_https_proxy(
+    tls: TlsMaterial,
+    tls_servers: Servers,
+    proxy: ConnectProxy,
+    transport: str,
+    no_proxy_variables: pytest.MonkeyPatch,
+) -> None:
+    no_proxy_variables.setenv("HTTPS_PROXY", proxy.url)
+    async with DataConnectorClient(
+        transport=transport,  # type: ignore[arg-type]
+        credentials="alice",
+        ssl_context=tls.client_context(),
+    ) as client:
+        for location in ("us", "eu", "global", "europe-west1", "us"):
+            token = await client.acquire_access_token(name_in(location))
+            assert token.connector == name_in(location)
+    assert proxy.targets == [
+        "us-discoveryengine.googleapis.com:443",
+        "eu-discoveryengine.googleapis.com:443",
+        "discoveryengine.googleapis.com:443",
+    ]  # one connection per host, reused
+    assert [s.wire for s in tls_servers.service.seen] == [transport] * 5
+
+
+async def test_no_proxy_sends_the_host_direct(
+    tls: TlsMaterial,
+    tls_servers: Servers,
+    proxy: ConnectProxy,
+    transport: str,
+    no_proxy_variables: pytest.MonkeyPatch,
+) -> None:
+    no_proxy_variables.setenv("HTTPS_PROXY", proxy.url)
+    kwargs = {
+        "transport": transport,
+        "endpoint": "svc.agentspace.invalid:443",
+        "credentials": "alice",
+        "ssl_context": tls.client_context(),
+        "retry": None,
+    }
+    async with DataConnectorClient(**kwargs) as client:  # type: ignore[arg-type]
+        await client.acquire_access_token(CONNECTOR)
+    assert proxy.targets == ["svc.agentspace.invalid:443"]
+    no_proxy_variables.setenv("NO_PROXY", "localhost,.agentspace.invalid")
+    async with DataConnectorClient(**kwargs) as client:  # type: ignore[arg-type]
+        with pytest.raises((Unavailable, DeadlineExceeded)):  # .invalid never resolves
+            await client.acquire_access_token(CONNECTOR, timeout=5)
+    assert proxy.targets == ["svc.agentspace.invalid:443"]
+
+
+async def test_a_custom_ca_is_trusted_on_both_wires(
+    tls: TlsMaterial, tls_servers: Servers, transport: str, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    async with DataConnectorClient(
+        credentials="alice",
+        ssl_context=tls.client_context(),
+        **tls_servers.client_kwargs(transport),
+    ) as client:
+        token = await client.acquire_access_token(CONNECTOR)
+    assert token.access_token == "tp:alice:1"
+
+
+async def test_without_the_ca_the_handshake_fails_as_unavailable(
+    tls_servers: Servers, transport: str, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    async with DataConnectorClient(
+        credentials="alice",
+        ssl_context=ssl.create_default_context(),  # the system's CAs only
+        retry=None,
+        **tls_servers.client_kwargs(transport),
+    ) as client:
+        with pytest.raises(Unavailable) as caught:
+            await client.acquire_access_token(CONNECTOR, timeout=5)
+    assert "certificate" in caught.value.message.lower() or "CERTIFICATE" in caught.value.message
+    assert tls_servers.service.seen == []
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    async with serve() as running:
+        yield running
+
+
+async def test_the_emulator_variables_point_clients_at_an_emulator(
+    servers: Servers, transport: str, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_HOST", servers.grpc_target)
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_REST", servers.rest_url)
+    async with DataConnectorClient(transport=transport, credentials="alice") as client:  # type: ignore[arg-type]
+        await client.acquire_access_token(CONNECTOR)
+        await client.acquire_access_token(name_in("us"))  # no regional host with an emulator
+    assert [s.wire for s in servers.service.seen] == [transport, transport]
+
+
+async def test_auto_mode_with_the_emulator_variables(
+    servers: Servers, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_HOST", servers.grpc_target)
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_REST", servers.rest_url)
+    async with DataConnectorClient(credentials="alice") as client:
+        await client.acquire_access_token(CONNECTOR)
+    assert [s.wire for s in servers.service.seen] == ["grpc"]
+
+
+async def test_only_the_rest_variable_means_rest(
+    servers: Servers, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_REST", servers.rest_url)
+    async with DataConnectorClient(credentials="alice") as client:
+        await client.acquire_access_token(CONNECTOR)
+    assert [s.wire for s in servers.service.seen] == ["rest"]
+
+
+async def test_an_explicit_endpoint_wins_over_the_variables(
+    servers: Servers, transport: str, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_HOST", f"127.0.0.1:{closed_port()}")
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_REST", f"http://127.0.0.1:{closed_port()}")
+    async with DataConnectorClient(
+        credentials="alice", retry=None, **servers.client_kwargs(transport)
+    ) as client:
+        await client.acquire_access_token(CONNECTOR)
+    assert [s.wire for s in servers.service.seen] == [transport]
+
+
+def test_a_bad_emulator_variable_is_a_clear_error(no_proxy_variables: pytest.MonkeyPatch) -> None:
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_HOST", "http://localhost:8080")
+    with pytest.raises(ValueError, match="AGENTSPACE_EMULATOR_HOST"):
+        DataConnectorClient()

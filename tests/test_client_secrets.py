@@ -1,0 +1,179 @@
+"""Tokens are secrets: canary values never appear in logs (DEBUG, every library), exception
+messages, reprs or tracebacks, over both wires and through refreshes, errors and fallback."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from agentspace_grpc import DataConnectorClient, DataConnectorError, Unauthenticated
+from agentspace_grpc import _proto as p
+from tests._servers import (
+    CLIENT_SECRET,
+    CONNECTOR,
+    RpcFault,
+    Seen,
+    Servers,
+    TokenEndpoint,
+    closed_port,
+    serve,
+)
+
+CANARY = "CANARY"
+USER = "CANARYuser"  # its refresh token is rt-CANARYuser, its tokens user-token-CANARYuser-N
+STATIC_TOKEN = "ya29.CANARY-static-token"
+CODE_URI = "https://app.example/callback?code=CANARY-authorization-code&state=s"
+LOGGERS = (
+    "",
+    "agentspace_grpc",
+    "grpc",
+    "grpc._cython.cygrpc",
+    "aiohttp",
+    "aiohttp.client",
+    "aiohttp.access",
+    "aiohttp.server",
+    "google",
+    "google.auth",
+    "google.auth.transport.requests",
+    "google.oauth2",
+    "urllib3",
+    "asyncio",
+)
+assert CANARY in CLIENT_SECRET
+
+
+class Capture(logging.Handler):
+    """Keeps every record fully formatted, traceback included."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+        self.names: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+        # Structured handlers (JSON, Cloud Logging) also ship the record's extra attributes.
+        self.lines.append(repr(vars(record)))
+        self.names.add(record.name)
+
+
+@pytest.fixture
+def captured() -> Iterator[Capture]:
+    capture = Capture()
+    saved = []
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(capture)
+        logger.propagate = False  # each logger reports to the capture once
+    try:
+        yield capture
+    finally:
+        for logger, level, propagate in saved:
+            logger.removeHandler(capture)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    async with serve() as running:
+        yield running
+
+
+def assert_clean(text: str) -> None:
+    assert CANARY not in text
+
+
+def assert_error_clean(error: BaseException) -> None:
+    assert_clean(str(error))
+    assert_clean(repr(error))
+    assert_clean("".join(traceback.format_exception(error)))
+
+
+async def test_no_secret_in_logs_errors_or_reprs(
+    servers: Servers, transport: str, captured: Capture
+) -> None:
+    async def canary_tokens(seen: Seen) -> p.AcquireAccessTokenResponse:
+        if seen.request.action == "fail":
+            raise RpcFault(grpc.StatusCode.PERMISSION_DENIED, "denied")
+        if seen.request.action == "missing":
+            raise RpcFault(grpc.StatusCode.NOT_FOUND, "nothing stored")
+        return p.AcquireAccessTokenResponse(access_token=f"{CANARY}-third-party-{seen.identity}")
+
+    servers.service.on("AcquireAccessToken", canary_tokens)
+    servers.service.rejected.add("ya29.CANARY-stale")
+    async with TokenEndpoint(servers.service) as idp:
+        credentials = idp.credentials(USER, token="ya29.CANARY-stale")
+        async with DataConnectorClient(
+            credentials=credentials, **servers.client_kwargs(transport)
+        ) as client:
+            # A 401, a refresh through google-auth, a retry, a success.
+            token = await client.acquire_access_token(CONNECTOR)
+            assert CANARY in token.access_token
+            assert_clean(repr(token))
+            assert_clean(str(token))
+            assert_clean(repr(client))
+            await client.store_refresh_token(CONNECTOR, CODE_URI, scopes=["a"])
+            for action in ("fail", "missing"):
+                with pytest.raises(DataConnectorError) as caught:
+                    await client.acquire_access_token(CONNECTOR, action=action)
+                assert_error_clean(caught.value)
+            # A plain token string, per call.
+            await client.acquire_access_token(CONNECTOR, credentials=STATIC_TOKEN)
+            # A rejected plain token: no refresh possible.
+            servers.service.rejected.add(STATIC_TOKEN)
+            with pytest.raises(Unauthenticated) as caught_auth:
+                await client.acquire_access_token(CONNECTOR, credentials=STATIC_TOKEN, action="x")
+            assert_error_clean(caught_auth.value)
+        assert idp.refreshes == 1
+    for line in captured.lines:
+        assert_clean(line)
+    # The capture sees the libraries' DEBUG records.
+    assert any(name.startswith(("google", "urllib3")) for name in captured.names)
+    if transport == "grpc":
+        assert any(name.startswith("grpc") for name in captured.names)
+
+
+async def test_no_secret_in_logs_of_a_fallback_or_wire_failures(
+    servers: Servers, captured: Capture
+) -> None:
+    async with DataConnectorClient(
+        transport="auto",
+        endpoint=f"127.0.0.1:{closed_port()}",
+        rest_endpoint=servers.rest_url,
+        credentials=STATIC_TOKEN,
+    ) as client:
+        await client.acquire_access_token(CONNECTOR)
+    async with DataConnectorClient(
+        transport="grpc",
+        endpoint=f"127.0.0.1:{closed_port()}",
+        credentials=STATIC_TOKEN,
+        retry=None,
+    ) as client:
+        with pytest.raises(DataConnectorError) as caught:
+            await client.acquire_access_token(CONNECTOR)
+        assert_error_clean(caught.value)
+    async with DataConnectorClient(
+        transport="rest",
+        rest_endpoint=f"http://127.0.0.1:{closed_port()}",
+        credentials=STATIC_TOKEN,
+        retry=None,
+    ) as client:
+        with pytest.raises(DataConnectorError) as caught:
+            await client.acquire_access_token(CONNECTOR)
+        assert_error_clean(caught.value)
+    assert any("using REST" in line for line in captured.lines)
+    for line in captured.lines:
+        assert_clean(line)

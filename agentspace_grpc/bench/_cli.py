@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--size", type=_positive_int, help="most calls per sample (default 4000; quick 400)"
     )
     parser.add_argument(
-        "--repeats", type=_positive_int, help="repetitions per figure (default 5; quick 3)"
+        "--repeats", type=_positive_int, help="repetitions per figure (default 9; quick 3)"
     )
     parser.add_argument(
         "--budget",

@@ -38,7 +38,7 @@ class Settings:
     """
 
     size: int = 4000
-    repeats: int = 5
+    repeats: int = 9
     inflight: int = 64
     budget_s: float = 110.0
     quick: bool = False

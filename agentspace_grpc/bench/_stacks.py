@@ -243,7 +243,7 @@ class Discovery(Stack):
 
             from agentspace_grpc.bench._discovery import discovery_document
 
-            http = httplib2.Http()
+            http = httplib2.Http(timeout=30)
             with self._lock:
                 self._https.append(http)
             service = build_from_document(discovery_document(self._base_url), http=http)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
@@ -65,6 +66,35 @@ async def test_pitfall_10_scope_and_action_reach_the_server(
     assert seen.request.scope == "read:jira"
     assert seen.request.action == "search"
     assert token.scopes == ("read:jira",)
+
+
+async def test_pitfall_10_calls_never_block_the_loop(servers: Servers, transport: str) -> None:
+    async def slow(seen: Seen) -> p.AcquireAccessTokenResponse:
+        await asyncio.sleep(0.4)
+        return p.AcquireAccessTokenResponse(access_token="t")
+
+    servers.service.on("AcquireAccessToken", slow)
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - before - 0.01)
+
+    ticking = asyncio.ensure_future(ticker())
+    async with DataConnectorClient(
+        credentials="alice", single_flight=False, **servers.client_kwargs(transport)
+    ) as client:
+        await asyncio.gather(
+            *(client.acquire_access_token(CONNECTOR, action=str(i)) for i in range(20))
+        )
+    stop.set()
+    await ticking
+    assert len(lags) > 20
+    assert max(lags) < 0.2  # twenty 0.4 s calls overlap on a free loop
 
 
 async def test_empty_optional_fields_send_an_empty_request(

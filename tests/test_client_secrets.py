@@ -102,7 +102,7 @@ def assert_error_clean(error: BaseException) -> None:
     assert_clean("".join(traceback.format_exception(error)))
 
 
-async def test_no_secret_in_logs_errors_or_reprs(
+async def test_pitfall_14_and_22_no_secret_in_debug_logs_errors_or_reprs(
     servers: Servers, transport: str, captured: Capture
 ) -> None:
     async def canary_tokens(seen: Seen) -> p.AcquireAccessTokenResponse:

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, final
+from typing import Any, Final, Literal, TypeVar, cast, final
 from urllib.parse import urlsplit
 
 import grpc
@@ -34,10 +34,10 @@ from google.protobuf import message
 
 from agentspace_grpc import _proto
 from agentspace_grpc._credentials import (
+    DEFAULT_IDENTITY,
     PENDING,
     Authorizer,
     CredentialsLike,
-    _Pending,
     check_credentials,
 )
 from agentspace_grpc._errors import (
@@ -196,24 +196,13 @@ class AccessToken:
 class _Op:
     route: Route
     idempotent: bool
-    call: Callable[[Transport, Endpoint, Any, Headers, float], Coroutine[Any, Any, Any]]
+    method: str  # the Transport method
 
 
-_ACQUIRE: Final = _Op(
-    ROUTES["AcquireAccessToken"],
-    idempotent=False,
-    call=lambda t, e, r, h, s: t.acquire_access_token(e, r, h, s),
-)
-_STORE: Final = _Op(
-    ROUTES["AcquireAndStoreRefreshToken"],
-    idempotent=False,
-    call=lambda t, e, r, h, s: t.acquire_and_store_refresh_token(e, r, h, s),
-)
-_CHECK: Final = _Op(
-    ROUTES["CheckRefreshToken"],
-    idempotent=True,
-    call=lambda t, e, r, h, s: t.check_refresh_token(e, r, h, s),
-)
+_ACQUIRE: Final = _Op(ROUTES["AcquireAccessToken"], False, "acquire_access_token")
+_STORE: Final = _Op(ROUTES["AcquireAndStoreRefreshToken"], False, "acquire_and_store_refresh_token")
+_CHECK: Final = _Op(ROUTES["CheckRefreshToken"], True, "check_refresh_token")
+_ACQUIRE_NAME: Final = _ACQUIRE.route.name
 
 
 def _retryable(error: DataConnectorError, op: _Op) -> bool:
@@ -761,7 +750,7 @@ class DataConnectorClient:
             authorization = self._auth.ready(credentials)
             if authorization is PENDING:
                 authorization = await self._auth.authorization(credentials, deadline)
-            assert not isinstance(authorization, _Pending)
+            authorization = cast("str | None", authorization)
             headers_key = (authorization, name, extra)
             headers = self._headers.get(headers_key)
             if headers is None:
@@ -783,7 +772,9 @@ class DataConnectorClient:
                     transport=transport.kind,
                 )
             try:
-                response = await op.call(transport, endpoint, request, headers, time_left)
+                response = await getattr(transport, op.method)(
+                    endpoint, request, headers, time_left
+                )
             except DataConnectorError as exc:
                 if state.closed:
                     raise Cancelled(
@@ -879,24 +870,34 @@ class DataConnectorClient:
             UsageError: Bad arguments, before any I/O.
         """
         loop = asyncio.get_running_loop()
-        state = self._state(loop)
-        deadline = self._deadline(loop, timeout)
-        endpoint = self._endpoint_for(_ACQUIRE.route, name)
-        if scope is not None and not isinstance(scope, str):
-            raise UsageError("scope must be a string or None")
-        if action is not None and not isinstance(action, str):
-            raise UsageError("action must be a string or None")
+        state = self._last_state if loop is self._last_loop else None
+        if state is None:
+            state = self._state(loop)
+        if timeout is None:
+            deadline = loop.time() + DEFAULT_TIMEOUT
+        else:
+            deadline = self._deadline(loop, timeout)
+        endpoint = self._names.get((_ACQUIRE_NAME, name)) if type(name) is str else None
+        if endpoint is None:
+            endpoint = self._endpoint_for(_ACQUIRE.route, name)
+        if scope is None and action is None:
+            request = _proto.AcquireAccessTokenRequest(name=name)
+        else:
+            if scope is not None and not isinstance(scope, str):
+                raise UsageError("scope must be a string or None")
+            if action is not None and not isinstance(action, str):
+                raise UsageError("action must be a string or None")
+            request = _proto.AcquireAccessTokenRequest(
+                name=name, scope=scope or "", action=action or ""
+            )
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
-        request = _proto.AcquireAccessTokenRequest(
-            name=name, scope=scope or "", action=action or ""
-        )
         response: _proto.AcquireAccessTokenResponse
         if self._single_flight:
-            key = (name, scope, action, self._auth.identity(credentials), extra)
+            identity = DEFAULT_IDENTITY if credentials is None else credentials
             response = await state.flights.run(
-                key,
+                (name, scope, action, identity, extra),
                 deadline,
                 self._invoke,
                 (_ACQUIRE, request, name, credentials, extra, state, endpoint),

@@ -1,0 +1,67 @@
+"""The client end to end against the real emulator, on both wires."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentspace_grpc import AuthorizationRequired, DataConnectorClient, Unauthenticated
+from agentspace_grpc.emulator import Emulator
+
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    async with Emulator() as running:
+        yield running
+
+
+async def test_authorize_store_and_acquire(emulator: Emulator, transport: str) -> None:
+    client: DataConnectorClient = emulator.client(transport=transport)
+    async with client:
+        alice = emulator.user_credentials(ALICE)
+        with pytest.raises(AuthorizationRequired) as caught:
+            await client.acquire_access_token(emulator.connector, credentials=alice)
+        assert caught.value.connector == emulator.connector
+        assert caught.value.principal == ALICE
+        assert ALICE in str(caught.value)
+
+        redirect = await emulator.consent(ALICE)
+        await client.store_refresh_token(emulator.connector, redirect, credentials=alice)
+        token = await client.acquire_access_token(emulator.connector, credentials=alice)
+        assert token.access_token
+        assert token.connector == emulator.connector
+        again = await client.acquire_access_token(emulator.connector, credentials=alice)
+        assert again.access_token
+
+        # Another user of the same client has stored nothing.
+        with pytest.raises(AuthorizationRequired) as caught:
+            await client.acquire_access_token(
+                emulator.connector, credentials=emulator.user_credentials(BOB)
+            )
+        assert caught.value.principal == BOB
+
+
+async def test_a_missing_identity_is_unauthenticated(emulator: Emulator, transport: str) -> None:
+    client: DataConnectorClient = emulator.client(transport=transport, credentials="not-a-token")
+    async with client:
+        with pytest.raises(Unauthenticated):
+            await client.acquire_access_token(emulator.connector)
+
+
+async def test_auto_mode_uses_grpc_against_the_emulator(emulator: Emulator) -> None:
+    client: DataConnectorClient = emulator.client()
+    async with client:
+        alice = emulator.user_token(ALICE)
+        redirect = await emulator.consent(ALICE)
+        await client.store_refresh_token(emulator.connector, redirect, credentials=alice)
+        token = await client.acquire_access_token(emulator.connector, credentials=alice)
+    assert token.access_token

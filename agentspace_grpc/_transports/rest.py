@@ -4,14 +4,12 @@ One ``aiohttp.ClientSession`` per event loop (this transport is made per loop). 
 ``Route.to_http`` (method, encoded path, query, JSON body), one request, and
 ``message_from_json`` on success or ``status_from_http`` otherwise, so REST errors are
 classified by the JSON ``error.status`` first and by the HTTP status only when the body is
-not a Google error. aiohttp's exceptions are translated in :func:`_map_client_errors`.
+not a Google error. aiohttp's exceptions are translated in :func:`_translate`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ssl
-from collections.abc import Iterator
 from typing import Final, TypeVar, cast
 
 import aiohttp
@@ -22,6 +20,7 @@ from yarl import URL
 from agentspace_grpc import _proto
 from agentspace_grpc._errors import (
     Cancelled,
+    DataConnectorError,
     DeadlineExceeded,
     Internal,
     ResourceExhausted,
@@ -163,8 +162,8 @@ class RestTransport(Transport):
         method, url, body = prepared
         if body is not None:
             headers = (*headers, *_JSON_BODY)
-        session = self._get_session()
-        with _map_client_errors(time_left):
+        session = self._session or self._get_session()
+        try:
             async with session.request(
                 method,
                 url,
@@ -176,7 +175,13 @@ class RestTransport(Transport):
             ) as response:
                 status = response.status
                 content_type = response.headers.get("Content-Type")
-                body, oversize = await self._read(response)
+                length = response.content_length
+                if length is not None and length <= self._max:
+                    body, oversize = await response.read(), False
+                else:
+                    body, oversize = await self._read(response)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, time_left) from exc
         if 200 <= status < 300 and not oversize:
             try:
                 return cast(_M, message_from_json(body, response_class, ignore_unknown=True))
@@ -226,7 +231,7 @@ class RestTransport(Transport):
         )
 
     async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        """The body, or (what was read, True) when it is larger than the limit."""
+        """The body, or (b"", True) when it is larger than the limit."""
         length = response.content_length
         if length is not None:
             if length > self._max:
@@ -274,34 +279,30 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
-@contextlib.contextmanager
-def _map_client_errors(timeout: float) -> Iterator[None]:
+def _translate(exc: BaseException, time_left: float) -> DataConnectorError:
     """Translate aiohttp's and the socket layer's exceptions; the one place that does it."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise wire_failure(
+    if isinstance(exc, TimeoutError):
+        return wire_failure(
             DeadlineExceeded,
-            f"no answer within the {timeout:.3g} s left of the deadline",
+            f"no answer within the {time_left:.3g} s left of the deadline",
             transport="rest",
             failure=None,
-        ) from exc
-    except (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError) as exc:
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError):
         # The connection (TCP, TLS or the proxy's CONNECT) was never established.
-        raise wire_failure(
+        return wire_failure(
             Unavailable, f"cannot connect: {_first_line(exc)}", transport="rest", failure="connect"
-        ) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise wire_failure(
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return wire_failure(
             Unavailable,
             f"the answer was cut off: {_first_line(exc)}",
             transport="rest",
             failure="io",
-        ) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise wire_failure(
-            Unavailable,
-            f"the connection failed during the call: {_first_line(exc)}",
-            transport="rest",
-            failure="io",
-        ) from exc
+        )
+    return wire_failure(
+        Unavailable,
+        f"the connection failed during the call: {_first_line(exc)}",
+        transport="rest",
+        failure="io",
+    )

@@ -420,7 +420,9 @@ class TcpProxy:
     accept) or "stall" (accept, read and never answer). :meth:`reset_all` resets every open
     connection now (a reset mid-call); :meth:`refuse` stops listening (connection refused)
     and :meth:`listen` resumes on the same port; ``idle_timeout`` resets connections that
-    carried no byte for that many seconds (a NAT or proxy idle drop).
+    carried no byte for that many seconds (a NAT or proxy idle drop); :meth:`pause` holds
+    every byte of the open connections (a partition that keeps the TCP connections up) until
+    :meth:`resume`.
 
     Use as ``async with TcpProxy(port) as proxy:``; ``proxy.address`` is ``127.0.0.1:PORT``.
     """
@@ -434,6 +436,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def address(self) -> str:
@@ -467,6 +471,14 @@ class TcpProxy:
         if server is not None:
             server.close()
             await server.wait_closed()
+
+    def pause(self) -> None:
+        """Hold the bytes of every forwarded connection (they stay open) until :meth:`resume`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward again what :meth:`pause` held, in order."""
+        self._flowing.set()
 
     def reset_all(self) -> int:
         """Reset every open connection (both sides) now; returns how many."""
@@ -522,6 +534,7 @@ class TcpProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     activity[0] = loop.time()
                     dst.write(data)
                     await dst.drain()

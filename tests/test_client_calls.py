@@ -94,7 +94,7 @@ async def test_pitfall_10_calls_never_block_the_loop(servers: Servers, transport
     stop.set()
     await ticking
     assert len(lags) > 20
-    assert max(lags) < 0.2  # twenty 0.4 s calls overlap on a free loop
+    assert max(lags) < 0.3  # a blocking call would hold the loop for 0.4 s
 
 
 async def test_empty_optional_fields_send_an_empty_request(

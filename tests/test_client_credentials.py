@@ -102,7 +102,7 @@ async def test_pitfall_11_a_slow_refresh_never_blocks_the_loop(
     assert token.access_token == "tp:alice:1"
     assert elapsed >= 1.5
     assert len(lags) > 50
-    assert max(lags) < 0.3  # a blocked loop would show a 1.5 s gap
+    assert max(lags) < 0.5  # a blocked loop would show a 1.5 s gap
 
 
 async def test_pitfall_11_the_deadline_covers_the_refresh(

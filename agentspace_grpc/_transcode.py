@@ -491,11 +491,27 @@ def _dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _loads(body: bytes) -> Any:
+def _loads(body: bytes | str) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TranscodingError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise TranscodingError("the body is not valid JSON: it is nested too deeply") from None
+
+
+def _text(value: str, path: str) -> str:
+    """``value`` if protobuf can store it: a lone surrogate (a JSON ``\\udXXX`` escape without
+    its pair) has no UTF-8 encoding."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise TranscodingError(
+                f"invalid value for field {path}: the string is not valid Unicode "
+                "(an unpaired surrogate, which UTF-8 cannot encode)"
+            ) from None
+    return value
 
 
 def message_to_json(msg: message.Message) -> bytes:
@@ -584,7 +600,7 @@ def message_from_json(
     data: bytes | str, cls: type[message.Message], *, ignore_unknown: bool
 ) -> message.Message:
     """Decode a JSON document into ``cls``; unknown fields are ignored or rejected."""
-    decoded = json.loads(data) if isinstance(data, str) else _loads(data)
+    decoded = _loads(data)
     msg = cls()
     _merge_json(msg, decoded, ignore_unknown=ignore_unknown)
     return msg
@@ -685,7 +701,7 @@ def _decode_scalar(
     kind = field.type
     if kind == _FD.TYPE_STRING:
         if isinstance(value, str):
-            return value
+            return _text(value, path)
     elif kind == _FD.TYPE_BOOL:
         if isinstance(value, bool):
             return value
@@ -943,7 +959,7 @@ def status_from_http(http_status: int, body: bytes, content_type: str | None) ->
     if body.strip():
         try:
             document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             document = None
         if isinstance(document, dict) and isinstance(document.get("error"), dict):
             error = document["error"]
@@ -965,6 +981,8 @@ def status_from_http(http_status: int, body: bytes, content_type: str | None) ->
     text = error.get("message")
     if not isinstance(text, str):
         text = f"HTTP {http_status}"
+    elif not text.isascii():
+        text = text.encode("utf-8", "replace").decode()  # lone surrogates become "?"
     status = status_pb2.Status(code=code, message=text)
     raw_details = error.get("details")
     if isinstance(raw_details, list):

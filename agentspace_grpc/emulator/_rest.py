@@ -84,7 +84,8 @@ class RestFront:
     def application(self) -> web.Application:
         """The aiohttp application with every route."""
         app = web.Application()
-        app.router.add_route("*", "/v1alpha/{tail:.*}", self.handle_api)
+        # Any character, newlines included: a decoded %0A still gets the API's JSON errors.
+        app.router.add_route("*", "/v1alpha/{tail:[\\s\\S]*}", self.handle_api)
         app.router.add_post("/oauth2/token", self.handle_identity_token)
         app.router.add_post("/emulator/v1/users/{email}/token", self.handle_mint)
         app.router.add_get("/emulator/v1/consent", self.handle_consent)

@@ -23,6 +23,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 from google.rpc import status_pb2
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -48,7 +49,7 @@ from tests._emulator_helpers import (
     rest,
 )
 from tests._reliability import emulator_stats
-from tests._servers import closed_port
+from tests._servers import FakeService, closed_port, serve
 
 T = TypeVar("T")
 ALICE = "alice@example.com"  # has a stored grant (scopes read, write)
@@ -582,6 +583,76 @@ async def test_client_takes_any_name_and_redirect_uri(
                     error
                 )
                 assert error.message
+
+
+@pytest.fixture
+async def answering() -> AsyncIterator[dict[str, Any]]:
+    """A REST front and a gRPC server answering AcquireAccessToken with whatever the test put
+    in ``answer`` ("status", "body", "content_type" for REST; "bytes" for gRPC)."""
+    answer: dict[str, Any] = {}
+
+    async def rest_answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(
+            status=answer["status"], body=answer["body"], content_type=answer["content_type"]
+        )
+
+    async def grpc_answer(request: bytes, context: Any) -> bytes:
+        return bytes(answer["bytes"])
+
+    service = FakeService()
+    service.rest_hook = rest_answer
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(grpc_answer)  # raw bytes both ways
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                p.SERVICE.full_name, {"AcquireAccessToken": handler}
+            ),
+        )
+    )
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with serve(service) as servers:
+        answer["grpc"] = f"127.0.0.1:{grpc_port}"
+        answer["rest"] = servers.rest_url
+        yield answer
+    await server.stop(None)
+
+
+@PROPERTY
+@given(
+    status=st.integers(200, 599),
+    body=st.binary(max_size=60)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | st.builds(
+        lambda v: json.dumps({"error": v}).encode(),
+        st.dictionaries(st.sampled_from(["code", "message", "status", "details"]), json_values),
+    ),
+    content_type=st.sampled_from(["application/json", "text/html", "application/octet-stream"]),
+)
+@example(status=200, body=b"[" * 50_000 + b"]" * 50_000, content_type="application/json")
+@example(status=503, body=b"[" * 50_000 + b"]" * 50_000, content_type="application/json")
+@example(status=400, body=b'{"error": {"message": "\\ud800"}}', content_type="application/json")
+@example(status=200, body=b'{"accessToken": "\\udfff"}', content_type="application/json")
+async def test_client_takes_any_rest_answer(
+    answering: dict[str, Any], status: int, body: bytes, content_type: str
+) -> None:
+    """Whatever a server or a gateway answers: a token, or a DataConnectorError."""
+    answering.update(status=status, body=body, content_type=content_type)
+    async with DataConnectorClient(
+        transport="rest", rest_endpoint=answering["rest"], credentials="x", retry=None
+    ) as client:
+        token, error = await attempt_async(client.acquire_access_token(CONNECTOR))
+    if error is None:
+        assert 200 <= status < 300
+        assert token is not None
+        assert token.access_token
+    else:
+        assert isinstance(error, DataConnectorError), repr(error)
+        assert error.transport == "rest"
+        assert error.http_status in (status, None)  # None: a 2xx answer without a token
+        assert error.message
 
 
 # ---- injected internal bugs are INTERNAL -------------------------------------------------------

@@ -174,8 +174,9 @@ class _Walkthrough:
         _say(
             f"\nDone in {time.monotonic() - started:.1f} s: two users, one connector, "
             f"{total} upstream refresh{'es' if total != 1 else ''}; alice's current token is "
-            f"{_fp(rotated)}. No token was printed in clear."
+            f"{_fp(rotated)}."
         )
+        _say("No token was printed in clear.")
 
     def introduce(self) -> None:
         _say("agentspace-grpc demo: one data connector, two users, the embedded emulator")
@@ -188,8 +189,10 @@ class _Walkthrough:
             f"live {self.lifetime:g} s"
         )
         _say("  tokens     shown only as [fingerprints]: the first 8 hex digits of their SHA-256")
-        _say("  clients    one DataConnectorClient per wire, shared by both users (credentials")
-        _say("             passed per call)")
+        _say(
+            "  clients    one DataConnectorClient per wire, shared by both users "
+            "(credentials= per call)"
+        )
 
     async def consent(self) -> dict[str, str]:
         self.heading("Consent: each user approves the connector at the third party")

@@ -290,6 +290,8 @@ class EmulatorServer:
     process: subprocess.Popen[bytes]
     ready: dict[str, str]
     stderr_path: Path
+    #: What the process wrote on stdout after its ready line (read by :meth:`stop`).
+    stdout_after_ready: bytes = b""
 
     @property
     def grpc(self) -> str:
@@ -316,7 +318,8 @@ class EmulatorServer:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         code = self.process.wait(20)
-        if self.process.stdout is not None:
+        if self.process.stdout is not None and not self.process.stdout.closed:
+            self.stdout_after_ready = self.process.stdout.read()
             self.process.stdout.close()
         return code
 

@@ -487,8 +487,11 @@ _WKT_PREFIX: Final = "google.protobuf."
 _INTEGER_TEXT: Final = re.compile(r"-?[0-9]+")
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(data).encode()
 
 
 def _loads(body: bytes | str) -> Any:
@@ -601,9 +604,109 @@ def message_from_json(
 ) -> message.Message:
     """Decode a JSON document into ``cls``; unknown fields are ignored or rejected."""
     decoded = _loads(data)
+    plan = _fast_plan(_descriptor_of_class(cls))
+    if plan is not None and type(decoded) is dict:
+        kwargs = _fast_kwargs(plan, decoded, ignore_unknown)
+        if kwargs is not None:
+            return cls(**kwargs)
     msg = cls()
     _merge_json(msg, decoded, ignore_unknown=ignore_unknown)
     return msg
+
+
+# The fast path: messages made only of strings, booleans, 32-bit integers, repeated strings
+# and such messages (every response of our service) decode into constructor keyword arguments
+# in one pass, with exact type checks. Anything else (a null, a number where a string is
+# due, both spellings of one field, an unknown field in strict mode) returns None and the
+# general walk above decodes it and names the problem.
+_STR, _BOOL, _INT32, _MSG = range(4)
+_FastPlan = dict[str, tuple[str, int, bool, Any]]
+_NOT_FAST: Final = object()
+_FAST_PLANS: dict[str, Any] = {}
+
+
+def _descriptor_of_class(cls: type[message.Message]) -> descriptor.Descriptor:
+    return cast(descriptor.Descriptor, cls.DESCRIPTOR)
+
+
+def _fast_plan(desc: descriptor.Descriptor) -> _FastPlan | None:
+    plan = _FAST_PLANS.get(desc.full_name)
+    if plan is None:
+        plan = _FAST_PLANS[desc.full_name] = _build_fast_plan(desc) or _NOT_FAST
+    return None if plan is _NOT_FAST else cast(_FastPlan, plan)
+
+
+def _build_fast_plan(desc: descriptor.Descriptor) -> _FastPlan | None:
+    if desc.full_name.startswith(_WKT_PREFIX) or desc.oneofs:
+        return None
+    plan: _FastPlan = {}
+    for field in desc.fields:
+        sub: Any = None
+        if field.type == _FD.TYPE_STRING:
+            kind = _STR
+        elif field.type == _FD.TYPE_BOOL and not field.is_repeated:
+            kind = _BOOL
+        elif field.type in (_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32) and not (
+            field.is_repeated
+        ):
+            kind = _INT32
+        elif field.type == _FD.TYPE_MESSAGE and not _is_map(field):
+            sub = _fast_plan(_message_type(field))
+            if sub is None:
+                return None
+            kind = _MSG
+        else:
+            return None
+        entry = (field.name, kind, field.is_repeated, sub)
+        plan[field.name] = entry
+        plan[field.json_name] = entry
+    return plan
+
+
+def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) -> Any:
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        entry = plan.get(key)
+        if entry is None:
+            if ignore_unknown:
+                continue
+            return None
+        name, kind, repeated, sub = entry
+        if name in kwargs:
+            return None
+        if repeated:
+            if type(value) is not list:
+                return None
+            if kind == _STR:
+                for item in value:
+                    if type(item) is not str:
+                        return None
+            else:
+                items = []
+                for item in value:
+                    if type(item) is not dict:
+                        return None
+                    converted = _fast_kwargs(sub, item, ignore_unknown)
+                    if converted is None:
+                        return None
+                    items.append(converted)
+                value = items
+        elif kind == _STR:
+            if type(value) is not str:
+                return None
+        elif kind == _MSG:
+            if type(value) is not dict:
+                return None
+            value = _fast_kwargs(sub, value, ignore_unknown)
+            if value is None:
+                return None
+        elif kind == _BOOL:
+            if type(value) is not bool:
+                return None
+        elif type(value) is not int or not -(2**31) <= value < 2**31:
+            return None
+        kwargs[name] = value
+    return kwargs
 
 
 def _merge_json(msg: message.Message, data: Any, *, ignore_unknown: bool, path: str = "") -> None:

@@ -396,3 +396,66 @@ def test_code_http_tables_are_consistent() -> None:
         http = t.http_status_for_code(number)
         assert 400 <= http <= 599, name
     assert t.code_for_http_status(204) == code_pb2.OK
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+response_keys = st.sampled_from(
+    ["accessToken", "access_token", "refreshTokenInfo", "refresh_token_info", "other"]
+)
+info_keys = st.sampled_from(["name", "scopes", "extra"])
+
+
+@st.composite
+def response_documents(draw: st.DrawFn) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key in draw(st.lists(response_keys, max_size=4)):
+        if "efresh" in key and draw(st.booleans()):
+            info: dict[str, Any] = {}
+            for info_key in draw(st.lists(info_keys, max_size=3)):
+                info[info_key] = draw(
+                    st.lists(st.text(max_size=4), max_size=3) | json_values
+                    if info_key == "scopes"
+                    else st.text(max_size=8) | json_values
+                )
+            document[key] = info
+        else:
+            document[key] = draw(st.text(max_size=8) | json_values)
+    return document
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(document=response_documents(), strict=st.booleans())
+def test_fast_decoding_agrees_with_json_format(document: dict[str, Any], strict: bool) -> None:
+    """The shortcut for simple messages decodes exactly what json_format decodes."""
+    body = json.dumps(document).encode()
+    try:
+        expected = json_format.Parse(
+            body, p.AcquireAccessTokenResponse(), ignore_unknown_fields=not strict
+        )
+    except json_format.ParseError:
+        expected = None
+    try:
+        ours = t.message_from_json(body, p.AcquireAccessTokenResponse, ignore_unknown=not strict)
+    except t.TranscodingError:
+        ours = None
+    if {"accessToken", "access_token"} <= document.keys() or {
+        "refreshTokenInfo",
+        "refresh_token_info",
+    } <= document.keys():
+        # One field under both of its names: we refuse it on purpose (json_format lets the
+        # last one win), so that no value is silently dropped.
+        assert ours is None
+        return
+    if any(
+        not isinstance(value, dict | None)
+        for key, value in document.items()
+        if key in ("refreshTokenInfo", "refresh_token_info")
+    ):
+        # json_format takes some non-objects (such as "") for a message; the mapping does not.
+        assert ours is None
+        return
+    assert ours == expected

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from agentspace_grpc._errors import (
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
+from agentspace_grpc._transports.base import is_loopback
 
 __all__ = ["AccessToken", "DataConnectorClient", "RetryPolicy"]
 
@@ -153,12 +153,20 @@ class AccessToken:
     (the service caches tokens, so repeated acquires are cheap).
     """
 
-    __slots__ = ("_connector", "_scopes", "_secret")
+    __slots__ = ("_connector", "_scopes", "_secret", "_transport")
 
-    def __init__(self, access_token: str, *, connector: str, scopes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        access_token: str,
+        *,
+        connector: str,
+        scopes: tuple[str, ...],
+        transport: Literal["grpc", "rest"],
+    ) -> None:
         self._secret = _Secret(access_token)
         self._connector = connector
         self._scopes = scopes
+        self._transport = transport
 
     @property
     def access_token(self) -> str:
@@ -175,10 +183,15 @@ class AccessToken:
         """The scopes the end user granted, as the service reports them."""
         return self._scopes
 
+    @property
+    def transport(self) -> Literal["grpc", "rest"]:
+        """The wire that carried the answer (in ``auto`` mode, after any fallback)."""
+        return self._transport
+
     def __repr__(self) -> str:
         return (
             f"AccessToken(connector={self._connector!r}, scopes={self._scopes!r}, "
-            "access_token=<redacted>)"
+            f"transport={self._transport!r}, access_token=<redacted>)"
         )
 
     __str__ = __repr__
@@ -220,16 +233,6 @@ def _retryable(error: DataConnectorError, op: _Op) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _split_host_port(value: str, what: str) -> tuple[str, int | None]:
     if not isinstance(value, str) or not value or value != value.strip():
         raise UsageError(f"{what} must be a 'host[:port]' string")
@@ -258,7 +261,7 @@ def _proxy_for(scheme: str, host: str, port: int) -> str | None:
 
     Loopback is never proxied (a common ``http_proxy`` breakage with grpc).
     """
-    if _is_loopback(host):
+    if is_loopback(host):
         return None
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme)
@@ -569,7 +572,7 @@ class DataConnectorClient:
             rest_override = self._check_rest_url(rest_endpoint, "rest_endpoint")
         if endpoint is not None:
             host, port = _split_host_port(endpoint, "endpoint")
-            tls = not (self._insecure or (_is_loopback(host) and self._ssl_context is None))
+            tls = not (self._insecure or (is_loopback(host) and self._ssl_context is None))
             port = port if port is not None else (443 if tls else 80)
             target = _format_host_port(host, port)
             rest_base = rest_override or f"{'https' if tls else 'http'}://{target}"
@@ -605,7 +608,7 @@ class DataConnectorClient:
             raise UsageError(f"{what} {url!r} has an invalid port") from None
         if (
             parts.scheme == "http"
-            and not _is_loopback(parts.hostname)
+            and not is_loopback(parts.hostname)
             and not self._insecure
             and not emulator
         ):
@@ -828,7 +831,7 @@ class DataConnectorClient:
                 self._rest_until = 0.0
                 self._reprobe = _REPROBE_FIRST
                 _log.info("gRPC reaches the service again; leaving REST")
-            return response
+            return response, transport.kind
 
     def _deadline(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> float:
         if timeout is None:
@@ -894,21 +897,25 @@ class DataConnectorClient:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
         response: _proto.AcquireAccessTokenResponse
+        answered_by: Literal["grpc", "rest"]
         if self._single_flight:
             identity = DEFAULT_IDENTITY if credentials is None else credentials
-            response = await state.flights.run(
+            response, answered_by = await state.flights.run(
                 (name, scope, action, identity, extra),
                 deadline,
                 self._invoke,
                 (_ACQUIRE, request, name, credentials, extra, state, endpoint),
             )
         else:
-            response = await self._invoke(
+            response, answered_by = await self._invoke(
                 _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
             )
         info = response.refresh_token_info
         return AccessToken(
-            response.access_token, connector=info.name or name, scopes=tuple(info.scopes)
+            response.access_token,
+            connector=info.name or name,
+            scopes=tuple(info.scopes),
+            transport=answered_by,
         )
 
     async def store_refresh_token(
@@ -947,7 +954,8 @@ class DataConnectorClient:
             full_redirect_uri=full_redirect_uri,
             instance_uri=instance_uri or "",
         )
-        response: _proto.AcquireAndStoreRefreshTokenResponse = await self._invoke(
+        response: _proto.AcquireAndStoreRefreshTokenResponse
+        response, _ = await self._invoke(
             _STORE, request, name, credentials, (), state, endpoint, deadline
         )
         extra: dict[str, str | int | bool] = {}
@@ -958,7 +966,11 @@ class DataConnectorClient:
         return extra
 
     async def check_refresh_token(
-        self, name: str, *, credentials: CredentialsLike = None
+        self,
+        name: str,
+        *,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
     ) -> tuple[str, ...]:
         """Deprecated by the service: the scopes of the user's stored refresh token.
 
@@ -973,12 +985,13 @@ class DataConnectorClient:
         )
         loop = asyncio.get_running_loop()
         state = self._state(loop)
-        deadline = self._deadline(loop, None)
+        deadline = self._deadline(loop, timeout)
         endpoint = self._endpoint_for(_CHECK.route, name)
         if credentials is not None:
             check_credentials(credentials)
         request = _proto.CheckRefreshTokenRequest(name=name)
-        response: _proto.CheckRefreshTokenResponse = await self._invoke(
+        response: _proto.CheckRefreshTokenResponse
+        response, _ = await self._invoke(
             _CHECK, request, name, credentials, (), state, endpoint, deadline
         )
         return tuple(response.refresh_token_info.scopes)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Hashable
-from typing import Final, cast
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
 
 import google.auth
 import google.auth.credentials
@@ -23,6 +24,7 @@ import google.auth.transport.requests
 import requests
 
 from agentspace_grpc._errors import DeadlineExceeded, Unauthenticated, Unavailable, UsageError
+from agentspace_grpc._transports.base import is_loopback
 
 __all__ = ["CLOUD_PLATFORM_SCOPE", "Authorizer", "CredentialsLike"]
 
@@ -245,7 +247,7 @@ class Authorizer:
 
     def _requests_session(self) -> requests.Session:
         if self._session is None:
-            self._session = requests.Session()
+            self._session = _Session()
         return self._session
 
     async def _lookup_adc(self, deadline: float) -> _GoogleCredentials:
@@ -324,3 +326,14 @@ class _Forget:
             del _REFRESHES[creds]
         if not future.cancelled():
             future.exception()  # retrieved: waiters may all have left
+
+
+class _Session(requests.Session):
+    """The token-endpoint session: proxy variables apply, except to loopback (as on both wires)."""
+
+    def merge_environment_settings(self, url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        settings: dict[str, Any] = super().merge_environment_settings(url, *args, **kwargs)
+        host = urlsplit(url).hostname
+        if host and is_loopback(host):
+            settings["proxies"] = {}
+        return settings

@@ -63,6 +63,22 @@ async def test_pitfall_6_identity_reaches_the_server_over_plaintext_loopback(
     assert seen.identity == "alice"
     assert seen.headers["authorization"] == f"Bearer {idp.minted[0]}"
     assert token.access_token == "tp:alice:1"
+    assert token.transport == transport
+
+
+async def test_refresh_against_a_loopback_token_endpoint_ignores_proxy_variables(
+    servers: Servers, idp: TokenEndpoint, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both wires never proxy loopback; the credentials' token endpoint must not either.
+    dead_proxy = f"http://127.0.0.1:{closed_port()}"
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(variable, dead_proxy)
+    async with DataConnectorClient(
+        credentials=idp.credentials("alice"), **servers.client_kwargs(transport)
+    ) as client:
+        token = await client.acquire_access_token(CONNECTOR)
+    assert token.access_token == "tp:alice:1"
+    assert len(idp.minted) == 1
 
 
 async def test_no_credentials_means_unauthenticated_not_a_default_user(

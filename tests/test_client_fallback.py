@@ -37,6 +37,7 @@ async def test_auto_falls_back_when_the_grpc_endpoint_speaks_only_http1(servers:
     ) as client:
         token = await client.acquire_access_token(CONNECTOR)
     assert token.access_token == "tp:alice:1"
+    assert token.transport == "rest"
     assert wires(servers) == ["rest"]
 
 

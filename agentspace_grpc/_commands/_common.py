@@ -334,9 +334,8 @@ class ClientLog(logging.Handler):
 
 def answered_by(args: argparse.Namespace, log: ClientLog, token: AccessToken | None = None) -> str:
     """The wire that carried the successful call: "grpc" or "rest"."""
-    told = getattr(token, "transport", None)
-    if told in ("grpc", "rest"):
-        return str(told)
+    if token is not None:
+        return token.transport
     if args.transport != "auto":
         return str(args.transport)
     if (

@@ -8,6 +8,7 @@ per transport and chained with ``from``.
 from __future__ import annotations
 
 import abc
+import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,7 +18,19 @@ from agentspace_grpc import _proto
 from agentspace_grpc._errors import Transport as TransportName
 from agentspace_grpc._headers import Headers
 
-__all__ = ["Endpoint", "Transport"]
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback host name or address (never proxied; plaintext allowed)."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["Endpoint", "Transport", "is_loopback"]
 
 
 @dataclass(frozen=True, slots=True, repr=False)

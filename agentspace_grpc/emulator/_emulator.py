@@ -22,6 +22,7 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from agentspace_grpc._client import DataConnectorClient
 from agentspace_grpc.emulator._config import DEFAULT_CONNECTOR, Config, Connector, load_config
 from agentspace_grpc.emulator._crypto import Keyring, load_keyring
 from agentspace_grpc.emulator._grpc import start_grpc
@@ -396,11 +397,8 @@ class Emulator:
         """The emulator's counters (``GET /emulator/v1/stats``), across processes."""
         return await self._get_json("/emulator/v1/stats")
 
-    def client(self, **kwargs: Any) -> Any:
+    def client(self, **kwargs: Any) -> DataConnectorClient:
         """A ``DataConnectorClient`` pointed at this emulator (both wires)."""
-        import importlib
-
-        client_class = importlib.import_module("agentspace_grpc").DataConnectorClient
         kwargs.setdefault("endpoint", self.grpc_target)
         kwargs.setdefault("rest_endpoint", self.http_url)
-        return client_class(**kwargs)
+        return DataConnectorClient(**kwargs)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import aiohttp
+import google.oauth2.credentials
 
 from agentspace_grpc import DataConnectorError
 
@@ -280,6 +281,27 @@ async def emulator_stats(http: str) -> dict[str, int]:
     ):
         assert response.status == 200, await response.text()
         return {str(k): int(v) for k, v in (await response.json()).items()}
+
+
+async def identity(
+    http: str, email: str
+) -> tuple[google.oauth2.credentials.Credentials, list[str]]:
+    """google-auth credentials for ``email`` from an emulator's mint endpoint (they refresh
+    at its token endpoint), and the identity tokens that came with them (secrets)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{http}/emulator/v1/users/{email}/token") as response,
+    ):
+        assert response.status == 200, await response.text()
+        minted = await response.json()
+    credentials = google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
+        token=None,  # refreshed before the first call: that exchange is a path too
+        refresh_token=minted["refresh_token"],
+        token_uri=minted["token_uri"],
+        client_id=minted["client_id"],
+        client_secret=minted["client_secret"],
+    )
+    return credentials, [minted["access_token"], minted["refresh_token"]]
 
 
 @dataclass

@@ -55,6 +55,9 @@ from tests._reliability import (
     spawn_emulator,
     write_config,
 )
+from tests._reliability import (
+    identity as user_identity,
+)
 from tests._servers import TcpProxy, closed_port
 
 LIVE = "projects/canary/locations/global/collections/c/dataConnector"
@@ -109,20 +112,10 @@ def connectors(canary: CanaryProvider) -> list[dict[str, Any]]:
 
 
 async def identity(run: Run, email: str) -> google.oauth2.credentials.Credentials:
-    """The user's identity from the emulator (both its tokens become canaries)."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{run.http}/emulator/v1/users/{email}/token") as response,
-    ):
-        minted = await response.json()
-    run.secrets += [minted["access_token"], minted["refresh_token"]]
-    return google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
-        token=None,  # google-auth refreshes first: that exchange is a path too
-        refresh_token=minted["refresh_token"],
-        token_uri=minted["token_uri"],
-        client_id=minted["client_id"],
-        client_secret=minted["client_secret"],
-    )
+    """The user's google-auth credentials; the identity tokens become canaries."""
+    credentials, secrets = await user_identity(run.http, email)
+    run.secrets += secrets
+    return credentials
 
 
 async def consent(run: Run, email: str, connector: str) -> str:

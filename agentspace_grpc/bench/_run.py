@@ -307,8 +307,24 @@ class Bench:
         """Samples the alternated loop takes (for the progress bar)."""
         return self.settings.repeats * len(MODES) * len(self.runs)
 
+    def order(self, rep: int) -> list[StackRun]:
+        """The stacks in the order of repetition ``rep``.
+
+        The stacks of one wire run back to back (so a stack and its base are seconds apart,
+        and see the same host), rotated within the wire from one repetition to the next;
+        the wires take turns going first.
+        """
+        wires: list[list[StackRun]] = []
+        for wire in ("grpc", "rest"):
+            group = [run for run in self.runs if run.stack.wire == wire]
+            shift = rep % max(1, len(group))
+            wires.append(group[shift:] + group[:shift])
+        if rep % 2:
+            wires.reverse()
+        return [run for group in wires for run in group]
+
     async def measure(self) -> None:
-        """Every repetition runs every stack in every mode, in an order rotated per repetition."""
+        """Every repetition runs every stack in every mode, in the order of :meth:`order`."""
         s = self.settings
         for run in self.runs:
             run.samples = {mode: [] for mode in MODES}
@@ -316,9 +332,7 @@ class Bench:
         cap = s.budget_s / max(1, s.repeats * len(MODES) * len(active))
         for rep in range(s.repeats):
             for mode in MODES:
-                shift = rep % max(1, len(self.runs))
-                order = self.runs[shift:] + self.runs[:shift]
-                for run in order:
+                for run in self.order(rep):
                     sample: _measure.Sample | None = None
                     if run.status == "ok":
                         self._step(f"{rep + 1}/{s.repeats} {mode} {run.stack.title}")

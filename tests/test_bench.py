@@ -102,6 +102,7 @@ def test_table_names_every_stack_and_target(bench_run: tuple[int, str, Path]) ->
     for target in results["targets"]:
         assert target["target"] in table
     assert str(out / "bench.json") in table
+    assert (out / "bench.md").read_text() in table
 
 
 def test_bad_arguments_fail_before_any_server_starts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 JSON_NAME = "bench.json"
 CHART_NAME = "bench.png"
+TABLE_NAME = "bench.md"
 
 
 def _positive_int(text: str) -> int:
@@ -39,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and google-api-python-client",
         description="Start constant-answer servers and the emulator in separate processes on "
         "127.0.0.1, measure every stack sequentially and with 64 calls in flight, and write "
-        f"a table (stdout), {JSON_NAME} and {CHART_NAME}. About 3 minutes; --quick: under 30 s.",
+        f"a table (stdout and {TABLE_NAME}), {JSON_NAME} and {CHART_NAME}. About 2.5 minutes; "
+        "--quick: under 30 s.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="fewer repetitions and calls (under 30 s)"
@@ -64,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         default=Path("bench-results"),
         metavar="DIR",
-        help="where bench.json and bench.png go (default bench-results/)",
+        help="where bench.json, bench.png and bench.md go (default bench-results/)",
     )
     parser.add_argument(
         "--no-emulator", action="store_true", help="skip the emulator's end-to-end runs"
@@ -94,8 +96,13 @@ def main(args: argparse.Namespace) -> int:
     results = _report.finalize(_run.run_sync(settings))
     _report.write_json(results, settings.out / JSON_NAME)
     _report.write_chart(results, settings.out / CHART_NAME)
-    sys.stdout.write(_report.table(results))
-    sys.stdout.write(f"\nWrote {settings.out / JSON_NAME} and {settings.out / CHART_NAME}\n")
+    table = _report.table(results)
+    (settings.out / TABLE_NAME).write_text(table, encoding="utf-8")
+    sys.stdout.write(table)
+    sys.stdout.write(
+        f"\nWrote {settings.out / JSON_NAME}, {settings.out / CHART_NAME} and "
+        f"{settings.out / TABLE_NAME}\n"
+    )
     failed = [s["title"] for s in results["stacks"].values() if s["status"] == "failed"]
     if failed:
         print(f"agentspace-grpc bench: failed stacks: {', '.join(failed)}", file=sys.stderr)

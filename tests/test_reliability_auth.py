@@ -28,8 +28,10 @@ import grpc
 import pytest
 
 from agentspace_grpc import (
+    AuthorizationRequired,
     DataConnectorClient,
     DeadlineExceeded,
+    InvalidArgument,
     Unauthenticated,
     Unavailable,
     UsageError,
@@ -207,6 +209,27 @@ async def test_calls_without_identity_are_unauthenticated(
     async with emu.client(transport=transport, credentials=emu.user_credentials(ALICE)) as client:
         token = await client.acquire_access_token(CONNECTOR)
     assert (await userinfo(emu.http_url, token.access_token))[1]["sub"] == ALICE
+
+
+async def test_a_token_stored_under_the_wrong_identity_is_named(
+    emu: Emulator, transport: str
+) -> None:
+    """What users do today: store with the agent's own identity instead of the end user's,
+    then read 404 as "not connected". The store is refused naming both principals, and the
+    acquire says who has not authorized which connector (PITFALLS, "what users do today")."""
+    bob = "bob@example.com"
+    redirect = await emu.consent(bob)
+    async with emu.client(transport=transport) as client:
+        with pytest.raises(InvalidArgument) as wrong:
+            await client.store_refresh_token(CONNECTOR, redirect, credentials=emu.user_token(ALICE))
+        assert bob in wrong.value.message
+        assert ALICE in wrong.value.message
+        with pytest.raises(AuthorizationRequired) as missing:
+            await client.acquire_access_token(CONNECTOR, credentials=emu.user_token(bob))
+    assert missing.value.principal == bob
+    assert missing.value.connector == CONNECTOR
+    assert bob in str(missing.value)
+    assert "store_refresh_token" in str(missing.value)
 
 
 # ---- 9: auth retry -----------------------------------------------------------------------------

@@ -162,6 +162,9 @@ async def test_a_reset_mid_call_is_unavailable_and_loses_no_token(
     assert not unexpected(cut, (Unavailable,)), tally(cut)
     assert not any(o.ok for o in cut), tally(cut)
     assert_on_time(cut)
+    await asyncio.sleep(2 * LATENCY)  # the server finishes the rotations it started
+    during = await provider_stats(emulator.http)
+    assert during["refresh_requests"] - before["refresh_requests"] == len(USERS)  # none resent
     # The server finished and committed those rotations: every user acquires again, on a
     # new connection, without re-consent; nothing was reused or revoked.
     again = await asyncio.gather(*(acquire(client, tokens[u], 5.0, u) for u in USERS))

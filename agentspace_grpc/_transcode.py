@@ -608,7 +608,10 @@ def message_from_json(
     if plan is not None and type(decoded) is dict:
         kwargs = _fast_kwargs(plan, decoded, ignore_unknown)
         if kwargs is not None:
-            return cls(**kwargs)
+            try:
+                return cls(**kwargs)
+            except ValueError:  # a lone surrogate: the general walk below names the field
+                pass
     msg = cls()
     _merge_json(msg, decoded, ignore_unknown=ignore_unknown)
     return msg

@@ -9,10 +9,11 @@ plaintext channels.
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Final, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import message
 from google.rpc import status_pb2
 
 from agentspace_grpc import _proto
@@ -20,6 +21,7 @@ from agentspace_grpc._errors import (
     Cancelled,
     DataConnectorError,
     Failure,
+    Internal,
     UsageError,
     from_status,
     wire_failure,
@@ -29,6 +31,8 @@ from agentspace_grpc._headers import Headers
 from agentspace_grpc._transports.base import Endpoint, Transport
 
 __all__ = ["GrpcTransport"]
+
+_M = TypeVar("_M", bound=message.Message)
 
 _DETAILS_KEY: Final = "grpc-status-details-bin"
 _UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE
@@ -145,7 +149,7 @@ class GrpcTransport(Transport):
     ) -> _proto.AcquireAccessTokenResponse:
         """AcquireAccessToken over gRPC."""
         try:
-            return await self._channel(endpoint).acquire(
+            response = await self._channel(endpoint).acquire(
                 request, timeout=time_left, metadata=headers
             )
         except grpc.aio.AioRpcError as exc:
@@ -153,6 +157,7 @@ class GrpcTransport(Transport):
         except asyncio.CancelledError:
             self._closed_under_call()
             raise
+        return _decoded(response, _proto.AcquireAccessTokenResponse)
 
     async def acquire_and_store_refresh_token(
         self,
@@ -163,12 +168,15 @@ class GrpcTransport(Transport):
     ) -> _proto.AcquireAndStoreRefreshTokenResponse:
         """AcquireAndStoreRefreshToken over gRPC."""
         try:
-            return await self._channel(endpoint).store(request, timeout=time_left, metadata=headers)
+            response = await self._channel(endpoint).store(
+                request, timeout=time_left, metadata=headers
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error_from_rpc(exc, connector=None) from exc
         except asyncio.CancelledError:
             self._closed_under_call()
             raise
+        return _decoded(response, _proto.AcquireAndStoreRefreshTokenResponse)
 
     async def check_refresh_token(
         self,
@@ -179,12 +187,15 @@ class GrpcTransport(Transport):
     ) -> _proto.CheckRefreshTokenResponse:
         """CheckRefreshToken over gRPC."""
         try:
-            return await self._channel(endpoint).check(request, timeout=time_left, metadata=headers)
+            response = await self._channel(endpoint).check(
+                request, timeout=time_left, metadata=headers
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error_from_rpc(exc, connector=request.name) from exc
         except asyncio.CancelledError:
             self._closed_under_call()
             raise
+        return _decoded(response, _proto.CheckRefreshTokenResponse)
 
     def _closed_under_call(self) -> None:
         """grpc ends calls with CancelledError when their channel closes: say why instead.
@@ -206,6 +217,19 @@ class GrpcTransport(Transport):
         channels, self._channels = list(self._channels.values()), {}
         if channels:
             await asyncio.gather(*(c.channel.close(grace=None) for c in channels))
+
+
+def _decoded(response: _M | None, cls: type[_M]) -> _M:
+    """The response, or Internal when grpc could not decode it: grpc.aio logs the decoding
+    error and returns None instead of raising."""
+    if response is None:
+        raise wire_failure(
+            Internal,
+            f"the gRPC answer is not a valid {cls.__name__} message (it could not be decoded)",
+            transport="grpc",
+            failure=None,
+        )
+    return response
 
 
 def _error_from_rpc(exc: grpc.aio.AioRpcError, *, connector: str | None) -> DataConnectorError:

@@ -655,6 +655,23 @@ async def test_client_takes_any_rest_answer(
         assert error.message
 
 
+@PROPERTY
+@given(raw=st.binary(max_size=60))
+@example(raw=b"\x12\x02\xff\xfe")  # field 2 (access_token) with invalid UTF-8
+async def test_client_takes_any_grpc_answer(answering: dict[str, Any], raw: bytes) -> None:
+    answering["bytes"] = raw
+    async with DataConnectorClient(
+        transport="grpc", endpoint=answering["grpc"], credentials="x", retry=None
+    ) as client:
+        token, error = await attempt_async(client.acquire_access_token(CONNECTOR))
+    if error is None:
+        assert token is not None
+        assert token.access_token
+    else:
+        assert isinstance(error, Internal), repr(error)  # not the message the client expects
+        assert error.transport == "grpc"
+
+
 # ---- injected internal bugs are INTERNAL -------------------------------------------------------
 
 

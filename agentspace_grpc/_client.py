@@ -792,6 +792,13 @@ class DataConnectorClient:
                 ):
                     self._fall_back(f"gRPC cannot reach the service ({exc})")
                     continue
+                if transport is state.grpc and self._mode == "auto" and failure == "decode":
+                    self._fall_back(
+                        "a gRPC answer could not be decoded (the inferred field numbers may not "
+                        "match the service)",
+                        incompatible=True,
+                    )
+                    continue
                 if isinstance(exc, Unauthenticated) and failure is None and not refreshed:
                     refreshed = True
                     if await self._auth.refresh_rejected(credentials, authorization, deadline):

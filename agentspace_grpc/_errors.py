@@ -67,8 +67,9 @@ Transport = Literal["grpc", "rest"]
 
 #: How a call failed below the service (private to the client's retry and fallback logic):
 #: "connect": the connection was never established, so the request demonstrably did not reach
-#: the server; "io": the connection broke after the request may have been sent.
-Failure = Literal["connect", "io"]
+#: the server; "io": the connection broke after the request may have been sent; "decode": the
+#: answer did not parse as the expected message (the inferred field numbers may be wrong).
+Failure = Literal["connect", "io", "decode"]
 
 ERROR_DOMAIN: Final = "discoveryengine.googleapis.com"
 REFRESH_TOKEN_NOT_FOUND: Final = "REFRESH_TOKEN_NOT_FOUND"  # noqa: S105 - a reason code

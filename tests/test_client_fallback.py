@@ -180,6 +180,35 @@ async def test_empty_token_over_grpc_marks_it_incompatible_and_rest_stays_in_use
     assert wires(servers) == ["grpc", "rest", "rest"]
 
 
+async def test_undecodable_grpc_answer_marks_it_incompatible_and_rest_answers(
+    servers: Servers,
+) -> None:
+    # Field 2 (access_token) holding invalid UTF-8: what a wire-type or numbering mismatch with
+    # the hosted service could send. grpc cannot decode it.
+    def garbled(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"\x12\x02\xff\xfe"
+
+    handler = grpc.method_handlers_generic_handler(
+        p.SERVICE.full_name, {"AcquireAccessToken": grpc.unary_unary_rpc_method_handler(garbled)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with DataConnectorClient(
+            credentials="alice",
+            endpoint=f"127.0.0.1:{port}",
+            rest_endpoint=servers.rest_url,
+        ) as client:
+            first = await client.acquire_access_token(CONNECTOR)
+            second = await client.acquire_access_token(CONNECTOR)
+    finally:
+        await server.stop(None)
+    assert (first.transport, second.transport) == ("rest", "rest")
+    assert wires(servers) == ["rest", "rest"]
+
+
 @pytest.mark.parametrize(
     "code",
     [

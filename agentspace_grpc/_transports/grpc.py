@@ -227,7 +227,7 @@ def _decoded(response: _M | None, cls: type[_M]) -> _M:
             Internal,
             f"the gRPC answer is not a valid {cls.__name__} message (it could not be decoded)",
             transport="grpc",
-            failure=None,
+            failure="decode",
         )
     return response
 

@@ -10,7 +10,8 @@ not a Google error. aiohttp's exceptions are translated in :func:`_translate`.
 from __future__ import annotations
 
 import ssl
-from typing import Final, TypeVar, cast
+from collections.abc import Coroutine
+from typing import Any, Final, TypeVar, cast
 
 import aiohttp
 from google.protobuf import message
@@ -87,15 +88,15 @@ class RestTransport(Transport):
             )
         return session
 
-    async def acquire_access_token(
+    def acquire_access_token(
         self,
         endpoint: Endpoint,
         request: _proto.AcquireAccessTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> _proto.AcquireAccessTokenResponse:
+    ) -> Coroutine[Any, Any, _proto.AcquireAccessTokenResponse]:
         """AcquireAccessToken over REST."""
-        return await self._call(
+        return self._call(
             _ACQUIRE,
             _proto.AcquireAccessTokenResponse,
             endpoint,
@@ -105,15 +106,15 @@ class RestTransport(Transport):
             connector=request.name,
         )
 
-    async def acquire_and_store_refresh_token(
+    def acquire_and_store_refresh_token(
         self,
         endpoint: Endpoint,
         request: _proto.AcquireAndStoreRefreshTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> _proto.AcquireAndStoreRefreshTokenResponse:
+    ) -> Coroutine[Any, Any, _proto.AcquireAndStoreRefreshTokenResponse]:
         """AcquireAndStoreRefreshToken over REST."""
-        return await self._call(
+        return self._call(
             _STORE,
             _proto.AcquireAndStoreRefreshTokenResponse,
             endpoint,
@@ -123,15 +124,15 @@ class RestTransport(Transport):
             connector=None,
         )
 
-    async def check_refresh_token(
+    def check_refresh_token(
         self,
         endpoint: Endpoint,
         request: _proto.CheckRefreshTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> _proto.CheckRefreshTokenResponse:
+    ) -> Coroutine[Any, Any, _proto.CheckRefreshTokenResponse]:
         """CheckRefreshToken over REST."""
-        return await self._call(
+        return self._call(
             _CHECK,
             _proto.CheckRefreshTokenResponse,
             endpoint,

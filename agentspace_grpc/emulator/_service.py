@@ -72,10 +72,10 @@ _INT64: Final = (-(2**63), 2**63 - 1)
 
 @dataclass(frozen=True, slots=True)
 class _Memory:
-    token: str = field(repr=False)
-    scopes: tuple[str, ...]
     grant: Grant
     good_until: float
+    # Built once and handed out on every hit (the fronts only read it).
+    answer: _proto.AcquireAccessTokenResponse = field(repr=False)
 
 
 def _b64(data: bytes) -> str:
@@ -230,7 +230,7 @@ class Service:
         remembered = self._memory.get(memory_key)
         if remembered is not None and now < remembered.good_until:
             self._check_scopes(connector, remembered.grant.scopes, wanted, request.action)
-            return self._answer(connector.name, remembered.token, remembered.grant.scopes)
+            return remembered.answer
         seen = await self.store.cached(connector.name, user, key)
         if seen == "missing":
             raise self._not_found(connector.name, user)
@@ -248,8 +248,9 @@ class Service:
                 flight.add_done_callback(lambda done: self._end_flight(memory_key, done))
             token = await asyncio.shield(flight)
             self._check_scopes(connector, token.grant.scopes, wanted, request.action)
-        self._remember(memory_key, token, connector)
-        return self._answer(connector.name, token.token, token.grant.scopes)
+        answer = self._answer(connector.name, token.token, token.grant.scopes)
+        self._remember(memory_key, token, connector, answer)
+        return answer
 
     def _end_flight(self, key: tuple[str, str, str], done: asyncio.Task[CachedToken]) -> None:
         if self._flights.get(key) is done:
@@ -258,13 +259,17 @@ class Service:
             done.exception()  # retrieved: the waiters got it
 
     def _remember(
-        self, key: tuple[str, str, str], token: CachedToken, connector: Connector
+        self,
+        key: tuple[str, str, str],
+        token: CachedToken,
+        connector: Connector,
+        answer: _proto.AcquireAccessTokenResponse,
     ) -> None:
         if self.config.memory_cache_seconds <= 0 or token.expires_at <= token.issued_at:
             return
         margin = min(connector.expiry_margin_seconds, 0.1 * (token.expires_at - token.issued_at))
         good_until = min(token.expires_at - margin, time.time() + self.config.memory_cache_seconds)
-        self._memory[key] = _Memory(token.token, token.scopes, token.grant, good_until)
+        self._memory[key] = _Memory(token.grant, good_until, answer)
 
     def _forget(self, connector: str, user: str) -> None:
         for key in [k for k in self._memory if k[0] == connector and k[1] == user]:

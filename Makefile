@@ -11,7 +11,7 @@ PROTOS := $(shell cd $(PROTO_ROOT) && find . -name '*.proto' | sed 's|^\./||' | 
 PB_PKG := agentspace_grpc_pb
 OUT    := generated
 
-.PHONY: install generate check-generated lint typecheck test test-fast demo bench emulator clean
+.PHONY: install generate check-generated lint typecheck test demo bench emulator clean
 
 install: $(STAMP)
 

@@ -236,6 +236,8 @@ def _retryable(error: DataConnectorError, op: _Op) -> bool:
 def _split_host_port(value: str, what: str) -> tuple[str, int | None]:
     if not isinstance(value, str) or not value or value != value.strip():
         raise UsageError(f"{what} must be a 'host[:port]' string")
+    if "@" in value:  # user info: a password must not be echoed in the error
+        raise UsageError(f"{what} must not carry credentials ('user@'); it takes 'host[:port]'")
     if "://" in value or "/" in value:
         raise UsageError(
             f"{what} takes 'host[:port]', not a URL (got {value!r}); "
@@ -598,10 +600,11 @@ class DataConnectorClient:
         if not isinstance(url, str):
             raise UsageError(f"{what} must be an 'http(s)://host[:port]' string")
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"{what} must be an 'http(s)://host[:port]' URL, got {url!r}")
+        # Checked before anything echoes the URL: a password must not reach an error.
         if parts.query or parts.fragment or parts.username or parts.password:
             raise UsageError(f"{what} must not carry credentials, a query or a fragment")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{what} must be an 'http(s)://host[:port]' URL, got {url!r}")
         try:
             _ = parts.port
         except ValueError:

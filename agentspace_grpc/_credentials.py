@@ -234,16 +234,20 @@ class Authorizer:
 
     async def _run_refresh(self, creds: _GoogleCredentials) -> None:
         request = google.auth.transport.requests.Request(session=self._requests_session())
+        # google-auth's exceptions can hold the token endpoint's answer (tokens) or the request
+        # (refresh token, client secret): ours are raised after the except blocks, so that
+        # none stays attached, not even as __context__.
+        failure: Unavailable | Unauthenticated | None = None
         try:
             await asyncio.to_thread(creds.refresh, request)
         except google.auth.exceptions.TransportError as exc:
-            raise Unavailable(
+            failure = Unavailable(
                 f"could not reach the credentials' token endpoint: {_describe(exc)}"
-            ) from exc
+            )
         except google.auth.exceptions.GoogleAuthError as exc:
-            raise Unauthenticated(
-                f"the credentials could not be refreshed: {_describe(exc)}"
-            ) from exc
+            failure = Unauthenticated(f"the credentials could not be refreshed: {_describe(exc)}")
+        if failure is not None:
+            raise failure
 
     def _requests_session(self) -> requests.Session:
         if self._session is None:

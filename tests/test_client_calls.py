@@ -418,3 +418,22 @@ def test_public_names_are_exported_with_a_sorted_all() -> None:
 
 def test_usage_error_is_a_value_error() -> None:
     assert issubclass(UsageError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"endpoint": "user:CANARY-pw@example.com:443"},
+        {"endpoint": "u:CANARY-pw@host/x"},
+        {"rest_endpoint": "ftp://u:CANARY-pw@example.com"},
+        {"rest_endpoint": "http://u:CANARY-pw@127.0.0.1:1"},
+        {"rest_endpoint": "https://example.com/?key=CANARY-pw"},
+    ],
+)
+def test_endpoints_with_credentials_are_refused_without_echoing_them(
+    kwargs: dict[str, str],
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        DataConnectorClient(credentials="t", **kwargs)  # type: ignore[arg-type]
+    assert "CANARY" not in str(caught.value)
+    assert "credentials" in str(caught.value)

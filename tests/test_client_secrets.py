@@ -3,6 +3,7 @@ messages, reprs or tracebacks, over both wires and through refreshes, errors and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 from collections.abc import AsyncIterator, Iterator
@@ -177,3 +178,53 @@ async def test_no_secret_in_logs_of_a_fallback_or_wire_failures(
     assert any("using REST" in line for line in captured.lines)
     for line in captured.lines:
         assert_clean(line)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and every exception attached to it as __cause__ or __context__."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        pending += [current.__cause__, current.__context__]
+    yield from seen
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 nonsense\r\n\r\n", b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9"],
+    ids=["bad-status-line", "not-http", "cut-headers"],
+)
+async def test_malformed_http_answers_keep_the_token_out_of_the_exception_chain(
+    answer: bytes,
+) -> None:
+    """aiohttp's parse errors hold the request headers; none may ride along with ours."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with DataConnectorClient(
+            transport="rest",
+            rest_endpoint=f"http://127.0.0.1:{port}",
+            credentials=STATIC_TOKEN,
+            retry=None,
+        ) as client:
+            with pytest.raises(DataConnectorError) as caught:
+                await client.acquire_access_token(CONNECTOR)
+    finally:
+        server.close()
+        await server.wait_closed()
+    text = "".join(traceback.format_exception(caught.value))
+    for error in _chain(caught.value):
+        text += repr(error) + str(error) + repr(getattr(error, "__dict__", ""))
+        text += repr(getattr(error, "request_info", ""))
+    assert CANARY not in text

@@ -7,13 +7,11 @@ user must authorize). The deprecation is said once on stderr, never as a traceba
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import warnings
 
 from agentspace_grpc._commands import _common
 
-DEFAULT_TIMEOUT = 60.0
 DEPRECATION_NOTE = (
     "CheckRefreshToken is deprecated by the service; prefer `agentspace-grpc acquire`, which "
     "exits with status 3 when the user must authorize"
@@ -43,15 +41,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("always", DeprecationWarning)
             try:
                 async with _common.make_client(args, credentials) as client:
-                    # check_refresh_token() takes no timeout: bound it here.
-                    async with asyncio.timeout(args.timeout or DEFAULT_TIMEOUT):
-                        scopes = await client.check_refresh_token(args.name)
-            except TimeoutError:
-                raise _common.CommandError(
-                    f"no answer within {args.timeout or DEFAULT_TIMEOUT:g} s; retry, or raise "
-                    "--timeout",
-                    _common.EXIT_RETRY_LATER,
-                ) from None
+                    scopes = await client.check_refresh_token(args.name, timeout=args.timeout)
             finally:
                 if any(issubclass(w.category, DeprecationWarning) for w in caught):
                     print(f"agentspace-grpc check: warning: {DEPRECATION_NOTE}", file=sys.stderr)

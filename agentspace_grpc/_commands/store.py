@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--redirect-uri",
         required=True,
         metavar="URI",
-        help="the full redirect URI after consent, query included ('-': read stdin); never printed",
+        help="the full redirect URI after consent, query included; prefer '-' (read stdin): "
+        "the authorization code in it is a secret that a command line shows in ps and history",
     )
     parser.add_argument(
         "--scopes",

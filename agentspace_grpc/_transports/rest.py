@@ -164,6 +164,11 @@ class RestTransport(Transport):
         if body is not None:
             headers = (*headers, *_JSON_BODY)
         session = self._session or self._get_session()
+        # aiohttp's exceptions keep the request's headers (the end user's authorization among
+        # them) in their attributes and reprs, so none may stay attached to ours, not even as
+        # __context__: the translated error is raised after the except block has let go of it.
+        failure: DataConnectorError | None = None
+        answer = b""
         try:
             async with session.request(
                 method,
@@ -178,19 +183,21 @@ class RestTransport(Transport):
                 content_type = response.headers.get("Content-Type")
                 length = response.content_length
                 if length is not None and length <= self._max:
-                    body, oversize = await response.read(), False
+                    answer, oversize = await response.read(), False
                 else:
-                    body, oversize = await self._read(response)
+                    answer, oversize = await self._read(response)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _translate(exc, time_left) from exc
+            failure = _translate(exc, time_left)
+        if failure is not None:
+            raise failure
         if 200 <= status < 300 and not oversize:
             try:
-                return cast(_M, message_from_json(body, response_class, ignore_unknown=True))
+                return cast(_M, message_from_json(answer, response_class, ignore_unknown=True))
             except (ValueError, TypeError) as exc:
                 raise wire_failure(
                     Internal,
                     f"the HTTP {status} answer is not a valid {response_class.__name__} JSON "
-                    f"document ({len(body)} bytes of {content_type or 'no content type'}): "
+                    f"document ({len(answer)} bytes of {content_type or 'no content type'}): "
                     f"{_first_line(exc)}",
                     transport="rest",
                     failure=None,
@@ -218,8 +225,8 @@ class RestTransport(Transport):
                 from_service=False,
                 failure="io",
             )
-        google_error = _looks_like_google_error(content_type, body)
-        described = _status_from_http(status, body, content_type)
+        google_error = _looks_like_google_error(content_type, answer)
+        described = _status_from_http(status, answer, content_type)
         # A proxy's or gateway's page (not a Google error): whether the service saw the request
         # is unknown, which the retry policy must know.
         raise from_status(

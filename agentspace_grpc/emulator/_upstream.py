@@ -44,7 +44,7 @@ class TokenAnswer:
     refresh_token: str | None = field(repr=False)
     expires_in: float | None
     scopes: tuple[str, ...] | None
-    extra: Mapping[str, Any]
+    extra: Mapping[str, Any] = field(repr=False)  # the whole answer: tokens included
 
 
 def _proxy_for(url: str) -> str | None:

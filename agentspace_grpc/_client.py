@@ -20,7 +20,6 @@ import os
 import random
 import ssl
 import time
-import urllib.request
 import warnings
 from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from agentspace_grpc._errors import (
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
-from agentspace_grpc._transports.base import is_loopback
+from agentspace_grpc._transports.base import format_host_port, is_loopback, proxy_for
 
 __all__ = ["AccessToken", "DataConnectorClient", "RetryPolicy"]
 
@@ -252,27 +251,6 @@ def _split_host_port(value: str, what: str) -> tuple[str, int | None]:
     if not host:
         raise UsageError(f"{what} {value!r} has no host")
     return host, port
-
-
-def _format_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _proxy_for(scheme: str, host: str, port: int) -> str | None:
-    """The proxy for a connection from HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY.
-
-    Loopback is never proxied (a common ``http_proxy`` breakage with grpc).
-    """
-    if is_loopback(host):
-        return None
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(scheme)
-    if not proxy:
-        return None
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-    if bypass(_format_host_port(host, port), proxies):
-        return None
-    return proxy
 
 
 def _root_certificates(context: ssl.SSLContext | None) -> bytes | None:
@@ -576,7 +554,7 @@ class DataConnectorClient:
             host, port = _split_host_port(endpoint, "endpoint")
             tls = not (self._insecure or (is_loopback(host) and self._ssl_context is None))
             port = port if port is not None else (443 if tls else 80)
-            target = _format_host_port(host, port)
+            target = format_host_port(host, port)
             rest_base = rest_override or f"{'https' if tls else 'http'}://{target}"
             return _Plan(self._endpoint(target, tls, rest_base), rest_override)
         if emulator_host is not None or emulator_rest is not None:
@@ -587,7 +565,7 @@ class DataConnectorClient:
                 host, port = _split_host_port(emulator_host, EMULATOR_HOST_ENV)
                 if port is None:
                     raise UsageError(f"{EMULATOR_HOST_ENV} must be 'host:port'")
-                emulator_target = _format_host_port(host, port)
+                emulator_target = format_host_port(host, port)
             rest = rest_override
             if rest is None and emulator_rest is not None:
                 rest = self._check_rest_url(emulator_rest, EMULATOR_REST_ENV, emulator=True)
@@ -626,7 +604,7 @@ class DataConnectorClient:
         credentials = None
         if grpc_target is not None:
             host, port = _split_host_port(grpc_target, "endpoint")
-            proxy = _proxy_for("https" if tls else "http", host, port or 443)
+            proxy = proxy_for("https" if tls else "http", host, port or 443)
             if proxy:
                 options.append(("grpc.http_proxy", proxy))
             else:
@@ -642,7 +620,7 @@ class DataConnectorClient:
             grpc_credentials=credentials,
             grpc_options=tuple(options),
             rest_base=rest_base,
-            rest_proxy=_proxy_for(parts.scheme, parts.hostname, rest_port),
+            rest_proxy=proxy_for(parts.scheme, parts.hostname, rest_port),
         )
 
     def _endpoint_for(self, route: Route, name: object) -> Endpoint:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import ipaddress
+import urllib.request
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,18 +20,7 @@ from agentspace_grpc._errors import Transport as TransportName
 from agentspace_grpc._headers import Headers
 
 
-def is_loopback(host: str) -> bool:
-    """True for a loopback host name or address (never proxied; plaintext allowed)."""
-    host = host.strip("[]").lower()
-    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-__all__ = ["Endpoint", "Transport", "is_loopback"]
+__all__ = ["Endpoint", "Transport", "format_host_port", "is_loopback", "proxy_for"]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -54,6 +44,39 @@ class Endpoint:
     def __repr__(self) -> str:
         # The proxy URL may carry a password: never shown.
         return f"Endpoint(grpc={self.grpc_target!r}, rest={self.rest_base!r})"
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback host name or address (never proxied; plaintext allowed)."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def format_host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def proxy_for(scheme: str, host: str, port: int) -> str | None:
+    """The proxy for a connection from HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY.
+
+    Loopback is never proxied (a common ``http_proxy`` breakage with grpc).
+    """
+    if is_loopback(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme)
+    if not proxy:
+        return None
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if bypass(format_host_port(host, port), proxies):
+        return None
+    return proxy
 
 
 class Transport(abc.ABC):

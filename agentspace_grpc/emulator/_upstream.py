@@ -12,7 +12,6 @@ import email.utils
 import json
 import re
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -21,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from google.rpc import code_pb2
 
+from agentspace_grpc._transports.base import proxy_for
 from agentspace_grpc.emulator._config import Connector
 from agentspace_grpc.emulator._errors import (
     SCOPES_MISSING,
@@ -28,7 +28,6 @@ from agentspace_grpc.emulator._errors import (
     ServiceError,
 )
 
-_LOOPBACK: Final = ("127.0.0.1", "localhost", "::1", "[::1]")
 _ERROR_CODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -48,15 +47,9 @@ class TokenAnswer:
 
 
 def _proxy_for(url: str) -> str | None:
-    host = urlsplit(url).hostname or ""
-    if host in _LOOPBACK:
-        return None
-    proxies = urllib.request.getproxies_environment()
-    bypass = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 - untyped
-    if bypass(host, proxies):
-        return None
-    scheme = urlsplit(url).scheme
-    return proxies.get(scheme) or None
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return proxy_for(parts.scheme, parts.hostname or "", port)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -19,7 +19,6 @@ from agentspace_grpc import _proto
 from agentspace_grpc._errors import Transport as TransportName
 from agentspace_grpc._headers import Headers
 
-
 __all__ = ["Endpoint", "Transport", "format_host_port", "is_loopback", "proxy_for"]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Hashable
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -112,14 +111,6 @@ class Authorizer:
         self._adc_lookup: asyncio.Future[_GoogleCredentials] | None = None
         self._session: requests.Session | None = None
         self._token_cache: tuple[str, str] | None = None  # (token, header) of the last call
-
-    # ---- identity --------------------------------------------------------------------
-
-    def identity(self, credentials: CredentialsLike) -> Hashable:
-        """A key that differs between end users, for single-flight (never shared wrongly)."""
-        if credentials is None:
-            return DEFAULT_IDENTITY
-        return credentials
 
     def principal_hint(self, credentials: CredentialsLike) -> str | None:
         """Who the credentials act as, when they say so (a service account's email)."""

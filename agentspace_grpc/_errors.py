@@ -71,7 +71,6 @@ Transport = Literal["grpc", "rest"]
 #: answer did not parse as the expected message (the inferred field numbers may be wrong).
 Failure = Literal["connect", "io", "decode"]
 
-ERROR_DOMAIN: Final = "discoveryengine.googleapis.com"
 REFRESH_TOKEN_NOT_FOUND: Final = "REFRESH_TOKEN_NOT_FOUND"  # noqa: S105 - a reason code
 
 # Keep the google.rpc detail types registered in the default pool.

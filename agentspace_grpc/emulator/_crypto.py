@@ -79,11 +79,6 @@ class Keyring:
     def __repr__(self) -> str:
         return f"Keyring(current={self._current.hex()}, keys={len(self._aead)})"
 
-    @property
-    def current_id(self) -> str:
-        """The hex id of the key that encrypts (not secret: a hash prefix)."""
-        return self._current.hex()
-
     def encrypt(self, plaintext: str, *, purpose: str, connector: str, user: str) -> bytes:
         """Encrypts ``plaintext`` for one purpose and one (connector, user) row."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
@@ -111,10 +106,6 @@ class Keyring:
                 "(moved from another row, or tampered with)"
             ) from None
         return plain.decode()
-
-    def needs_reencrypt(self, blob: bytes) -> bool:
-        """True when ``blob`` was written with an older key."""
-        return blob[1:5] != self._current
 
     def mac_key(self, purpose: str) -> bytes:
         """A key for HMACs, derived from the current key and separated by purpose."""

@@ -77,10 +77,6 @@ class RestFront:
     def __repr__(self) -> str:
         return "RestFront()"
 
-    def set_token_uri(self, token_uri: str) -> None:
-        """The public URL of the identity token endpoint (known once the port is bound)."""
-        self._token_uri = token_uri
-
     def application(self) -> web.Application:
         """The aiohttp application with every route."""
         app = web.Application()

@@ -61,7 +61,6 @@ from agentspace_grpc.emulator._upstream import InvalidGrant, TokenAnswer, token_
 
 log = logging.getLogger("agentspace_grpc.emulator")
 
-CRASH_ENV: Final = "AGENTSPACE_EMULATOR_CRASH_AT"
 CRASH_POINTS: Final = ("after-upstream-refresh",)
 STATE_LIFETIME: Final = 600.0
 _STANDARD_FIELDS: Final = frozenset(

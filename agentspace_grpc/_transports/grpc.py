@@ -9,7 +9,8 @@ plaintext channels.
 from __future__ import annotations
 
 import asyncio
-from typing import Final, TypeVar
+from collections.abc import Coroutine
+from typing import Any, Final, TypeVar
 
 import grpc
 import grpc.aio
@@ -33,6 +34,7 @@ from agentspace_grpc._transports.base import Endpoint, Transport
 __all__ = ["GrpcTransport"]
 
 _M = TypeVar("_M", bound=message.Message)
+_Q = TypeVar("_Q", bound=message.Message)
 
 _DETAILS_KEY: Final = "grpc-status-details-bin"
 _UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE
@@ -140,62 +142,63 @@ class GrpcTransport(Transport):
             del self._channels[endpoint.grpc_target]
             await channel.channel.close(grace=None)
 
-    async def acquire_access_token(
+    def acquire_access_token(
         self,
         endpoint: Endpoint,
         request: _proto.AcquireAccessTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> _proto.AcquireAccessTokenResponse:
+    ) -> Coroutine[Any, Any, _proto.AcquireAccessTokenResponse]:
         """AcquireAccessToken over gRPC."""
-        try:
-            response = await self._channel(endpoint).acquire(
-                request, timeout=time_left, metadata=headers
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _error_from_rpc(exc, connector=request.name) from exc
-        except asyncio.CancelledError:
-            self._closed_under_call()
-            raise
-        return _decoded(response, _proto.AcquireAccessTokenResponse)
+        call = self._channel(endpoint).acquire
+        return self._unary(
+            call, request, headers, time_left, request.name, _proto.AcquireAccessTokenResponse
+        )
 
-    async def acquire_and_store_refresh_token(
+    def acquire_and_store_refresh_token(
         self,
         endpoint: Endpoint,
         request: _proto.AcquireAndStoreRefreshTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> _proto.AcquireAndStoreRefreshTokenResponse:
+    ) -> Coroutine[Any, Any, _proto.AcquireAndStoreRefreshTokenResponse]:
         """AcquireAndStoreRefreshToken over gRPC."""
-        try:
-            response = await self._channel(endpoint).store(
-                request, timeout=time_left, metadata=headers
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _error_from_rpc(exc, connector=None) from exc
-        except asyncio.CancelledError:
-            self._closed_under_call()
-            raise
-        return _decoded(response, _proto.AcquireAndStoreRefreshTokenResponse)
+        call = self._channel(endpoint).store
+        return self._unary(
+            call, request, headers, time_left, None, _proto.AcquireAndStoreRefreshTokenResponse
+        )
 
-    async def check_refresh_token(
+    def check_refresh_token(
         self,
         endpoint: Endpoint,
         request: _proto.CheckRefreshTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> _proto.CheckRefreshTokenResponse:
+    ) -> Coroutine[Any, Any, _proto.CheckRefreshTokenResponse]:
         """CheckRefreshToken over gRPC."""
+        call = self._channel(endpoint).check
+        return self._unary(
+            call, request, headers, time_left, request.name, _proto.CheckRefreshTokenResponse
+        )
+
+    async def _unary(
+        self,
+        call: grpc.aio.UnaryUnaryMultiCallable[_Q, _M],
+        request: _Q,
+        headers: Headers,
+        time_left: float,
+        connector: str | None,
+        response_class: type[_M],
+    ) -> _M:
+        """One unary call; the per-RPC methods hand back this coroutine (no extra frame)."""
         try:
-            response = await self._channel(endpoint).check(
-                request, timeout=time_left, metadata=headers
-            )
+            response = await call(request, timeout=time_left, metadata=headers)
         except grpc.aio.AioRpcError as exc:
-            raise _error_from_rpc(exc, connector=request.name) from exc
+            raise _error_from_rpc(exc, connector=connector) from exc
         except asyncio.CancelledError:
             self._closed_under_call()
             raise
-        return _decoded(response, _proto.CheckRefreshTokenResponse)
+        return _decoded(response, response_class)
 
     def _closed_under_call(self) -> None:
         """grpc ends calls with CancelledError when their channel closes: say why instead.

@@ -652,12 +652,14 @@ class TokenEndpoint:
         refreshes: Token requests answered so far.
         delay: Seconds to wait before answering (a slow identity provider).
         status: HTTP status to answer with (503 makes google-auth fail the refresh).
+        body: A JSON document to answer with instead of a minted token.
     """
 
     def __init__(self, service: FakeService, *, delay: float = 0.0) -> None:
         self.service = service
         self.delay = delay
         self.status = 200
+        self.body: dict[str, object] | None = None  # answered as is when set
         self.refreshes = 0
         self.minted: list[str] = []
         self._runner: web.AppRunner | None = None
@@ -684,6 +686,8 @@ class TokenEndpoint:
             await asyncio.sleep(self.delay)
         if self.status != 200:
             return web.json_response({"error": "temporarily_unavailable"}, status=self.status)
+        if self.body is not None:
+            return web.json_response(self.body)
         refresh_token = str(form.get("refresh_token", ""))
         if form.get("grant_type") != "refresh_token" or not refresh_token.startswith("rt-"):
             return web.json_response({"error": "invalid_grant"}, status=400)

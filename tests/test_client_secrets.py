@@ -228,3 +228,21 @@ async def test_malformed_http_answers_keep_the_token_out_of_the_exception_chain(
         text += repr(error) + str(error) + repr(getattr(error, "__dict__", ""))
         text += repr(getattr(error, "request_info", ""))
     assert CANARY not in text
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+async def test_a_token_answer_without_access_token_stays_out_of_the_exception_chain(
+    servers: Servers, transport: str
+) -> None:
+    """google-auth's RefreshError carries the token endpoint's whole answer."""
+    async with TokenEndpoint(servers.service) as idp:
+        idp.body = {"refresh_token": "rt-CANARY-rotated", "id_token": "CANARY-id-token"}
+        async with DataConnectorClient(
+            credentials=idp.credentials(USER), **servers.client_kwargs(transport)
+        ) as client:
+            with pytest.raises(Unauthenticated) as caught:
+                await client.acquire_access_token(CONNECTOR)
+    text = "".join(traceback.format_exception(caught.value))
+    for error in _chain(caught.value):
+        text += repr(error) + str(error) + repr(getattr(error, "args", ""))
+    assert CANARY not in text

@@ -319,3 +319,25 @@ async def test_pitfall_19_previous_token_within_grace_is_harmless_older_revokes(
         counts = await provider_stats(http)
         assert counts["families_revoked"] == 1
         assert counts["grace_accepts"] == (1 if grace else 0)
+
+
+def test_the_provider_answer_never_shows_in_a_repr() -> None:
+    """What the upstream exchange returns may be logged by mistake; its repr hides the tokens,
+    the extra fields of the answer included (they hold the whole document)."""
+    from agentspace_grpc.emulator._upstream import TokenAnswer
+
+    document = {
+        "access_token": "AT-CANARY",
+        "refresh_token": "RT-CANARY",
+        "id_token": "ID-CANARY",
+        "account_id": "acct-1",
+    }
+    answer = TokenAnswer(
+        access_token="AT-CANARY",
+        refresh_token="RT-CANARY",
+        expires_in=60.0,
+        scopes=("read",),
+        extra=document,
+    )
+    assert "CANARY" not in repr(answer)
+    assert "CANARY" not in str(answer)

@@ -21,20 +21,9 @@ from agentspace_grpc import (
     UsageError,
 )
 from agentspace_grpc import _proto as p
-from tests._servers import CONNECTOR, Seen, Servers, TcpProxy, serve
+from tests._servers import CONNECTOR, Seen, Servers, TcpProxy
 
 TRANSPORTS = ["grpc", "rest"]
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
 
 
 @pytest.fixture

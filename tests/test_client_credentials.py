@@ -33,11 +33,6 @@ from tests._servers import (
 )
 
 
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def servers() -> AsyncIterator[Servers]:
     async with serve() as running:

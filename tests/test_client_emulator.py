@@ -13,11 +13,6 @@ ALICE = "alice@example.com"
 BOB = "bob@example.com"
 
 
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
     async with Emulator() as running:

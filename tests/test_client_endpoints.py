@@ -30,11 +30,6 @@ def name_in(location: str) -> str:
     return f"projects/p/locations/{location}/collections/default_collection/dataConnector"
 
 
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def tls(tmp_path: Path) -> TlsMaterial:
     return TlsMaterial.create(tmp_path, HOSTS)
@@ -144,12 +139,6 @@ async def test_without_the_ca_the_handshake_fails_as_unavailable(
             await client.acquire_access_token(CONNECTOR, timeout=5)
     assert "certificate" in caught.value.message.lower() or "CERTIFICATE" in caught.value.message
     assert tls_servers.service.seen == []
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
 
 
 async def test_the_emulator_variables_point_clients_at_an_emulator(

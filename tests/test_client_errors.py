@@ -39,21 +39,9 @@ from tests._servers import (
     error_info,
     reset_connection,
     retry_info,
-    serve,
 )
 
 TRANSPORTS = ["grpc", "rest"]
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -18,12 +17,6 @@ from agentspace_grpc import (
 from agentspace_grpc import _proto as p
 from tests._servers import CONNECTOR, RpcFault, Seen, Servers, TcpProxy, closed_port, serve
 from tests._tls import TlsMaterial
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
 
 
 def wires(servers: Servers) -> list[str]:

@@ -7,24 +7,12 @@ import gc
 import random
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
 
 import pytest
 
 from agentspace_grpc import Cancelled, DataConnectorClient
 from agentspace_grpc import _proto as p
-from tests._servers import CONNECTOR, Seen, Servers, ServersThread, TcpProxy, serve
-
-
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
+from tests._servers import CONNECTOR, Seen, Servers, ServersThread, TcpProxy
 
 
 def stall_acquire(servers: Servers) -> asyncio.Event:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -26,22 +25,9 @@ from tests._servers import (
     TcpProxy,
     reset_connection,
     retry_info,
-    serve,
 )
 
-TRANSPORTS = ["grpc", "rest"]
 FAST = RetryPolicy(max_attempts=100, initial_backoff=0.02, max_backoff=0.1)
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
 
 
 def unavailable(text: str = "try later") -> RpcFault:

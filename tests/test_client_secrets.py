@@ -4,15 +4,15 @@ messages, reprs or tracebacks, over both wires and through refreshes, errors and
 from __future__ import annotations
 
 import asyncio
-import logging
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from agentspace_grpc import DataConnectorClient, DataConnectorError, Unauthenticated
 from agentspace_grpc import _proto as p
+from tests._reliability import LogCapture, debug_logging
 from tests._servers import (
     CLIENT_SECRET,
     CONNECTOR,
@@ -21,76 +21,19 @@ from tests._servers import (
     Servers,
     TokenEndpoint,
     closed_port,
-    serve,
 )
 
 CANARY = "CANARY"
 USER = "CANARYuser"  # its refresh token is rt-CANARYuser, its tokens user-token-CANARYuser-N
 STATIC_TOKEN = "ya29.CANARY-static-token"
 CODE_URI = "https://app.example/callback?code=CANARY-authorization-code&state=s"
-LOGGERS = (
-    "",
-    "agentspace_grpc",
-    "grpc",
-    "grpc._cython.cygrpc",
-    "aiohttp",
-    "aiohttp.client",
-    "aiohttp.access",
-    "aiohttp.server",
-    "google",
-    "google.auth",
-    "google.auth.transport.requests",
-    "google.oauth2",
-    "urllib3",
-    "asyncio",
-)
 assert CANARY in CLIENT_SECRET
 
 
-class Capture(logging.Handler):
-    """Keeps every record fully formatted, traceback included."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-        self.lines: list[str] = []
-        self.names: set[str] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-        # Structured handlers (JSON, Cloud Logging) also ship the record's extra attributes.
-        self.lines.append(repr(vars(record)))
-        self.names.add(record.name)
-
-
 @pytest.fixture
-def captured() -> Iterator[Capture]:
-    capture = Capture()
-    saved = []
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.level, logger.propagate))
-        logger.setLevel(logging.DEBUG)
-        logger.addHandler(capture)
-        logger.propagate = False  # each logger reports to the capture once
-    try:
+def captured() -> Iterator[LogCapture]:
+    with debug_logging() as capture:
         yield capture
-    finally:
-        for logger, level, propagate in saved:
-            logger.removeHandler(capture)
-            logger.setLevel(level)
-            logger.propagate = propagate
-
-
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
 
 
 def assert_clean(text: str) -> None:
@@ -104,7 +47,7 @@ def assert_error_clean(error: BaseException) -> None:
 
 
 async def test_pitfall_14_and_22_no_secret_in_debug_logs_errors_or_reprs(
-    servers: Servers, transport: str, captured: Capture
+    servers: Servers, transport: str, captured: LogCapture
 ) -> None:
     async def canary_tokens(seen: Seen) -> p.AcquireAccessTokenResponse:
         if seen.request.action == "fail":
@@ -139,7 +82,7 @@ async def test_pitfall_14_and_22_no_secret_in_debug_logs_errors_or_reprs(
                 await client.acquire_access_token(CONNECTOR, credentials=STATIC_TOKEN, action="x")
             assert_error_clean(caught_auth.value)
         assert idp.refreshes == 1
-    for line in captured.lines:
+    for line in captured.texts:
         assert_clean(line)
     # The capture sees the libraries' DEBUG records.
     assert any(name.startswith(("google", "urllib3")) for name in captured.names)
@@ -148,7 +91,7 @@ async def test_pitfall_14_and_22_no_secret_in_debug_logs_errors_or_reprs(
 
 
 async def test_no_secret_in_logs_of_a_fallback_or_wire_failures(
-    servers: Servers, captured: Capture
+    servers: Servers, captured: LogCapture
 ) -> None:
     async with DataConnectorClient(
         transport="auto",
@@ -175,8 +118,8 @@ async def test_no_secret_in_logs_of_a_fallback_or_wire_failures(
         with pytest.raises(DataConnectorError) as caught:
             await client.acquire_access_token(CONNECTOR)
         assert_error_clean(caught.value)
-    assert any("using REST" in line for line in captured.lines)
-    for line in captured.lines:
+    assert any("using REST" in line for line in captured.texts)
+    for line in captured.texts:
         assert_clean(line)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -12,20 +11,9 @@ import pytest
 
 from agentspace_grpc import AuthorizationRequired, DataConnectorClient, DeadlineExceeded
 from agentspace_grpc import _proto as p
-from tests._servers import CONNECTOR, RpcFault, Seen, Servers, serve
+from tests._servers import CONNECTOR, RpcFault, Seen, Servers
 
 PACKAGE_DIR = str(Path(__import__("agentspace_grpc").__file__).parent)
-
-
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    async with serve() as running:
-        yield running
 
 
 class Gate:

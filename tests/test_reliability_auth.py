@@ -57,11 +57,6 @@ PROXY_VARIABLES = (
 )
 
 
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for variable in PROXY_VARIABLES:

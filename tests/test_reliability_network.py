@@ -75,11 +75,6 @@ def tokens(emulator: EmulatorServer) -> dict[str, str]:
     return asyncio.run(connect())
 
 
-@pytest.fixture(params=["grpc", "rest"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def baseline() -> Resources:
     return Resources.now()

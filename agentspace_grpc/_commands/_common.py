@@ -35,6 +35,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
+from agentspace_grpc._client import EMULATOR_HOST_ENV, EMULATOR_REST_ENV
+
 if TYPE_CHECKING:
     from agentspace_grpc import AccessToken, DataConnectorClient
 
@@ -63,8 +65,6 @@ environment:
   AGENTSPACE_EMULATOR_REST  its REST base URL, e.g. http://127.0.0.1:8081
 """
 
-EMULATOR_HOST_ENV: Final = "AGENTSPACE_EMULATOR_HOST"
-EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
 CONNECTOR_HELP: Final = (
     "NAME: projects/PROJECT/locations/LOCATION/collections/COLLECTION/dataConnector"
 )

@@ -43,11 +43,13 @@ def check_email(email: str) -> str:
     return email
 
 
-def _b64(data: bytes) -> str:
+def b64url(data: bytes) -> str:
+    """Unpadded URL-safe base64 (tokens, MACs and state values)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
+def unb64url(text: str) -> bytes:
+    """The inverse of :func:`b64url`."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -64,18 +66,18 @@ class Identity:
 
     def _mac(self, kind: str, body: str) -> str:
         digest = hmac.new(self._key, f"{kind}.{body}".encode(), hashlib.sha256).digest()
-        return _b64(digest[:_MAC_BYTES])
+        return b64url(digest[:_MAC_BYTES])
 
     def refresh_token_for(self, email: str) -> str:
         """The (non-expiring) identity refresh token of ``email``."""
-        body = _b64(check_email(email).encode())
+        body = b64url(check_email(email).encode())
         return f"aer1.{body}.{self._mac('aer1', body)}"
 
     def access_token_for(self, email: str, now: float | None = None) -> tuple[str, float]:
         """A fresh bearer token for ``email`` and its lifetime in seconds."""
         issued = time.time() if now is None else now
         expiry_ms = int((issued + self.token_lifetime) * 1000)
-        body = _b64(f"{check_email(email)}\n{expiry_ms}".encode())
+        body = b64url(f"{check_email(email)}\n{expiry_ms}".encode())
         return f"aea1.{body}.{self._mac('aea1', body)}", self.token_lifetime
 
     def user_from_refresh_token(self, token: str) -> str:
@@ -124,6 +126,6 @@ class Identity:
                 "the bearer token was not issued by this emulator (or by one with another key)"
             )
         try:
-            return _unb64(body)
+            return unb64url(body)
         except (binascii.Error, ValueError):
             raise IdentityError("the bearer token was not issued by this emulator") from None

@@ -14,7 +14,6 @@ lease (see :mod:`._store`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import hashlib
@@ -47,7 +46,7 @@ from agentspace_grpc.emulator._errors import (
     invalid_argument,
     unauthenticated,
 )
-from agentspace_grpc.emulator._identity import Identity, IdentityError
+from agentspace_grpc.emulator._identity import Identity, IdentityError, b64url, unb64url
 from agentspace_grpc.emulator._store import (
     Busy,
     CachedToken,
@@ -75,10 +74,6 @@ class _Memory:
     good_until: float
     # Built once and handed out on every hit (the fronts only read it).
     answer: _proto.AcquireAccessTokenResponse = field(repr=False)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class Service:
@@ -395,7 +390,7 @@ class Service:
             "e": int(time.time() + STATE_LIFETIME),
             "n": secrets.token_hex(4),
         }
-        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        body = b64url(json.dumps(payload, separators=(",", ":")).encode())
         state = f"st1.{body}.{self._state_mac(body)}"
         query = urlencode(
             {
@@ -413,7 +408,7 @@ class Service:
         return f"{connector.authorize_url}{separator}{query}"
 
     def _state_mac(self, body: str) -> str:
-        return _b64(hmac.new(self._state_key, body.encode(), hashlib.sha256).digest()[:16])
+        return b64url(hmac.new(self._state_key, body.encode(), hashlib.sha256).digest()[:16])
 
     def _check_state(self, state: str | None, connector: Connector, user: str) -> list[str]:
         if not state:
@@ -429,7 +424,7 @@ class Service:
         ):
             raise invalid_argument("the state in full_redirect_uri was not issued by this emulator")
         try:
-            payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+            payload = json.loads(unb64url(parts[1]))
         except (binascii.Error, ValueError):
             raise invalid_argument("the state in full_redirect_uri is malformed") from None
         if payload.get("c") != connector.name:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentspace_grpc._client import AccessToken, DataConnectorClient, RetryPolicy
+from agentspace_grpc._client import DataConnectorClient, RetryPolicy
 from agentspace_grpc._errors import (
     Aborted,
     AlreadyExists,
@@ -24,6 +24,7 @@ from agentspace_grpc._errors import (
     Unknown,
     UsageError,
 )
+from agentspace_grpc._token import AccessToken
 
 __version__ = "0.1.0"
 

@@ -51,11 +51,12 @@ from agentspace_grpc._errors import (
     failure_of,
 )
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
 from agentspace_grpc._transports.base import format_host_port, is_loopback, proxy_for
 
-__all__ = ["AccessToken", "DataConnectorClient", "RetryPolicy"]
+__all__ = ["DataConnectorClient", "RetryPolicy"]
 
 _log = logging.getLogger("agentspace_grpc")
 
@@ -79,7 +80,7 @@ _REPROBE_MAX: Final = 600.0
 _NAME_CACHE_SIZE: Final = 4096
 _HEADER_CACHE_SIZE: Final = 1024
 
-_M = TypeVar("_M", bound=message.Message)
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------------------
@@ -129,74 +130,6 @@ class RetryPolicy:
         """A jittered wait before retry number ``retry`` (1 for the first retry)."""
         bound = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
         return random.uniform(0.0, bound)
-
-
-class _Secret:
-    """Holds the token so that no attribute of AccessToken has a revealing repr."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<redacted>"
-
-
-@final
-class AccessToken:
-    """A third-party access token for one end user and connector.
-
-    ``repr()`` and ``str()`` never show the token; read :attr:`access_token` to use it. The
-    service sends no expiry: use the token right away and acquire again for the next task
-    (the service caches tokens, so repeated acquires are cheap).
-    """
-
-    __slots__ = ("_connector", "_scopes", "_secret", "_transport")
-
-    def __init__(
-        self,
-        access_token: str,
-        *,
-        connector: str,
-        scopes: tuple[str, ...],
-        transport: Literal["grpc", "rest"],
-    ) -> None:
-        self._secret = _Secret(access_token)
-        self._connector = connector
-        self._scopes = scopes
-        self._transport = transport
-
-    @property
-    def access_token(self) -> str:
-        """The token itself (a secret: don't log it)."""
-        return self._secret.value
-
-    @property
-    def connector(self) -> str:
-        """The data connector's resource name."""
-        return self._connector
-
-    @property
-    def scopes(self) -> tuple[str, ...]:
-        """The scopes the end user granted, as the service reports them."""
-        return self._scopes
-
-    @property
-    def transport(self) -> Literal["grpc", "rest"]:
-        """The wire that carried the answer (in ``auto`` mode, after any fallback)."""
-        return self._transport
-
-    def __repr__(self) -> str:
-        return (
-            f"AccessToken(connector={self._connector!r}, scopes={self._scopes!r}, "
-            f"transport={self._transport!r}, access_token=<redacted>)"
-        )
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> Any:
-        raise TypeError("AccessToken cannot be pickled: it holds a secret")
 
 
 # --------------------------------------------------------------------------------------
@@ -322,9 +255,9 @@ class _Flights:
         self,
         key: Hashable,
         deadline: float,
-        start: Callable[..., Coroutine[Any, Any, _M]],
+        start: Callable[..., Coroutine[Any, Any, _T]],
         args: tuple[Any, ...],
-    ) -> _M:
+    ) -> _T:
         """Join the flight for ``key`` or start one running ``start(*args, deadline)``."""
         loop = asyncio.get_running_loop()
         flight = self._flights.get(key)
@@ -332,7 +265,7 @@ class _Flights:
             flight = _Flight(deadline)
             flight.task = loop.create_task(self._fly(key, flight, start(*args, flight.deadline)))
             self._flights[key] = flight
-        waiter: asyncio.Future[_M] = loop.create_future()
+        waiter: asyncio.Future[_T] = loop.create_future()
         flight.waiters.add(waiter)
         timer = None
         if deadline < flight.deadline:
@@ -819,7 +752,7 @@ class DataConnectorClient:
                 self._rest_until = 0.0
                 self._reprobe = _REPROBE_FIRST
                 _log.info("gRPC reaches the service again; leaving REST")
-            return response, transport.kind
+            return response
 
     def _deadline(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> float:
         if timeout is None:
@@ -884,27 +817,19 @@ class DataConnectorClient:
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
-        response: _proto.AcquireAccessTokenResponse
-        answered_by: Literal["grpc", "rest"]
         if self._single_flight:
             identity = DEFAULT_IDENTITY if credentials is None else credentials
-            response, answered_by = await state.flights.run(
+            token: AccessToken = await state.flights.run(
                 (name, scope, action, identity, extra),
                 deadline,
                 self._invoke,
                 (_ACQUIRE, request, name, credentials, extra, state, endpoint),
             )
-        else:
-            response, answered_by = await self._invoke(
-                _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
-            )
-        info = response.refresh_token_info
-        return AccessToken(
-            response.access_token,
-            connector=info.name or name,
-            scopes=tuple(info.scopes),
-            transport=answered_by,
+            return token
+        token = await self._invoke(
+            _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
         )
+        return token
 
     async def store_refresh_token(
         self,
@@ -943,7 +868,7 @@ class DataConnectorClient:
             instance_uri=instance_uri or "",
         )
         response: _proto.AcquireAndStoreRefreshTokenResponse
-        response, _ = await self._invoke(
+        response = await self._invoke(
             _STORE, request, name, credentials, (), state, endpoint, deadline
         )
         extra: dict[str, str | int | bool] = {}
@@ -979,7 +904,7 @@ class DataConnectorClient:
             check_credentials(credentials)
         request = _proto.CheckRefreshTokenRequest(name=name)
         response: _proto.CheckRefreshTokenResponse
-        response, _ = await self._invoke(
+        response = await self._invoke(
             _CHECK, request, name, credentials, (), state, endpoint, deadline
         )
         return tuple(response.refresh_token_info.scopes)

@@ -45,6 +45,7 @@ __all__ = [
     "TranscodingError",
     "code_for_http_status",
     "compile_service",
+    "fields_from_json",
     "http_status_for_code",
     "message_from_json",
     "message_to_json",
@@ -604,24 +605,34 @@ def message_from_json(
 ) -> message.Message:
     """Decode a JSON document into ``cls``; unknown fields are ignored or rejected."""
     decoded = _loads(data)
-    plan = _fast_plan(_descriptor_of_class(cls))
-    if plan is not None and type(decoded) is dict:
-        kwargs = _fast_kwargs(plan, decoded, ignore_unknown)
-        if kwargs is not None:
-            try:
-                return cls(**kwargs)
-            except ValueError:  # a lone surrogate: the general walk below names the field
-                pass
+    kwargs = _fast_fields(decoded, cls, ignore_unknown)
+    if kwargs is not None:
+        return cls(**kwargs)
     msg = cls()
     _merge_json(msg, decoded, ignore_unknown=ignore_unknown)
     return msg
 
 
+def fields_from_json(
+    data: bytes | str, cls: type[message.Message], *, ignore_unknown: bool
+) -> dict[str, Any] | None:
+    """The fields of a JSON-encoded ``cls`` without building the message, or None.
+
+    The result maps proto field names to values (nested messages as such dicts; absent
+    fields are absent), exactly the keyword arguments that make the message
+    :func:`message_from_json` returns. None means the document needs that function's general
+    walk: a null, both spellings of one field, a wrong type (the walk names the problem), or
+    a message with other field types. Invalid JSON raises :class:`TranscodingError`.
+    """
+    fields: dict[str, Any] | None = _fast_fields(_loads(data), cls, ignore_unknown)
+    return fields
+
+
 # The fast path: messages made only of strings, booleans, 32-bit integers, repeated strings
 # and such messages (every response of our service) decode into constructor keyword arguments
 # in one pass, with exact type checks. Anything else (a null, a number where a string is
-# due, both spellings of one field, an unknown field in strict mode) returns None and the
-# general walk above decodes it and names the problem.
+# due, a string protobuf cannot store, both spellings of one field, an unknown field in
+# strict mode) returns None and the general walk above decodes it and names the problem.
 _STR, _BOOL, _INT32, _MSG = range(4)
 _FastPlan = dict[str, tuple[str, int, bool, Any]]
 _NOT_FAST: Final = object()
@@ -666,6 +677,13 @@ def _build_fast_plan(desc: descriptor.Descriptor) -> _FastPlan | None:
     return plan
 
 
+def _fast_fields(decoded: Any, cls: type[message.Message], ignore_unknown: bool) -> Any:
+    plan = _fast_plan(_descriptor_of_class(cls))
+    if plan is None or type(decoded) is not dict:
+        return None
+    return _fast_kwargs(plan, decoded, ignore_unknown)
+
+
 def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
@@ -682,7 +700,7 @@ def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) ->
                 return None
             if kind == _STR:
                 for item in value:
-                    if type(item) is not str:
+                    if type(item) is not str or not (item.isascii() or _encodable(item)):
                         return None
             else:
                 items = []
@@ -695,7 +713,7 @@ def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) ->
                     items.append(converted)
                 value = items
         elif kind == _STR:
-            if type(value) is not str:
+            if type(value) is not str or not (value.isascii() or _encodable(value)):
                 return None
         elif kind == _MSG:
             if type(value) is not dict:
@@ -710,6 +728,15 @@ def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) ->
             return None
         kwargs[name] = value
     return kwargs
+
+
+def _encodable(text: str) -> bool:
+    """False for a string with a lone surrogate, which protobuf cannot store (see _text)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _merge_json(msg: message.Message, data: Any, *, ignore_unknown: bool, path: str = "") -> None:

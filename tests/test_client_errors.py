@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import google.oauth2.credentials
 import grpc
@@ -395,6 +396,52 @@ async def test_pitfall_9_truncated_body_is_unavailable(servers: Servers) -> None
     ) as client:
         with pytest.raises(Unavailable):
             await client.acquire_access_token(CONNECTOR)
+
+
+OTHER = "projects/p/locations/global/collections/other/dataConnector"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # The service's own spelling, and the proto names that proto3 JSON also allows.
+        (
+            {"accessToken": "t1", "refreshTokenInfo": {"name": OTHER, "scopes": ["a", "b"]}},
+            ("t1", OTHER, ("a", "b")),
+        ),
+        (
+            {"access_token": "t2", "refresh_token_info": {"name": OTHER, "scopes": ["c"]}},
+            ("t2", OTHER, ("c",)),
+        ),
+        # Absent, empty and null fields take their defaults; the connector is then the one
+        # asked for. (The nulls take the full decoding, not the shortcut.)
+        ({"accessToken": "t3"}, ("t3", CONNECTOR, ())),
+        ({"accessToken": "t4", "refreshTokenInfo": {}}, ("t4", CONNECTOR, ())),
+        ({"accessToken": "t5", "refreshTokenInfo": None}, ("t5", CONNECTOR, ())),
+        (
+            {"accessToken": "t6", "refreshTokenInfo": {"name": None, "scopes": None}},
+            ("t6", CONNECTOR, ()),
+        ),
+        (
+            {"accessToken": "t7", "refreshTokenInfo": {"name": "", "scopes": []}},
+            ("t7", CONNECTOR, ()),
+        ),
+    ],
+)
+async def test_every_proto3_json_spelling_of_a_success_gives_the_same_token(
+    servers: Servers, body: dict[str, Any], expected: tuple[str, str, tuple[str, ...]]
+) -> None:
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.json_response(body)
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", **servers.client_kwargs("rest")
+    ) as client:
+        token = await client.acquire_access_token(CONNECTOR)
+    assert (token.access_token, token.connector, token.scopes) == expected
+    assert token.transport == "rest"
 
 
 async def test_unknown_fields_in_a_success_are_ignored(servers: Servers) -> None:

@@ -94,7 +94,10 @@ async def test_one_deadline_across_all_attempts(servers: Servers, transport: str
         elapsed = time.monotonic() - started
     assert elapsed < 1.6
     assert len(starts) >= 3
-    assert max(starts) < started + 1.0  # no attempt began once the deadline had passed
+    # No attempt began once the deadline had passed. The server notes an attempt when it
+    # arrives, so one sent with a millisecond left can be noted just after the deadline:
+    # allow 20 ms for that trip over loopback on a busy machine.
+    assert max(starts) < started + 1.0 + 0.02
 
 
 async def test_unavailable_from_the_service_is_retried(servers: Servers, transport: str) -> None:

@@ -459,3 +459,46 @@ def test_fast_decoding_agrees_with_json_format(document: dict[str, Any], strict:
         assert ours is None
         return
     assert ours == expected
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(document=response_documents(), strict=st.booleans())
+def test_fields_without_the_message_make_the_same_message(
+    document: dict[str, Any], strict: bool
+) -> None:
+    """The REST client reads an answer's fields without building the message: when that
+    shortcut answers, its fields make exactly the message the full decoding makes."""
+    body = json.dumps(document).encode()
+    fields = t.fields_from_json(body, p.AcquireAccessTokenResponse, ignore_unknown=not strict)
+    if fields is None:
+        return
+    info = fields.get("refresh_token_info")
+    built = p.AcquireAccessTokenResponse(
+        access_token=fields.get("access_token", ""),
+        refresh_token_info=None if info is None else p.RefreshTokenInfo(**info),
+    )
+    assert built == t.message_from_json(
+        body, p.AcquireAccessTokenResponse, ignore_unknown=not strict
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"accessToken": "\\ud800"}',
+        b'{"refreshTokenInfo": {"scopes": ["a", "\\udfff"]}}',
+        b'{"accessToken": null}',
+        b'{"accessToken": "a", "access_token": "b"}',
+        b'{"accessToken": 1}',
+        b"[]",
+    ],
+)
+def test_fields_shortcut_leaves_odd_documents_to_the_full_decoding(body: bytes) -> None:
+    assert t.fields_from_json(body, p.AcquireAccessTokenResponse, ignore_unknown=True) is None
+
+
+def test_lone_surrogates_are_refused_naming_the_field() -> None:
+    with pytest.raises(t.TranscodingError, match=r"accessToken.*unpaired surrogate"):
+        t.message_from_json(
+            b'{"accessToken": "\\ud800"}', p.AcquireAccessTokenResponse, ignore_unknown=True
+        )

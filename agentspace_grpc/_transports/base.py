@@ -18,6 +18,7 @@ import grpc
 from agentspace_grpc import _proto
 from agentspace_grpc._errors import Transport as TransportName
 from agentspace_grpc._headers import Headers
+from agentspace_grpc._token import AccessToken
 
 __all__ = ["Endpoint", "Transport", "format_host_port", "is_loopback", "proxy_for"]
 
@@ -90,8 +91,8 @@ class Transport(abc.ABC):
         request: _proto.AcquireAccessTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> _proto.AcquireAccessTokenResponse:
-        """AcquireAccessToken."""
+    ) -> AccessToken:
+        """AcquireAccessToken, answered as the client's result."""
 
     @abc.abstractmethod
     async def acquire_and_store_refresh_token(

@@ -9,7 +9,7 @@ plaintext channels.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -29,12 +29,14 @@ from agentspace_grpc._errors import (
 )
 from agentspace_grpc._errors import error_class as _error_class
 from agentspace_grpc._headers import Headers
+from agentspace_grpc._token import AccessToken, token_from_response
 from agentspace_grpc._transports.base import Endpoint, Transport
 
 __all__ = ["GrpcTransport"]
 
 _M = TypeVar("_M", bound=message.Message)
 _Q = TypeVar("_Q", bound=message.Message)
+_T = TypeVar("_T")
 
 _DETAILS_KEY: Final = "grpc-status-details-bin"
 _UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE
@@ -148,11 +150,17 @@ class GrpcTransport(Transport):
         request: _proto.AcquireAccessTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> Coroutine[Any, Any, _proto.AcquireAccessTokenResponse]:
+    ) -> Coroutine[Any, Any, AccessToken]:
         """AcquireAccessToken over gRPC."""
         call = self._channel(endpoint).acquire
         return self._unary(
-            call, request, headers, time_left, request.name, _proto.AcquireAccessTokenResponse
+            call,
+            request,
+            headers,
+            time_left,
+            request.name,
+            _proto.AcquireAccessTokenResponse,
+            _token,
         )
 
     def acquire_and_store_refresh_token(
@@ -165,7 +173,13 @@ class GrpcTransport(Transport):
         """AcquireAndStoreRefreshToken over gRPC."""
         call = self._channel(endpoint).store
         return self._unary(
-            call, request, headers, time_left, None, _proto.AcquireAndStoreRefreshTokenResponse
+            call,
+            request,
+            headers,
+            time_left,
+            None,
+            _proto.AcquireAndStoreRefreshTokenResponse,
+            _decoded,
         )
 
     def check_refresh_token(
@@ -178,7 +192,13 @@ class GrpcTransport(Transport):
         """CheckRefreshToken over gRPC."""
         call = self._channel(endpoint).check
         return self._unary(
-            call, request, headers, time_left, request.name, _proto.CheckRefreshTokenResponse
+            call,
+            request,
+            headers,
+            time_left,
+            request.name,
+            _proto.CheckRefreshTokenResponse,
+            _decoded,
         )
 
     async def _unary(
@@ -189,8 +209,12 @@ class GrpcTransport(Transport):
         time_left: float,
         connector: str | None,
         response_class: type[_M],
-    ) -> _M:
-        """One unary call; the per-RPC methods hand back this coroutine (no extra frame)."""
+        finish: Callable[[_M | None, type[_M], str], _T],
+    ) -> _T:
+        """One unary call; the per-RPC methods hand back this coroutine (no extra frame).
+
+        ``finish`` makes the result of the response (None when grpc could not decode it).
+        """
         try:
             response = await call(request, timeout=time_left, metadata=headers)
         except grpc.aio.AioRpcError as exc:
@@ -198,7 +222,7 @@ class GrpcTransport(Transport):
         except asyncio.CancelledError:
             self._closed_under_call()
             raise
-        return _decoded(response, response_class)
+        return finish(response, response_class, connector or "")
 
     def _closed_under_call(self) -> None:
         """grpc ends calls with CancelledError when their channel closes: say why instead.
@@ -222,7 +246,7 @@ class GrpcTransport(Transport):
             await asyncio.gather(*(c.channel.close(grace=None) for c in channels))
 
 
-def _decoded(response: _M | None, cls: type[_M]) -> _M:
+def _decoded(response: _M | None, cls: type[_M], connector: str = "") -> _M:
     """The response, or Internal when grpc could not decode it: grpc.aio logs the decoding
     error and returns None instead of raising."""
     if response is None:
@@ -233,6 +257,14 @@ def _decoded(response: _M | None, cls: type[_M]) -> _M:
             failure="decode",
         )
     return response
+
+
+def _token(
+    response: _proto.AcquireAccessTokenResponse | None,
+    cls: type[_proto.AcquireAccessTokenResponse],
+    connector: str,
+) -> AccessToken:
+    return token_from_response(_decoded(response, cls), connector, "grpc")
 
 
 def _error_from_rpc(exc: grpc.aio.AioRpcError, *, connector: str | None) -> DataConnectorError:

@@ -10,7 +10,7 @@ not a Google error. aiohttp's exceptions are translated in :func:`_translate`.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar, cast
 
 import aiohttp
@@ -31,7 +31,14 @@ from agentspace_grpc._errors import (
     wire_failure,
 )
 from agentspace_grpc._headers import Headers
-from agentspace_grpc._transcode import ROUTES, Route, TranscodingError, message_from_json
+from agentspace_grpc._token import AccessToken, token_from_fields, token_from_response
+from agentspace_grpc._transcode import (
+    ROUTES,
+    Route,
+    TranscodingError,
+    fields_from_json,
+    message_from_json,
+)
 from agentspace_grpc._transcode import status_from_http as _status_from_http
 from agentspace_grpc._transports.base import Endpoint, Transport
 
@@ -41,6 +48,7 @@ __all__ = ["MAX_RESPONSE_BYTES", "RestTransport"]
 MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
 
 _M = TypeVar("_M", bound=message.Message)
+_T = TypeVar("_T")
 
 _ACQUIRE: Final = ROUTES["AcquireAccessToken"]
 _STORE: Final = ROUTES["AcquireAndStoreRefreshToken"]
@@ -94,10 +102,11 @@ class RestTransport(Transport):
         request: _proto.AcquireAccessTokenRequest,
         headers: Headers,
         time_left: float,
-    ) -> Coroutine[Any, Any, _proto.AcquireAccessTokenResponse]:
+    ) -> Coroutine[Any, Any, AccessToken]:
         """AcquireAccessToken over REST."""
         return self._call(
             _ACQUIRE,
+            _token_from_json,
             _proto.AcquireAccessTokenResponse,
             endpoint,
             request,
@@ -116,6 +125,7 @@ class RestTransport(Transport):
         """AcquireAndStoreRefreshToken over REST."""
         return self._call(
             _STORE,
+            _message_from_json,
             _proto.AcquireAndStoreRefreshTokenResponse,
             endpoint,
             request,
@@ -134,6 +144,7 @@ class RestTransport(Transport):
         """CheckRefreshToken over REST."""
         return self._call(
             _CHECK,
+            _message_from_json,
             _proto.CheckRefreshTokenResponse,
             endpoint,
             request,
@@ -145,6 +156,7 @@ class RestTransport(Transport):
     async def _call(
         self,
         route: Route,
+        decode: Callable[[bytes, type[_M], str], _T],
         response_class: type[_M],
         endpoint: Endpoint,
         request: message.Message,
@@ -152,7 +164,7 @@ class RestTransport(Transport):
         time_left: float,
         *,
         connector: str | None,
-    ) -> _M:
+    ) -> _T:
         key = (endpoint.rest_base, route.name, request.SerializeToString())
         prepared = self._prepared.get(key)
         if prepared is None:
@@ -192,7 +204,7 @@ class RestTransport(Transport):
             raise failure
         if 200 <= status < 300 and not oversize:
             try:
-                return cast(_M, message_from_json(answer, response_class, ignore_unknown=True))
+                return decode(answer, response_class, connector or "")
             except (ValueError, TypeError) as exc:
                 raise wire_failure(
                     Internal,
@@ -274,6 +286,24 @@ class RestTransport(Transport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _message_from_json(body: bytes, cls: type[_M], connector: str) -> _M:
+    return cast(_M, message_from_json(body, cls, ignore_unknown=True))
+
+
+def _token_from_json(
+    body: bytes, cls: type[_proto.AcquireAccessTokenResponse], connector: str
+) -> AccessToken:
+    """An AcquireAccessToken answer: straight from its JSON fields when it is a plain
+    document (the service's always are), else through the message."""
+    fields = fields_from_json(body, cls, ignore_unknown=True)
+    if fields is None:
+        response = message_from_json(body, cls, ignore_unknown=True)
+        return token_from_response(
+            cast(_proto.AcquireAccessTokenResponse, response), connector, "rest"
+        )
+    return token_from_fields(fields, connector, "rest")
 
 
 def _looks_like_google_error(content_type: str | None, body: bytes) -> bool:

@@ -495,7 +495,21 @@ def _dumps(data: Any) -> bytes:
     return _ENCODER.encode(data).encode()
 
 
+_RAW_DECODE: Final = json.JSONDecoder().raw_decode
+
+
 def _loads(body: bytes | str) -> Any:
+    # The common case, a UTF-8 document with nothing around it, skips json.loads's encoding
+    # detection and its two whitespace scans (half its time on a token answer). Anything
+    # else (whitespace, a BOM, UTF-16, an error) goes through json.loads itself, so the
+    # result and the errors are json.loads's.
+    try:
+        text = body.decode() if isinstance(body, bytes) else body
+        value, end = _RAW_DECODE(text)
+        if end == len(text):
+            return value
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        pass
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -636,7 +650,8 @@ def fields_from_json(
 _STR, _BOOL, _INT32, _MSG = range(4)
 _FastPlan = dict[str, tuple[str, int, bool, Any]]
 _NOT_FAST: Final = object()
-_FAST_PLANS: dict[str, Any] = {}
+_FAST_PLANS: dict[str, Any] = {}  # by message full name
+_CLASS_PLANS: dict[type[message.Message], Any] = {}  # the same (or _NOT_FAST), by class
 
 
 def _descriptor_of_class(cls: type[message.Message]) -> descriptor.Descriptor:
@@ -678,10 +693,12 @@ def _build_fast_plan(desc: descriptor.Descriptor) -> _FastPlan | None:
 
 
 def _fast_fields(decoded: Any, cls: type[message.Message], ignore_unknown: bool) -> Any:
-    plan = _fast_plan(_descriptor_of_class(cls))
-    if plan is None or type(decoded) is not dict:
+    plan = _CLASS_PLANS.get(cls)
+    if plan is None:
+        plan = _CLASS_PLANS[cls] = _fast_plan(_descriptor_of_class(cls)) or _NOT_FAST
+    if plan is _NOT_FAST or type(decoded) is not dict:
         return None
-    return _fast_kwargs(plan, decoded, ignore_unknown)
+    return _fast_kwargs(cast(_FastPlan, plan), decoded, ignore_unknown)
 
 
 def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) -> Any:

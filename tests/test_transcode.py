@@ -502,3 +502,34 @@ def test_lone_surrogates_are_refused_naming_the_field() -> None:
         t.message_from_json(
             b'{"accessToken": "\\ud800"}', p.AcquireAccessTokenResponse, ignore_unknown=True
         )
+
+
+json_texts = st.one_of(
+    json_values.map(json.dumps),
+    json_values.map(lambda value: json.dumps(value, ensure_ascii=False, indent=1)),
+    st.text(alphabet='{}[]",: \t\n\r0123456789.eE+-truefalsnul\\\u00e9\ufeff', max_size=12),
+)
+framings = st.sampled_from(["", " ", "\n", "\ufeff", "x", "{}"])
+encodings = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32", "latin-1"])
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(text=json_texts, before=framings, after=framings, encoding=encodings, as_str=st.booleans())
+def test_json_reading_is_json_loads(
+    text: str, before: str, after: str, encoding: str, as_str: bool
+) -> None:
+    """The shortcut for plain UTF-8 documents reads exactly what json.loads reads, and
+    refuses exactly what it refuses, whatever surrounds the document or encodes it."""
+    document = before + text + after
+    try:
+        body: bytes | str = document if as_str else document.encode(encoding)
+    except UnicodeEncodeError:
+        return
+    try:
+        expected: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        with pytest.raises(t.TranscodingError, match="not valid JSON"):
+            t._loads(body)
+        return
+    ours = t._loads(body)
+    assert json.dumps(ours) == json.dumps(expected)  # NaN compares unequal to itself

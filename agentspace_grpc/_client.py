@@ -24,7 +24,7 @@ import warnings
 from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, cast, final
+from typing import Any, Final, Literal, TypeVar, final
 from urllib.parse import urlsplit
 
 import grpc
@@ -147,7 +147,6 @@ class _Op:
 _ACQUIRE: Final = _Op(ROUTES["AcquireAccessToken"], False, "acquire_access_token")
 _STORE: Final = _Op(ROUTES["AcquireAndStoreRefreshToken"], False, "acquire_and_store_refresh_token")
 _CHECK: Final = _Op(ROUTES["CheckRefreshToken"], True, "check_refresh_token")
-_ACQUIRE_NAME: Final = _ACQUIRE.route.name
 
 
 def _retryable(error: DataConnectorError, op: _Op) -> bool:
@@ -346,11 +345,13 @@ class _Flights:
 class _LoopState:
     """What a client keeps per event loop: the two transports and the flights."""
 
-    __slots__ = ("closed", "flights", "grpc", "keeper", "probed", "rest")
+    __slots__ = ("closed", "fixed", "flights", "grpc", "keeper", "probed", "rest")
 
     def __init__(self, client: DataConnectorClient, ssl_context: ssl.SSLContext | None) -> None:
         self.grpc = GrpcTransport()
         self.rest = RestTransport(ssl_context=ssl_context)
+        # The one transport of a client that is not in auto mode (None in auto mode).
+        self.fixed: Transport | None = {"grpc": self.grpc, "rest": self.rest}.get(client._mode)
         self.flights = _Flights(client._transport_name)
         self.closed = False
         self.probed = 0  # the fallback count when gRPC was last probed on this loop
@@ -461,6 +462,9 @@ class DataConnectorClient:
             self._mode = "rest"
         self._regional: dict[str, Endpoint] = {}
         self._names: dict[tuple[str, str], Endpoint] = {}
+        self._acquires: dict[
+            tuple[str, str | None, str | None], tuple[Endpoint, _proto.AcquireAccessTokenRequest]
+        ] = {}
         self._headers: dict[tuple[str | None, str, Headers], Headers] = {}
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_loop: asyncio.AbstractEventLoop | None = None
@@ -578,6 +582,26 @@ class DataConnectorClient:
         self._names[key] = endpoint
         return endpoint
 
+    def _acquire_request(
+        self, name: str, scope: str | None, action: str | None
+    ) -> tuple[Endpoint, _proto.AcquireAccessTokenRequest]:
+        """Validate an acquire's arguments (no I/O), choose the endpoint and build the request.
+
+        Cached: acquires repeat, and a request is never modified once built.
+        """
+        if scope is not None and not isinstance(scope, str):
+            raise UsageError("scope must be a string or None")
+        if action is not None and not isinstance(action, str):
+            raise UsageError("action must be a string or None")
+        endpoint = self._endpoint_for(_ACQUIRE.route, name)
+        request = _proto.AcquireAccessTokenRequest(
+            name=name, scope=scope or "", action=action or ""
+        )
+        if len(self._acquires) >= _NAME_CACHE_SIZE:
+            self._acquires.clear()
+        self._acquires[name, scope, action] = endpoint, request
+        return endpoint, request
+
     def _regional_endpoint(self, location: str) -> Endpoint:
         host = _REGIONAL_HOSTS.get(location, _DEFAULT_HOST)
         endpoint = self._regional.get(host)
@@ -620,11 +644,7 @@ class DataConnectorClient:
         return "grpc"
 
     def _pick(self, state: _LoopState) -> Transport:
-        mode = self._mode
-        if mode == "grpc":
-            return state.grpc
-        if mode == "rest":
-            return state.rest
+        """The transport for an attempt in auto mode."""
         if self._rest_until and time.monotonic() < self._rest_until:
             return state.rest
         return state.grpc
@@ -659,15 +679,15 @@ class DataConnectorClient:
         while True:
             if state.closed:
                 raise Cancelled("the client was closed while the call was in flight")
-            transport = self._pick(state)
+            transport = state.fixed or self._pick(state)
             if self._rest_until and transport is state.grpc and state.probed != self._fallbacks:
                 # The first gRPC call after a REST period probes on a new connection.
                 state.probed = self._fallbacks
                 await state.grpc.fresh_channel(endpoint)
-            authorization = self._auth.ready(credentials)
-            if authorization is PENDING:
-                authorization = await self._auth.authorization(credentials, deadline)
-            authorization = cast("str | None", authorization)
+            ready = self._auth.ready(credentials)
+            authorization = (
+                await self._auth.authorization(credentials, deadline) if ready is PENDING else ready
+            )
             headers_key = (authorization, name, extra)
             headers = self._headers.get(headers_key)
             if headers is None:
@@ -801,19 +821,10 @@ class DataConnectorClient:
             deadline = loop.time() + DEFAULT_TIMEOUT
         else:
             deadline = self._deadline(loop, timeout)
-        endpoint = self._names.get((_ACQUIRE_NAME, name)) if type(name) is str else None
-        if endpoint is None:
-            endpoint = self._endpoint_for(_ACQUIRE.route, name)
-        if scope is None and action is None:
-            request = _proto.AcquireAccessTokenRequest(name=name)
-        else:
-            if scope is not None and not isinstance(scope, str):
-                raise UsageError("scope must be a string or None")
-            if action is not None and not isinstance(action, str):
-                raise UsageError("action must be a string or None")
-            request = _proto.AcquireAccessTokenRequest(
-                name=name, scope=scope or "", action=action or ""
-            )
+        try:
+            endpoint, request = self._acquires[name, scope, action]
+        except (KeyError, TypeError):  # not seen yet, or unhashable (refused there)
+            endpoint, request = self._acquire_request(name, scope, action)
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()

@@ -12,6 +12,7 @@ credentials* on plaintext channels (grpc/grpc#8142), so they are never used.
 from __future__ import annotations
 
 import asyncio
+import enum
 import weakref
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
@@ -57,13 +58,13 @@ class _DefaultMarker:
 DEFAULT_IDENTITY: Final = _DefaultMarker()
 
 
-class _Pending:
+class _Pending(enum.Enum):
     """Returned by :meth:`Authorizer.ready` when the header needs an await (refresh, ADC)."""
 
-    __slots__ = ()
+    PENDING = "pending"
 
 
-PENDING: Final = _Pending()
+PENDING: Final = _Pending.PENDING
 
 
 def check_credentials(credentials: object, what: str = "credentials") -> None:

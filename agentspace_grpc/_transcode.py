@@ -638,8 +638,7 @@ def fields_from_json(
     walk: a null, both spellings of one field, a wrong type (the walk names the problem), or
     a message with other field types. Invalid JSON raises :class:`TranscodingError`.
     """
-    fields: dict[str, Any] | None = _fast_fields(_loads(data), cls, ignore_unknown)
-    return fields
+    return _fast_fields(_loads(data), cls, ignore_unknown)
 
 
 # The fast path: messages made only of strings, booleans, 32-bit integers, repeated strings
@@ -651,7 +650,7 @@ _STR, _BOOL, _INT32, _MSG = range(4)
 _FastPlan = dict[str, tuple[str, int, bool, Any]]
 _NOT_FAST: Final = object()
 _FAST_PLANS: dict[str, Any] = {}  # by message full name
-_CLASS_PLANS: dict[type[message.Message], Any] = {}  # the same (or _NOT_FAST), by class
+_CLASS_PLANS: dict[type[message.Message], _FastPlan | None] = {}  # the same, by class
 
 
 def _descriptor_of_class(cls: type[message.Message]) -> descriptor.Descriptor:
@@ -692,13 +691,17 @@ def _build_fast_plan(desc: descriptor.Descriptor) -> _FastPlan | None:
     return plan
 
 
-def _fast_fields(decoded: Any, cls: type[message.Message], ignore_unknown: bool) -> Any:
-    plan = _CLASS_PLANS.get(cls)
-    if plan is None:
-        plan = _CLASS_PLANS[cls] = _fast_plan(_descriptor_of_class(cls)) or _NOT_FAST
-    if plan is _NOT_FAST or type(decoded) is not dict:
+def _fast_fields(
+    decoded: Any, cls: type[message.Message], ignore_unknown: bool
+) -> dict[str, Any] | None:
+    try:
+        plan = _CLASS_PLANS[cls]
+    except KeyError:
+        plan = _CLASS_PLANS[cls] = _fast_plan(_descriptor_of_class(cls))
+    if plan is None or type(decoded) is not dict:
         return None
-    return _fast_kwargs(cast(_FastPlan, plan), decoded, ignore_unknown)
+    fields: dict[str, Any] | None = _fast_kwargs(plan, decoded, ignore_unknown)
+    return fields
 
 
 def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) -> Any:

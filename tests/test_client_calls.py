@@ -57,6 +57,28 @@ async def test_pitfall_10_scope_and_action_reach_the_server(
     assert token.scopes == ("read:jira",)
 
 
+async def test_repeated_acquires_each_send_their_own_request(
+    client: DataConnectorClient, servers: Servers
+) -> None:
+    """The client reuses one request per (name, scope, action) and REST its transcoding:
+    interleaved calls must still each carry their own fields."""
+    other = CONNECTOR.replace("/collections/", "/collections/other-")
+    asked = [
+        (CONNECTOR, None, None),
+        (CONNECTOR, "s1", None),
+        (other, None, "a1"),
+        (CONNECTOR, "s1", "a1"),
+        (CONNECTOR, "", ""),
+    ] * 2
+    for name, scope, action in asked:
+        await client.acquire_access_token(name, scope=scope, action=action)
+    sent = [
+        (seen.request.name, seen.request.scope, seen.request.action)
+        for seen in servers.service.calls("AcquireAccessToken")
+    ]
+    assert sent == [(name, scope or "", action or "") for name, scope, action in asked]
+
+
 async def test_pitfall_10_calls_never_block_the_loop(servers: Servers, transport: str) -> None:
     async def slow(seen: Seen) -> p.AcquireAccessTokenResponse:
         await asyncio.sleep(0.4)
@@ -289,6 +311,15 @@ async def test_malformed_name_is_rejected_before_io_naming_the_patterns(
     assert servers.service.seen == []
 
 
+@pytest.mark.parametrize("name", [None, 42, ["projects/p"], b"projects/p"])
+async def test_a_name_that_is_not_a_string_is_a_usage_error(
+    client: DataConnectorClient, servers: Servers, name: object
+) -> None:
+    with pytest.raises(UsageError, match="name must be"):
+        await client.acquire_access_token(name)  # type: ignore[arg-type]
+    assert servers.service.seen == []
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -298,6 +329,7 @@ async def test_malformed_name_is_rejected_before_io_naming_the_patterns(
         ({"timeout": "5"}, "timeout"),
         ({"scope": 3}, "scope"),
         ({"action": ["a"]}, "action"),
+        ({"scope": ["a"], "action": "b"}, "scope"),
         ({"metadata": [("Upper-Case", "v")]}, "lower-case"),
         ({"metadata": [("authorization", "Bearer x")]}, "credentials="),
         ({"metadata": [("x-data-bin", "v")]}, "-bin"),

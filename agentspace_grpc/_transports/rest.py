@@ -56,6 +56,8 @@ _CHECK: Final = ROUTES["CheckRefreshToken"]
 _JSON_BODY: Final = (("content-type", "application/json"),)
 _CACHE_SIZE: Final = 1024
 
+_HttpForm = tuple[str, URL, bytes | None]  # method, URL, body
+
 
 class RestTransport(Transport):
     """REST over aiohttp; create and use it on one event loop.
@@ -76,9 +78,10 @@ class RestTransport(Transport):
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._max = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
-        # Transcoded requests by (base URL, method, serialized request): a name, scope and
-        # action seen before cost a dict lookup instead of a transcoding.
-        self._prepared: dict[tuple[str, str, bytes], tuple[str, URL, bytes | None]] = {}
+        # Transcoded acquire requests by id(request): the client builds one request per name,
+        # scope and action and reuses it, so a repeated acquire costs a dict lookup instead of
+        # a transcoding. An entry holds its request, so the id is not reused while it exists.
+        self._prepared: dict[int, tuple[message.Message, str, _HttpForm]] = {}
         self._closed = False
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -165,14 +168,16 @@ class RestTransport(Transport):
         *,
         connector: str | None,
     ) -> _T:
-        key = (endpoint.rest_base, route.name, request.SerializeToString())
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            prepared = self._prepare(route, endpoint.rest_base, request)
-            if len(self._prepared) >= _CACHE_SIZE:
-                self._prepared.clear()
-            self._prepared[key] = prepared
-        method, url, body = prepared
+        base = endpoint.rest_base
+        cached = self._prepared.get(id(request))
+        if cached is not None and cached[0] is request and cached[1] == base:
+            method, url, body = cached[2]
+        else:
+            method, url, body = form = self._prepare(route, base, request)
+            if route is _ACQUIRE:
+                if len(self._prepared) >= _CACHE_SIZE:
+                    self._prepared.clear()
+                self._prepared[id(request)] = (request, base, form)
         if body is not None:
             headers = (*headers, *_JSON_BODY)
         session = self._session or self._get_session()
@@ -267,9 +272,7 @@ class RestTransport(Transport):
         return b"".join(chunks), False
 
     @staticmethod
-    def _prepare(
-        route: Route, base: str, request: message.Message
-    ) -> tuple[str, URL, bytes | None]:
+    def _prepare(route: Route, base: str, request: message.Message) -> _HttpForm:
         """Method, URL and body of a request (transcoded once per distinct request)."""
         try:
             http = route.to_http(request)

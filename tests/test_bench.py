@@ -9,11 +9,13 @@ import contextlib
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 
 from agentspace_grpc import cli
+from agentspace_grpc.bench._procs import ServerProcess
 
 STACKS = {
     "grpc_stub",
@@ -27,6 +29,17 @@ STACKS = {
     "emulator_refresh_grpc",
     "emulator_refresh_rest",
 }
+
+
+def thread_cpus(pid: int | str = "self") -> dict[int, str]:
+    """Each thread of a process and the CPUs it may run on (Linux /proc)."""
+    cpus = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    cpus[int(task.name)] = line.split(":", 1)[1].strip()
+    return cpus
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +123,26 @@ def test_bad_arguments_fail_before_any_server_starts(capsys: pytest.CaptureFixtu
         cli.main(["bench", "--repeats", "0"])
     assert exc.value.code == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_the_servers_keep_to_one_cpu(bench_run: tuple[int, str, Path]) -> None:
+    _, table, out = bench_run
+    results = json.loads((out / "bench.json").read_text())
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        assert results["server_cpus"] is None
+        assert "shared every CPU" in table
+        return
+    assert results["server_cpus"] == [max(allowed)]
+    assert f"The servers kept to CPU {max(allowed)}; the client could use every CPU." in table
+
+
+async def test_a_server_process_keeps_to_the_cpus_it_is_given() -> None:
+    last = max(os.sched_getaffinity(0))
+    server = ServerProcess.module("agentspace_grpc.bench._servers", "grpc", name="t", cpus={last})
+    async with server:
+        assert server._proc is not None
+        cpus = thread_cpus(server._proc.pid)
+    # Every thread, grpc's own included (they start after the process pinned itself).
+    assert len(cpus) > 1
+    assert set(cpus.values()) == {str(last)}

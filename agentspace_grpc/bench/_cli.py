@@ -71,6 +71,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--no-emulator", action="store_true", help="skip the emulator's end-to-end runs"
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the servers use every CPU (by default, with two or more CPUs, the server "
+        "processes keep to one)",
+    )
     parser.set_defaults(handler=main)
 
 
@@ -86,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
         budget_s=args.budget or settings.budget_s,
         inflight=args.inflight,
         emulator=not args.no_emulator,
+        pin=not args.no_pin,
         out=args.out,
     )
     try:

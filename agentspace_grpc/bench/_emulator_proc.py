@@ -21,6 +21,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
+from agentspace_grpc.bench._procs import pin_from_environment
 from agentspace_grpc.bench._servers import serve_commands
 
 USER: Final = "bench-user@example.com"
@@ -77,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentspace_grpc.bench._emulator_proc")
     parser.add_argument("--users", type=int, default=80, help="users for the refresh path")
     args = parser.parse_args(argv)
+    pin_from_environment()
     asyncio.run(_main(max(1, args.users)))
     return 0
 

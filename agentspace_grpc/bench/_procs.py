@@ -1,4 +1,11 @@
-"""Start the servers in their own processes and talk to them over stdin/stdout."""
+"""Start the servers in their own processes and talk to them over stdin/stdout.
+
+On Linux with two or more CPUs the server processes keep to one CPU (:func:`server_cpus`):
+on a small host, a server that wanders between the cores keeps meeting the client on them,
+and the client's CPU per call swings by tens of percent between samples. The client is left
+free, as it is in a real deployment (a threaded client such as google-api-python-client
+depends on having every core).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,35 @@ from typing import Any, Self
 
 _READY_TIMEOUT = 60.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: The CPUs a server process keeps to (comma-separated), set by the harness for its children.
+CPUS_ENV = "AGENTSPACE_BENCH_CPUS"
+
+
+def server_cpus() -> set[int] | None:
+    """The CPU for the server processes: the last this process may use, or None when there
+    is only one or the platform cannot pin."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return {allowed[-1]} if len(allowed) >= 2 else None
+
+
+def _pin_process(cpus: set[int]) -> None:
+    """Keep every thread of this process, and the threads they start, on ``cpus`` (Linux)."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(tid, cpus)
+
+
+def pin_from_environment() -> None:
+    """In a server process: keep to the CPUs the harness chose, if it chose any."""
+    value = os.environ.get(CPUS_ENV)
+    if value and hasattr(os, "sched_setaffinity"):
+        _pin_process({int(cpu) for cpu in value.split(",")})
 
 
 class ServerProcessError(RuntimeError):
@@ -26,22 +62,31 @@ class ServerProcess:
     counter (the constant-answer servers answer ``count``).
     """
 
-    def __init__(self, *args: str, name: str) -> None:
+    def __init__(self, *args: str, name: str, cpus: set[int] | None = None) -> None:
         self._args = args
         self.name = name
+        self._cpus = cpus
         self.ready: dict[str, Any] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
 
     @classmethod
-    def module(cls, module: str, *args: str, name: str) -> ServerProcess:
-        """A process running ``python -m module args`` with this interpreter."""
-        return cls(sys.executable, "-m", module, *args, name=name)
+    def module(
+        cls, module: str, *args: str, name: str, cpus: set[int] | None = None
+    ) -> ServerProcess:
+        """A process running ``python -m module args`` with this interpreter; ``cpus``: the
+        CPUs it keeps to (it pins itself with :func:`pin_from_environment`)."""
+        return cls(sys.executable, "-m", module, *args, name=name, cpus=cpus)
 
     async def start(self) -> Self:
         """Start the process and wait for its ready line."""
+        env = dict(os.environ)
+        env.pop(CPUS_ENV, None)
+        if self._cpus:
+            env[CPUS_ENV] = ",".join(str(cpu) for cpu in sorted(self._cpus))
         self._proc = await asyncio.create_subprocess_exec(
             *self._args,
+            env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=self._stderr,

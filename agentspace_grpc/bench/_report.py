@@ -229,6 +229,14 @@ def _stack_table(results: dict[str, Any], group: str, ratio_label: str) -> list[
     return lines + (["", *skipped] if skipped else [])
 
 
+def _placement(results: dict[str, Any]) -> str:
+    cpus = results.get("server_cpus")
+    if not cpus:
+        return "The client and the servers shared every CPU."
+    where = ",".join(str(cpu) for cpu in cpus)
+    return f"The servers kept to CPU {where}; the client could use every CPU."
+
+
 def table(results: dict[str, Any]) -> str:
     """The whole report as markdown."""
     machine = results["machine"]
@@ -240,7 +248,7 @@ def table(results: dict[str, Any]) -> str:
         "",
         f"Machine: {machine['cpu_model']}, {machine['cores']} cores, "
         f"{machine['memory_gb']} GB, {machine['platform']}; load average "
-        f"{load['before'][0]:.2f} before, {load['after'][0]:.2f} after.",
+        f"{load['before'][0]:.2f} before, {load['after'][0]:.2f} after. {_placement(results)}",
         f"Python {versions['python']}, grpcio {versions['grpcio']}, protobuf "
         f"{versions['protobuf']} ({versions['protobuf_backend']}), aiohttp {versions['aiohttp']}, "
         f"google-api-core {versions['google-api-core']}, google-api-python-client "

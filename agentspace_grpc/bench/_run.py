@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 
 from agentspace_grpc.bench import _measure, _stacks
 from agentspace_grpc.bench._common import BENCH_TOKEN, CONNECTOR
-from agentspace_grpc.bench._procs import ServerProcess, ServerProcessError
+from agentspace_grpc.bench._procs import ServerProcess, ServerProcessError, server_cpus
 from agentspace_grpc.bench._progress import Progress
 
 MODES: Final = ("sequential", "concurrent")
@@ -43,6 +43,7 @@ class Settings:
     budget_s: float = 110.0
     quick: bool = False
     emulator: bool = True
+    pin: bool = True
     out: Path = Path("bench-results")
 
 
@@ -154,16 +155,20 @@ class Bench:
         self.settings = settings
         self.progress = progress
         self.runs: list[StackRun] = []
+        # The server processes keep to one CPU when there are two or more (see _procs).
+        self.server_cpus = server_cpus() if settings.pin else None
+        servers = self.server_cpus
         self.grpc_server = ServerProcess.module(
-            "agentspace_grpc.bench._servers", "grpc", name="constant gRPC server"
+            "agentspace_grpc.bench._servers", "grpc", name="constant gRPC server", cpus=servers
         )
         self.http_server = ServerProcess.module(
-            "agentspace_grpc.bench._servers", "http", name="constant HTTP server"
+            "agentspace_grpc.bench._servers", "http", name="constant HTTP server", cpus=servers
         )
         self.emulator = ServerProcess.module(
             "agentspace_grpc.bench._emulator_proc",
             f"--users={settings.inflight + 16}",
             name="emulator",
+            cpus=servers,
         )
         self.emulator_status = "not run"
         self.extras: dict[str, Any] = {}
@@ -638,6 +643,7 @@ async def run(settings: Settings, progress_stream: Any = None) -> dict[str, Any]
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
         **environment(),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "server_cpus": None if bench.server_cpus is None else sorted(bench.server_cpus),
         "argv": sys.argv,
         "emulator": bench.emulator_status,
         "stacks": bench.stack_results(),

@@ -30,6 +30,7 @@ from agentspace_grpc.bench._common import (
     CONNECTOR,
     REQUIRED_HEADERS,
 )
+from agentspace_grpc.bench._procs import pin_from_environment
 
 _ANSWER = _proto.AcquireAccessTokenResponse(
     access_token=ANSWER_TOKEN,
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentspace_grpc.bench._servers")
     parser.add_argument("wire", choices=("grpc", "http"))
     args = parser.parse_args(argv)
+    pin_from_environment()
     asyncio.run(_main(args.wire))
     return 0
 

@@ -508,7 +508,7 @@ def _loads(body: bytes | str) -> Any:
         value, end = _RAW_DECODE(text)
         if end == len(text):
             return value
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+    except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
         pass
     try:
         return json.loads(body)

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2
 
 from agentspace_grpc import (
     Aborted,
+    AccessToken,
     AlreadyExists,
     AuthorizationRequired,
     Cancelled,
@@ -398,6 +399,20 @@ async def test_pitfall_9_truncated_body_is_unavailable(servers: Servers) -> None
             await client.acquire_access_token(CONNECTOR)
 
 
+async def _rest_token(servers: Servers, body: dict[str, Any]) -> AccessToken:
+    """What the client makes of a 200 whose JSON body is ``body``."""
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.json_response(body)
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", **servers.client_kwargs("rest")
+    ) as client:
+        return await client.acquire_access_token(CONNECTOR)
+
+
 OTHER = "projects/p/locations/global/collections/other/dataConnector"
 
 
@@ -431,15 +446,7 @@ OTHER = "projects/p/locations/global/collections/other/dataConnector"
 async def test_every_proto3_json_spelling_of_a_success_gives_the_same_token(
     servers: Servers, body: dict[str, Any], expected: tuple[str, str, tuple[str, ...]]
 ) -> None:
-    async def hook(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        return web.json_response(body)
-
-    servers.service.rest_hook = hook
-    async with DataConnectorClient(
-        credentials="alice-token", **servers.client_kwargs("rest")
-    ) as client:
-        token = await client.acquire_access_token(CONNECTOR)
+    token = await _rest_token(servers, body)
     assert (token.access_token, token.connector, token.scopes) == expected
     assert token.transport == "rest"
 
@@ -450,15 +457,6 @@ async def test_unknown_fields_in_a_success_are_ignored(servers: Servers) -> None
         "refreshTokenInfo": {"name": CONNECTOR, "scopes": ["a"], "futureField": 1},
         "expireTime": "2030-01-01T00:00:00Z",
     }
-
-    async def hook(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        return web.json_response(body)
-
-    servers.service.rest_hook = hook
-    async with DataConnectorClient(
-        credentials="alice-token", **servers.client_kwargs("rest")
-    ) as client:
-        token = await client.acquire_access_token(CONNECTOR)
+    token = await _rest_token(servers, body)
     assert token.access_token == "tok"
     assert token.scopes == ("a",)

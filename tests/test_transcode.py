@@ -533,3 +533,8 @@ def test_json_reading_is_json_loads(
         return
     ours = t._loads(body)
     assert json.dumps(ours) == json.dumps(expected)  # NaN compares unequal to itself
+
+
+def test_json_reading_takes_what_json_loads_takes() -> None:
+    for body in (bytearray(b'{"a": [1]}'), memoryview(b'{"a": [1]}').tobytes(), ' {"a": [1]} '):
+        assert t._loads(body) == {"a": [1]}  # type: ignore[arg-type]

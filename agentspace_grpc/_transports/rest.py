@@ -1,10 +1,11 @@
 """The REST wire over aiohttp, with the HTTP request derived from ``google.api.http``.
 
 One ``aiohttp.ClientSession`` per event loop (this transport is made per loop). Each call is
-``Route.to_http`` (method, encoded path, query, JSON body), one request, and
-``message_from_json`` on success or ``status_from_http`` otherwise, so REST errors are
-classified by the JSON ``error.status`` first and by the HTTP status only when the body is
-not a Google error. aiohttp's exceptions are translated in :func:`_translate`.
+``Route.to_http`` (method, encoded path, query, JSON body), one request, and on success the
+answer decoded (AcquireAccessToken's straight into an ``AccessToken``, the others with
+``message_from_json``), or ``status_from_http`` otherwise, so REST errors are classified by
+the JSON ``error.status`` first and by the HTTP status only when the body is not a Google
+error. aiohttp's exceptions are translated in :func:`_translate`.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ class RestTransport(Transport):
 
     @staticmethod
     def _prepare(route: Route, base: str, request: message.Message) -> _HttpForm:
-        """Method, URL and body of a request (transcoded once per distinct request)."""
+        """Method, URL and body of a request (an acquire request's are kept: see _prepared)."""
         try:
             http = route.to_http(request)
         except TranscodingError as exc:

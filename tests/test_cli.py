@@ -336,6 +336,26 @@ def test_check_json_output(emu: Emu) -> None:
     assert result.stderr.count("deprecated") == 1
 
 
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [("closed gRPC port", "rest"), ("emulator gRPC port", "grpc"), ("REST only", "rest")],
+)
+def test_check_says_which_wire_answered_in_auto_mode(emu: Emu, where: str, expected: str) -> None:
+    """Without a token to say so, the wire comes from the client itself (not its log)."""
+    if where == "REST only":
+        endpoint: list[str] = []
+        env = {**emu.env(variables=False), "AGENTSPACE_EMULATOR_REST": emu.http}
+    else:
+        target = f"127.0.0.1:{closed_port()}" if where == "closed gRPC port" else emu.grpc
+        endpoint = ["--endpoint", target, "--rest-endpoint", emu.http]
+        env = emu.env(variables=False)
+    result = agentspace(
+        emu, "check", CONNECTOR, *endpoint, "--emulator-user", ALICE, "--json", env=env
+    )
+    assert result.status == 0, result.stderr
+    assert result.json()["transport"] == expected
+
+
 # ---- exit status 3: the user must authorize ------------------------------------------------
 
 

@@ -310,41 +310,28 @@ def make_client(args: argparse.Namespace, credentials: str | None) -> DataConnec
 
 
 class ClientLog(logging.Handler):
-    """Shows the client's log records on stderr and notices when ``auto`` fell back to REST.
-
-    The client reports its fallback as a WARNING on the ``agentspace_grpc`` logger; its public
-    API does not say which wire answered a successful call.
-    """
+    """Shows the client's warnings on stderr (every record with ``--verbose``)."""
 
     def __init__(self, verbose: bool) -> None:
         super().__init__(logging.DEBUG)
         self.verbose = verbose
-        self.fell_back = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Note a fallback; print warnings (everything with ``--verbose``)."""
-        message = record.getMessage()
-        if "instead of gRPC" in message:
-            self.fell_back = True
-        elif "leaving REST" in message:
-            self.fell_back = False
+        """Print the record if it is a warning (or anything with ``--verbose``)."""
         if self.verbose or record.levelno >= logging.WARNING:
+            message = record.getMessage()
             print(f"agentspace-grpc: {record.levelname.lower()}: {message}", file=sys.stderr)
 
 
-def answered_by(args: argparse.Namespace, log: ClientLog, token: AccessToken | None = None) -> str:
-    """The wire that carried the successful call: "grpc" or "rest"."""
+def answered_by(client: DataConnectorClient, token: AccessToken | None = None) -> str:
+    """The wire that carried the call that just succeeded: "grpc" or "rest".
+
+    An acquire's token says so itself; for the other calls the client's wire right after the
+    call is the one that answered it (the commands make one call at a time).
+    """
     if token is not None:
         return token.transport
-    if args.transport != "auto":
-        return str(args.transport)
-    if (
-        args.endpoint is None
-        and os.environ.get(EMULATOR_REST_ENV)
-        and not os.environ.get(EMULATOR_HOST_ENV)
-    ):
-        return "rest"  # the client has no gRPC target then
-    return "rest" if log.fell_back else "grpc"
+    return client._transport_name()
 
 
 # ---- errors ------------------------------------------------------------------------------
@@ -498,7 +485,7 @@ def print_json(data: Mapping[str, Any]) -> None:
 def run(
     command: str,
     args: argparse.Namespace,
-    main: Callable[[ClientLog], Coroutine[Any, Any, int]],
+    main: Callable[[], Coroutine[Any, Any, int]],
 ) -> int:
     """Run a subcommand's coroutine; turn failures into a message and an exit status."""
     log = ClientLog(args.verbose)
@@ -507,7 +494,7 @@ def run(
     logger.addHandler(log)
     logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        return asyncio.run(main(log))
+        return asyncio.run(main())
     except KeyboardInterrupt:
         print(f"agentspace-grpc {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

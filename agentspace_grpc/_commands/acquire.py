@@ -41,13 +41,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Acquire one token and print what the user asked for."""
 
-    async def main(log: _common.ClientLog) -> int:
+    async def main() -> int:
         credentials = await _common.credentials_from(args)
         async with _common.make_client(args, credentials) as client:
             token = await client.acquire_access_token(
                 args.name, scope=args.scope, action=args.action, timeout=args.timeout
             )
-        transport = _common.answered_by(args, log, token)
+        transport = _common.answered_by(client, token)
         if args.json:
             data: dict[str, Any] = {
                 "connector": token.connector,

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Check the stored refresh token and print its scopes."""
 
-    async def main(log: _common.ClientLog) -> int:
+    async def main() -> int:
         credentials = await _common.credentials_from(args)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DeprecationWarning)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 if any(issubclass(w.category, DeprecationWarning) for w in caught):
                     print(f"agentspace-grpc check: warning: {DEPRECATION_NOTE}", file=sys.stderr)
-        transport = _common.answered_by(args, log)
+        transport = _common.answered_by(client)
         if args.json:
             _common.print_json(
                 {

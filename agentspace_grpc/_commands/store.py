@@ -75,7 +75,7 @@ def redirect_uri_from(value: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Store the refresh token and print the third party's extra answer fields."""
 
-    async def main(log: _common.ClientLog) -> int:
+    async def main() -> int:
         uri = redirect_uri_from(args.redirect_uri)
         scopes = [scope for value in args.scopes for scope in value.split()]
         credentials = await _common.credentials_from(args)
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 instance_uri=args.instance_uri,
                 timeout=args.timeout,
             )
-        transport = _common.answered_by(args, log)
+        transport = _common.answered_by(client)
         if args.json:
             data: dict[str, Any] = {
                 "connector": args.name,

@@ -1,19 +1,22 @@
 """``AccessToken``, the result of AcquireAccessToken, and the two ways the wires build it.
 
-The gRPC transport builds it from the response message; the REST transport builds it from
-the decoded JSON fields when the answer is a plain document (it always is from the service),
-without making a message first: on the hot path that message would be built only to be read
-back once.
+The gRPC transport builds it from the response message. The REST transport reads the
+service's JSON answer straight into it: on the hot path a message would be built only to be
+read back once, and the generic JSON mapping costs more than the rest of the client's work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal, final
+import json
+from typing import Any, Final, Literal, cast, final
 
 from agentspace_grpc import _proto
+from agentspace_grpc._transcode import message_from_json
 
-__all__ = ["AccessToken", "token_from_fields", "token_from_response"]
+__all__ = ["AccessToken", "token_from_json", "token_from_response"]
+
+# json.loads without its encoding detection and whitespace scans (the service sends neither).
+_RAW_DECODE: Final = json.JSONDecoder().raw_decode
 
 
 class _Secret:
@@ -97,19 +100,37 @@ def token_from_response(
     )
 
 
-def token_from_fields(
-    fields: Mapping[str, Any], name: str, transport: Literal["grpc", "rest"]
-) -> AccessToken:
-    """The same from an AcquireAccessTokenResponse's fields, as checked by
-    :func:`agentspace_grpc._transcode.fields_from_json` (proto names; absent means default)."""
-    info = fields.get("refresh_token_info")
-    if info is None:
-        return AccessToken(
-            fields.get("access_token", ""), connector=name, scopes=(), transport=transport
-        )
-    return AccessToken(
-        fields.get("access_token", ""),
-        connector=info.get("name") or name,
-        scopes=tuple(info.get("scopes", ())),
-        transport=transport,
-    )
+def token_from_json(body: bytes, name: str) -> AccessToken:
+    """The token in a REST answer to AcquireAccessToken for connector ``name``.
+
+    The service's own form, ``{"accessToken": ..., "refreshTokenInfo": {"name": ...,
+    "scopes": [...]}}`` in ASCII with nothing else, is read straight into the token. Any
+    other document (the proto field names, missing, null or unknown fields, other text) goes
+    through :func:`~agentspace_grpc._transcode.message_from_json`, which defines the mapping
+    and names what is wrong (``ValueError``); a test checks that the two agree.
+    """
+    try:
+        text = body.decode()
+        data, end = _RAW_DECODE(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        pass
+    else:
+        if end == len(text) and type(data) is dict and len(data) == 2:
+            token = data.get("accessToken")
+            info = data.get("refreshTokenInfo")
+            if type(token) is str and token.isascii() and type(info) is dict and len(info) == 2:
+                connector = info.get("name")
+                scopes = info.get("scopes")
+                if type(connector) is str and connector.isascii() and type(scopes) is list:
+                    for scope in scopes:
+                        if type(scope) is not str or not scope.isascii():
+                            break
+                    else:
+                        return AccessToken(
+                            token,
+                            connector=connector or name,
+                            scopes=tuple(scopes),
+                            transport="rest",
+                        )
+    response = message_from_json(body, _proto.AcquireAccessTokenResponse, ignore_unknown=True)
+    return token_from_response(cast(_proto.AcquireAccessTokenResponse, response), name, "rest")

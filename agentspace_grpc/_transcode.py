@@ -45,7 +45,6 @@ __all__ = [
     "TranscodingError",
     "code_for_http_status",
     "compile_service",
-    "fields_from_json",
     "http_status_for_code",
     "message_from_json",
     "message_to_json",
@@ -619,26 +618,17 @@ def message_from_json(
 ) -> message.Message:
     """Decode a JSON document into ``cls``; unknown fields are ignored or rejected."""
     decoded = _loads(data)
-    kwargs = _fast_fields(decoded, cls, ignore_unknown)
-    if kwargs is not None:
-        return cls(**kwargs)
+    try:
+        plan = _CLASS_PLANS[cls]
+    except KeyError:
+        plan = _CLASS_PLANS[cls] = _fast_plan(_descriptor_of_class(cls))
+    if plan is not None and type(decoded) is dict:
+        kwargs = _fast_kwargs(plan, decoded, ignore_unknown)
+        if kwargs is not None:
+            return cls(**kwargs)
     msg = cls()
     _merge_json(msg, decoded, ignore_unknown=ignore_unknown)
     return msg
-
-
-def fields_from_json(
-    data: bytes | str, cls: type[message.Message], *, ignore_unknown: bool
-) -> dict[str, Any] | None:
-    """The fields of a JSON-encoded ``cls`` without building the message, or None.
-
-    The result maps proto field names to values (nested messages as such dicts; absent
-    fields are absent), exactly the keyword arguments that make the message
-    :func:`message_from_json` returns. None means the document needs that function's general
-    walk: a null, both spellings of one field, a wrong type (the walk names the problem), or
-    a message with other field types. Invalid JSON raises :class:`TranscodingError`.
-    """
-    return _fast_fields(_loads(data), cls, ignore_unknown)
 
 
 # The fast path: messages made only of strings, booleans, 32-bit integers, repeated strings
@@ -689,19 +679,6 @@ def _build_fast_plan(desc: descriptor.Descriptor) -> _FastPlan | None:
         plan[field.name] = entry
         plan[field.json_name] = entry
     return plan
-
-
-def _fast_fields(
-    decoded: Any, cls: type[message.Message], ignore_unknown: bool
-) -> dict[str, Any] | None:
-    try:
-        plan = _CLASS_PLANS[cls]
-    except KeyError:
-        plan = _CLASS_PLANS[cls] = _fast_plan(_descriptor_of_class(cls))
-    if plan is None or type(decoded) is not dict:
-        return None
-    fields: dict[str, Any] | None = _fast_kwargs(plan, decoded, ignore_unknown)
-    return fields
 
 
 def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) -> Any:

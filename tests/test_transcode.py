@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from agentspace_grpc import _proto as p
 from agentspace_grpc import _transcode as t
+from agentspace_grpc._token import AccessToken, token_from_json, token_from_response
 from tests._protos import compile_test_proto
 
 NAME = "projects/p1/locations/global/collections/default_collection/dataConnector"
@@ -461,40 +462,49 @@ def test_fast_decoding_agrees_with_json_format(document: dict[str, Any], strict:
     assert ours == expected
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(document=response_documents(), strict=st.booleans())
-def test_fields_without_the_message_make_the_same_message(
-    document: dict[str, Any], strict: bool
-) -> None:
-    """The REST client reads an answer's fields without building the message: when that
-    shortcut answers, its fields make exactly the message the full decoding makes."""
-    body = json.dumps(document).encode()
-    fields = t.fields_from_json(body, p.AcquireAccessTokenResponse, ignore_unknown=not strict)
-    if fields is None:
-        return
-    info = fields.get("refresh_token_info")
-    built = p.AcquireAccessTokenResponse(
-        access_token=fields.get("access_token", ""),
-        refresh_token_info=None if info is None else p.RefreshTokenInfo(**info),
-    )
-    assert built == t.message_from_json(
-        body, p.AcquireAccessTokenResponse, ignore_unknown=not strict
-    )
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'{"accessToken": "\\ud800"}',
-        b'{"refreshTokenInfo": {"scopes": ["a", "\\udfff"]}}',
-        b'{"accessToken": null}',
-        b'{"accessToken": "a", "access_token": "b"}',
-        b'{"accessToken": 1}',
-        b"[]",
-    ],
+# Plain ASCII, other text, and lone surrogates (which protobuf cannot store), often.
+any_text = st.text(st.sampled_from("a/:-\u00e9\U0001f600\ud800\udfff"), max_size=4) | st.text(
+    st.characters(exclude_categories=()), max_size=6
 )
-def test_fields_shortcut_leaves_odd_documents_to_the_full_decoding(body: bytes) -> None:
-    assert t.fields_from_json(body, p.AcquireAccessTokenResponse, ignore_unknown=True) is None
+service_answers = st.fixed_dictionaries(
+    {
+        "accessToken": any_text,
+        "refreshTokenInfo": st.fixed_dictionaries(
+            {"name": any_text, "scopes": st.lists(any_text, max_size=3)}
+        ),
+    }
+)
+
+
+def _token_or_error(read: Any) -> Any:
+    try:
+        token = read()
+    except ValueError as exc:
+        return type(exc)
+    return (token.access_token, token.connector, token.scopes, token.transport)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(
+    document=service_answers | response_documents(),
+    ascii_only=st.booleans(),
+    spaced=st.booleans(),
+    after=st.sampled_from(["", " ", "x", "}"]),
+)
+def test_rest_token_reading_agrees_with_the_message_mapping(
+    document: dict[str, Any], ascii_only: bool, spaced: bool, after: str
+) -> None:
+    """The REST client reads the service's own form of an answer straight into the token:
+    for any document, that gives exactly what decoding the message would, or the same error."""
+    text = json.dumps(document, ensure_ascii=ascii_only, indent=1 if spaced else None) + after
+    body = text.encode("utf-8", "surrogatepass")
+
+    def through_the_message() -> AccessToken:
+        message = t.message_from_json(body, p.AcquireAccessTokenResponse, ignore_unknown=True)
+        return token_from_response(message, NAME, "rest")  # type: ignore[arg-type]
+
+    expected = _token_or_error(through_the_message)
+    assert _token_or_error(lambda: token_from_json(body, NAME)) == expected
 
 
 def test_lone_surrogates_are_refused_naming_the_field() -> None:

@@ -10,6 +10,7 @@ error. aiohttp's exceptions are translated in :func:`_translate`.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar, cast
@@ -32,14 +33,8 @@ from agentspace_grpc._errors import (
     wire_failure,
 )
 from agentspace_grpc._headers import Headers
-from agentspace_grpc._token import AccessToken, token_from_fields, token_from_response
-from agentspace_grpc._transcode import (
-    ROUTES,
-    Route,
-    TranscodingError,
-    fields_from_json,
-    message_from_json,
-)
+from agentspace_grpc._token import AccessToken, token_from_json
+from agentspace_grpc._transcode import ROUTES, Route, TranscodingError, message_from_json
 from agentspace_grpc._transcode import status_from_http as _status_from_http
 from agentspace_grpc._transports.base import Endpoint, Transport
 
@@ -110,7 +105,7 @@ class RestTransport(Transport):
         """AcquireAccessToken over REST."""
         return self._call(
             _ACQUIRE,
-            _token_from_json,
+            token_from_json,
             _proto.AcquireAccessTokenResponse,
             endpoint,
             request,
@@ -129,7 +124,7 @@ class RestTransport(Transport):
         """AcquireAndStoreRefreshToken over REST."""
         return self._call(
             _STORE,
-            _message_from_json,
+            _STORE_ANSWER,
             _proto.AcquireAndStoreRefreshTokenResponse,
             endpoint,
             request,
@@ -148,7 +143,7 @@ class RestTransport(Transport):
         """CheckRefreshToken over REST."""
         return self._call(
             _CHECK,
-            _message_from_json,
+            _CHECK_ANSWER,
             _proto.CheckRefreshTokenResponse,
             endpoint,
             request,
@@ -160,8 +155,8 @@ class RestTransport(Transport):
     async def _call(
         self,
         route: Route,
-        decode: Callable[[bytes, type[_M], str], _T],
-        response_class: type[_M],
+        decode: Callable[[bytes, str], _T],
+        response_class: type[message.Message],
         endpoint: Endpoint,
         request: message.Message,
         headers: Headers,
@@ -210,7 +205,7 @@ class RestTransport(Transport):
             raise failure
         if 200 <= status < 300 and not oversize:
             try:
-                return decode(answer, response_class, connector or "")
+                return decode(answer, connector or "")
             except (ValueError, TypeError) as exc:
                 raise wire_failure(
                     Internal,
@@ -292,22 +287,15 @@ class RestTransport(Transport):
             await session.close()
 
 
-def _message_from_json(body: bytes, cls: type[_M], connector: str) -> _M:
+def _message_from_json(cls: type[_M], body: bytes, connector: str) -> _M:
     return cast(_M, message_from_json(body, cls, ignore_unknown=True))
 
 
-def _token_from_json(
-    body: bytes, cls: type[_proto.AcquireAccessTokenResponse], connector: str
-) -> AccessToken:
-    """An AcquireAccessToken answer: straight from its JSON fields when it is a plain
-    document (the service's always are), else through the message."""
-    fields = fields_from_json(body, cls, ignore_unknown=True)
-    if fields is None:
-        response = message_from_json(body, cls, ignore_unknown=True)
-        return token_from_response(
-            cast(_proto.AcquireAccessTokenResponse, response), connector, "rest"
-        )
-    return token_from_fields(fields, connector, "rest")
+# The answers' decoders, as _call takes them: (body, connector) -> result.
+_STORE_ANSWER: Final = functools.partial(
+    _message_from_json, _proto.AcquireAndStoreRefreshTokenResponse
+)
+_CHECK_ANSWER: Final = functools.partial(_message_from_json, _proto.CheckRefreshTokenResponse)
 
 
 def _looks_like_google_error(content_type: str | None, body: bytes) -> bool:

@@ -7,16 +7,12 @@ read back once, and the generic JSON mapping costs more than the rest of the cli
 
 from __future__ import annotations
 
-import json
-from typing import Any, Final, Literal, cast, final
+from typing import Any, Literal, cast, final
 
 from agentspace_grpc import _proto
-from agentspace_grpc._transcode import message_from_json
+from agentspace_grpc._transcode import TranscodingError, json_loads, message_from_json
 
 __all__ = ["AccessToken", "token_from_json", "token_from_response"]
-
-# json.loads without its encoding detection and whitespace scans (the service sends neither).
-_RAW_DECODE: Final = json.JSONDecoder().raw_decode
 
 
 class _Secret:
@@ -104,33 +100,28 @@ def token_from_json(body: bytes, name: str) -> AccessToken:
     """The token in a REST answer to AcquireAccessToken for connector ``name``.
 
     The service's own form, ``{"accessToken": ..., "refreshTokenInfo": {"name": ...,
-    "scopes": [...]}}`` in ASCII with nothing else, is read straight into the token. Any
-    other document (the proto field names, missing, null or unknown fields, other text) goes
+    "scopes": [...]}}`` with ASCII strings and nothing else, is read straight into the token.
+    Any other document (the proto field names, missing, null or unknown fields, other text) goes
     through :func:`~agentspace_grpc._transcode.message_from_json`, which defines the mapping
     and names what is wrong (``ValueError``); a test checks that the two agree.
     """
     try:
-        text = body.decode()
-        data, end = _RAW_DECODE(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        pass
-    else:
-        if end == len(text) and type(data) is dict and len(data) == 2:
-            token = data.get("accessToken")
-            info = data.get("refreshTokenInfo")
-            if type(token) is str and token.isascii() and type(info) is dict and len(info) == 2:
-                connector = info.get("name")
-                scopes = info.get("scopes")
-                if type(connector) is str and connector.isascii() and type(scopes) is list:
-                    for scope in scopes:
-                        if type(scope) is not str or not scope.isascii():
-                            break
-                    else:
-                        return AccessToken(
-                            token,
-                            connector=connector or name,
-                            scopes=tuple(scopes),
-                            transport="rest",
-                        )
+        data = json_loads(body)
+    except TranscodingError:
+        data = None  # message_from_json names the problem
+    if type(data) is dict and len(data) == 2:
+        token = data.get("accessToken")
+        info = data.get("refreshTokenInfo")
+        if type(token) is str and token.isascii() and type(info) is dict and len(info) == 2:
+            connector = info.get("name")
+            scopes = info.get("scopes")
+            if type(connector) is str and connector.isascii() and type(scopes) is list:
+                for scope in scopes:
+                    if type(scope) is not str or not scope.isascii():
+                        break
+                else:
+                    return AccessToken(
+                        token, connector=connector or name, scopes=tuple(scopes), transport="rest"
+                    )
     response = message_from_json(body, _proto.AcquireAccessTokenResponse, ignore_unknown=True)
     return token_from_response(cast(_proto.AcquireAccessTokenResponse, response), name, "rest")

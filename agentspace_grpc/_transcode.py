@@ -46,6 +46,7 @@ __all__ = [
     "code_for_http_status",
     "compile_service",
     "http_status_for_code",
+    "json_loads",
     "message_from_json",
     "message_to_json",
     "status_from_http",
@@ -351,11 +352,11 @@ class Route:
         request = self.request_class()
         if rule.body == "*":
             if body.strip():
-                _merge_json(request, _loads(body), ignore_unknown=False)
+                _merge_json(request, json_loads(body), ignore_unknown=False)
         elif rule.body:
             if body.strip():
                 parent, field = _parent_and_field(request, rule.body)
-                _assign(parent, field, _loads(body), rule.body, ignore_unknown=False)
+                _assign(parent, field, json_loads(body), rule.body, ignore_unknown=False)
         elif body.strip():
             raise TranscodingError(f"{self.name} takes no request body")
         if rule.body != "*":
@@ -497,11 +498,14 @@ def _dumps(data: Any) -> bytes:
 _RAW_DECODE: Final = json.JSONDecoder().raw_decode
 
 
-def _loads(body: bytes | str) -> Any:
-    # The common case, a UTF-8 document with nothing around it, skips json.loads's encoding
-    # detection and its two whitespace scans (half its time on a token answer). Anything
-    # else (whitespace, a BOM, UTF-16, an error) goes through json.loads itself, so the
-    # result and the errors are json.loads's.
+def json_loads(body: bytes | str) -> Any:
+    """``json.loads``, with its errors raised as :class:`TranscodingError`.
+
+    The common case, a UTF-8 document with nothing around it, skips json.loads's encoding
+    detection and its two whitespace scans (half its time on a token answer). Anything else
+    (whitespace, a BOM, UTF-16, an error) goes through json.loads itself, so the result and
+    the errors are json.loads's.
+    """
     try:
         text = body.decode() if isinstance(body, bytes) else body
         value, end = _RAW_DECODE(text)
@@ -617,7 +621,7 @@ def message_from_json(
     data: bytes | str, cls: type[message.Message], *, ignore_unknown: bool
 ) -> message.Message:
     """Decode a JSON document into ``cls``; unknown fields are ignored or rejected."""
-    decoded = _loads(data)
+    decoded = json_loads(data)
     try:
         plan = _CLASS_PLANS[cls]
     except KeyError:

@@ -248,7 +248,8 @@ class GrpcTransport(Transport):
 
 def _decoded(response: _M | None, cls: type[_M], connector: str = "") -> _M:
     """The response, or Internal when grpc could not decode it: grpc.aio logs the decoding
-    error and returns None instead of raising."""
+    error and returns None instead of raising. (``connector`` only fits ``_unary``'s
+    ``finish``.)"""
     if response is None:
         raise wire_failure(
             Internal,

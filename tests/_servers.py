@@ -434,6 +434,7 @@ class TcpProxy:
         self.port = 0
         self.accepted = 0
         self._server: asyncio.Server | None = None
+        self._closed_servers: list[asyncio.Server] = []  # refused, awaited in aclose()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flowing = asyncio.Event()
@@ -466,11 +467,15 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def refuse(self) -> None:
-        """Stop listening: new connections are refused; open ones stay."""
+        """Stop listening: new connections are refused; open ones stay.
+
+        ``close()`` closes the listening socket at once. Not ``wait_closed()``: since Python
+        3.12 it also waits for the open connections, which are meant to stay.
+        """
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            await server.wait_closed()
+            self._closed_servers.append(server)
 
     def pause(self) -> None:
         """Hold the bytes of every forwarded connection (they stay open) until :meth:`resume`."""
@@ -497,6 +502,9 @@ class TcpProxy:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        servers, self._closed_servers = self._closed_servers, []
+        for server in servers:
+            await server.wait_closed()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
@@ -593,10 +601,12 @@ class ConnectProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            # Since Python 3.12 this waits for the connections too: the tunnels end first.
+            await self._server.wait_closed()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))

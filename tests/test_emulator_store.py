@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from agentspace_grpc import _proto
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._crypto import DecryptionError, Keyring
+from agentspace_grpc.emulator._db import Database
 from tests._emulator_helpers import (
     CONNECTOR,
     CanaryProvider,
@@ -341,3 +343,39 @@ def test_the_provider_answer_never_shows_in_a_repr() -> None:
     )
     assert "CANARY" not in repr(answer)
     assert "CANARY" not in str(answer)
+
+
+def test_processes_opening_a_fresh_data_directory_together_all_succeed(tmp_path: Path) -> None:
+    """Switching a new database to WAL fails at once, not after the busy timeout, while
+    another connection holds the file; emulators started together on one new directory must
+    wait their turn instead (about one round in ten failed before)."""
+    migrations = [["CREATE TABLE t (x INTEGER)"]]
+    openers = 8
+    for round_ in range(60):
+        path = tmp_path / f"round-{round_}.db"
+        barrier = threading.Barrier(openers)
+        errors: list[BaseException] = []
+
+        def open_and_close(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            database = Database(path, migrations, "test")
+            barrier.wait()
+            try:
+                asyncio.run(_open_and_close(database))
+            except BaseException as exc:  # collected for the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_close) for _ in range(openers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], f"round {round_}: {errors[:2]}"
+
+
+async def _open_and_close(database: Database) -> None:
+    await database.open()
+    await database.close()

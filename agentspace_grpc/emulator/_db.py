@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 Migration = Sequence[str]
+
+# How long a connection waits for another to let go of the file.
+_BUSY_SECONDS = 30.0
 
 
 class SchemaError(RuntimeError):
@@ -36,6 +41,26 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _use_wal(conn: sqlite3.Connection, *, patience: float = _BUSY_SECONDS) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the file.
+
+    Switching a new database to WAL needs the file to itself, and SQLite answers "database is
+    locked" at once instead of waiting (the busy timeout does not cover it): emulator
+    processes that open a fresh data directory together would fail at random.
+    """
+    give_up = time.monotonic() + patience
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= give_up:
+                raise
+        time.sleep(random.uniform(0, delay))  # on the database's own thread
+        delay = min(delay * 2, 0.1)
 
 
 class Database:
@@ -67,12 +92,12 @@ class Database:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=_BUSY_SECONDS, isolation_level=None, check_same_thread=False
         )
         conn.row_factory = sqlite3.Row
         try:
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_SECONDS * 1000)}")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             self._migrate(conn)
         except BaseException:

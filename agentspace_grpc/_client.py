@@ -77,6 +77,9 @@ _REGIONAL_HOSTS: Final = {
 # After falling back to REST in auto mode, gRPC is tried again after this long (doubling).
 _REPROBE_FIRST: Final = 30.0
 _REPROBE_MAX: Final = 600.0
+# A retry is not started with less time than this left: it could only end in DEADLINE_EXCEEDED
+# and hide the error that caused it.
+_MIN_ATTEMPT_SECONDS: Final = 0.01
 _NAME_CACHE_SIZE: Final = 4096
 _HEADER_CACHE_SIZE: Final = 1024
 
@@ -94,11 +97,12 @@ class RetryPolicy:
 
     The wait before retry *n* (1-based) is drawn uniformly from ``[0, min(max_backoff,
     initial_backoff * multiplier ** (n - 1))]`` ("full jitter"), and is at least the server's
-    ``RetryInfo`` delay when it sends one. No attempt starts once the deadline would pass
-    during the wait. AcquireAccessToken and AcquireAndStoreRefreshToken change server state,
-    so they are retried only when the request demonstrably did not reach the service
-    (connection refused, TLS failure) or the service answered UNAVAILABLE; a connection that
-    breaks after the request was sent is retried for CheckRefreshToken only.
+    ``RetryInfo`` delay when it sends one. No retry starts with less than 10 ms of the
+    deadline left after the wait: the last error is raised instead. AcquireAccessToken and
+    AcquireAndStoreRefreshToken change server state, so they are retried only when the
+    request demonstrably did not reach the service (connection refused, TLS failure) or the
+    service answered UNAVAILABLE; a connection that breaks after the request was sent is
+    retried for CheckRefreshToken only.
 
     Attributes:
         max_attempts: Attempts in all, the first one included (1 disables retries).
@@ -744,8 +748,8 @@ class DataConnectorClient:
                 delay = retry.backoff(attempt)
                 if exc.retry_delay is not None:
                     delay = max(delay, exc.retry_delay)
-                if loop.time() + delay >= deadline:
-                    raise
+                if loop.time() + delay + _MIN_ATTEMPT_SECONDS >= deadline:
+                    raise  # the service's own error says more than a deadline cut short
                 _log.debug(
                     "%s attempt %d failed (%s); retrying in %.3f s",
                     op.route.name,

@@ -144,6 +144,24 @@ async def test_a_retry_delay_past_the_deadline_gives_up_at_once(
     assert len(servers.service.seen) == 1
 
 
+async def test_no_retry_starts_with_almost_no_time_left(servers: Servers, transport: str) -> None:
+    """A wait that would end a few ms before the deadline gives up at once, with the
+    service's error, instead of sending an attempt that could only run out of time."""
+    servers.service.fail_next(
+        RpcFault(grpc.StatusCode.UNAVAILABLE, "provider rate-limited", retry_info(0.992)),
+        RpcFault(grpc.StatusCode.UNAVAILABLE, "still rate-limited", retry_info(0.992)),
+    )
+    async with DataConnectorClient(
+        credentials="alice", retry=FAST, **servers.client_kwargs(transport)
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="provider rate-limited"):
+            await client.acquire_access_token(CONNECTOR, timeout=1.0)
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.5
+    assert len(servers.service.seen) == 1
+
+
 @pytest.mark.parametrize(
     "code",
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -307,7 +308,8 @@ async def test_an_internal_failure_is_internal_and_carries_no_secret(
     async with Emulator(data_dir=tmp_path) as emu:
         await _store_grpc(emu, ALICE)
         await _store_grpc(emu, BOB)
-    with sqlite3.connect(tmp_path / "emulator.sqlite3") as db:
+    # closing(): a connection's own "with" commits but does not close it.
+    with contextlib.closing(sqlite3.connect(tmp_path / "emulator.sqlite3")) as db, db:
         (alice_ct,) = db.execute(
             "SELECT refresh_ct FROM grants WHERE user = ?", (ALICE,)
         ).fetchone()

@@ -524,14 +524,11 @@ def json_loads(body: bytes | str) -> Any:
 def _text(value: str, path: str) -> str:
     """``value`` if protobuf can store it: a lone surrogate (a JSON ``\\udXXX`` escape without
     its pair) has no UTF-8 encoding."""
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise TranscodingError(
-                f"invalid value for field {path}: the string is not valid Unicode "
-                "(an unpaired surrogate, which UTF-8 cannot encode)"
-            ) from None
+    if not (value.isascii() or _encodable(value)):
+        raise TranscodingError(
+            f"invalid value for field {path}: the string is not valid Unicode "
+            "(an unpaired surrogate, which UTF-8 cannot encode)"
+        )
     return value
 
 
@@ -622,10 +619,7 @@ def message_from_json(
 ) -> message.Message:
     """Decode a JSON document into ``cls``; unknown fields are ignored or rejected."""
     decoded = json_loads(data)
-    try:
-        plan = _CLASS_PLANS[cls]
-    except KeyError:
-        plan = _CLASS_PLANS[cls] = _fast_plan(_descriptor_of_class(cls))
+    plan = _fast_plan(_descriptor_of_class(cls))
     if plan is not None and type(decoded) is dict:
         kwargs = _fast_kwargs(plan, decoded, ignore_unknown)
         if kwargs is not None:
@@ -644,7 +638,6 @@ _STR, _BOOL, _INT32, _MSG = range(4)
 _FastPlan = dict[str, tuple[str, int, bool, Any]]
 _NOT_FAST: Final = object()
 _FAST_PLANS: dict[str, Any] = {}  # by message full name
-_CLASS_PLANS: dict[type[message.Message], _FastPlan | None] = {}  # the same, by class
 
 
 def _descriptor_of_class(cls: type[message.Message]) -> descriptor.Descriptor:
@@ -732,7 +725,7 @@ def _fast_kwargs(plan: _FastPlan, data: dict[str, Any], ignore_unknown: bool) ->
 
 
 def _encodable(text: str) -> bool:
-    """False for a string with a lone surrogate, which protobuf cannot store (see _text)."""
+    """False for a string with a lone surrogate, which protobuf cannot store."""
     try:
         text.encode()
     except UnicodeEncodeError:

@@ -1,4 +1,4 @@
-"""The compiled descriptors carry the wire surface of DESIGN.md (the annotations are code)."""
+"""The compiled descriptors carry the wire surface (annotations are code: both wires read them)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """``agentspace-grpc emulator`` as real processes: the ready line, signals, several processes
-on one data directory, the crash point, logs (PITFALLS 15, 17, 22), and the pytest plugin."""
+on one data directory, the crash point, logs (docs/failure-modes.md 15, 17, 22), and the
+pytest plugin."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The emulator's store and provider: encryption at rest, restarts, one refresh at a time,
-races, grace windows (PITFALLS 16, 18, 19, 21)."""
+races, grace windows (docs/failure-modes.md 16, 18, 19, 21)."""
 
 from __future__ import annotations
 

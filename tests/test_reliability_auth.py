@@ -1,4 +1,4 @@
-"""Transport safety and authentication retries (PITFALLS 6, 11, 13).
+"""Transport safety and authentication retries (docs/failure-modes.md 6, 11, 13).
 
 Transport safety: plaintext to a non-loopback host is refused without ``insecure=True``,
 before any socket or DNS call (look-alikes of loopback names included); a remote endpoint is
@@ -200,7 +200,7 @@ async def test_calls_without_identity_are_unauthenticated(
     )
     assert (status, body["error"]["status"]) == (401, "UNAUTHENTICATED")
     # With credentials, identity reaches the service over plaintext loopback, gRPC included
-    # (grpc drops call credentials on insecure channels: PITFALLS 6).
+    # (grpc drops call credentials on insecure channels: failure mode 6).
     async with emu.client(transport=transport, credentials=emu.user_credentials(ALICE)) as client:
         token = await client.acquire_access_token(CONNECTOR)
     assert (await userinfo(emu.http_url, token.access_token))[1]["sub"] == ALICE
@@ -211,7 +211,8 @@ async def test_a_token_stored_under_the_wrong_identity_is_named(
 ) -> None:
     """What users do today: store with the agent's own identity instead of the end user's,
     then read 404 as "not connected". The store is refused naming both principals, and the
-    acquire says who has not authorized which connector (PITFALLS, "what users do today")."""
+    acquire says who has not authorized which connector (docs/failure-modes.md, "what users
+    of this API do today")."""
     bob = "bob@example.com"
     redirect = await emu.consent(bob)
     async with emu.client(transport=transport) as client:

@@ -1,5 +1,5 @@
 """Memory under cancellation: 50,000 acquires per wire, 30% of them cancelled mid-flight,
-against an emulator process (PITFALLS 3; grpc/grpc#43360, #36117).
+against an emulator process (docs/failure-modes.md 3; grpc/grpc#43360, #36117).
 
 Each acquire is its own RPC (client single-flight off), up to 100 in flight. A seeded 30% of
 the calls get cancelled 0-4 ms after they start, which lands while the RPC is on the wire (a

@@ -6,7 +6,7 @@ raise the documented error by then (a wide margin: deadline + 0.7 s); nothing ha
 ``aclose()`` returns within 1 s; no file descriptor or asyncio task is left behind (checked
 against a snapshot taken before the proxy and the client existed; warnings, ResourceWarning
 included, are errors). The emulator rotates a refresh token on every acquire, 250 ms at the
-provider, so calls are really in flight when the faults strike. PITFALLS 2, 4, 7, 8.
+provider, so calls are really in flight when the faults strike. docs/failure-modes.md 2, 4, 7, 8.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ async def test_a_reset_mid_call_is_unavailable_and_loses_no_token(
     assert proxy.reset_all() > 0
     cut = await asyncio.gather(*calls)
     # An acquire may have rotated a refresh token before the connection broke, so the
-    # client never resends it (PITFALLS 7): the documented error is Unavailable.
+    # client never resends it (failure mode 7): the documented error is Unavailable.
     assert not unexpected(cut, (Unavailable,)), tally(cut)
     assert not any(o.ok for o in cut), tally(cut)
     assert_on_time(cut)
@@ -195,7 +195,7 @@ async def test_the_call_after_an_idle_drop_succeeds_first_time(
 ) -> None:
     port = emulator.grpc_port if transport == "grpc" else emulator.http_port
     async with TcpProxy(port, idle_timeout=0.8) as proxy:
-        # No retries: the first attempt after the drop must work (PITFALLS 4).
+        # No retries: the first attempt after the drop must work (failure mode 4).
         client = client_for(proxy, transport, retry=None)
         first = await acquire(client, tokens[USERS[0]], 5.0)
         assert first.ok, first.error

@@ -15,11 +15,11 @@ What must hold:
   so does every call started after that;
 - afterwards every user acquires without re-consent, every token belongs to its caller, and
   the provider saw no reuse: zero ``invalid_grant``, zero families revoked. A rotation lost
-  to a kill shows up as a grace-window acceptance instead (PITFALLS 17, 19).
+  to a kill shows up as a grace-window acceptance instead (docs/failure-modes.md 17, 19).
 
 Calls in flight at the moment of a stop may fail with UNAVAILABLE: an acquire whose
 connection broke after it was sent is not resent, because the server may have rotated a
-refresh token for it (PITFALLS 7).
+refresh token for it (docs/failure-modes.md 7).
 """
 
 from __future__ import annotations

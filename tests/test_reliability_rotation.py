@@ -1,5 +1,5 @@
 """Rotation races and isolation, through the client, against the built-in provider's strict
-single-use rotating refresh tokens (PITFALLS 15, 16, 18, 19, 20).
+single-use rotating refresh tokens (docs/failure-modes.md 15, 16, 18, 19, 20).
 
 - 1000 concurrent acquires for one user with an expired access token, half over gRPC to one
   emulator process and half over REST to another on the same data directory, client-side

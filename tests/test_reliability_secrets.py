@@ -15,7 +15,7 @@ carry a secret in a bad field. Searched: every log record (formatted, with trace
 its attributes), ``repr``/``str`` of the public objects, exception messages and formatted
 tracebacks (chained causes included), REST error bodies, the emulator process's stdout and
 stderr (at DEBUG), and the raw bytes of every file in the data directory, while running and
-after stop. PITFALLS 14, 21, 22.
+after stop. docs/failure-modes.md 14, 21, 22.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--budget",
         type=_positive_float,
         metavar="SECONDS",
-        help="time shared by the alternated samples (default 170; quick 14)",
+        help="time shared by the alternated samples (default 170; quick 12)",
     )
     parser.add_argument(
         "--inflight", type=_positive_int, default=64, help="calls in flight (default 64)"

@@ -149,7 +149,7 @@ class Settings:
     out: Path = Path("bench-results")
 
 
-QUICK: Final = Settings(size=400, repeats=3, budget_s=14.0, quick=True)
+QUICK: Final = Settings(size=400, repeats=3, budget_s=12.0, quick=True)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agentspace_grpc import DataConnectorClient, DeadlineExceeded, Unavailable
+from agentspace_grpc import DataConnectorClient, DeadlineExceeded, Unavailable, UsageError
+from agentspace_grpc._transports.base import is_loopback, proxy_for
 from tests._servers import CONNECTOR, ConnectProxy, Servers, closed_port, serve
 from tests._tls import TlsMaterial
 
@@ -187,3 +188,23 @@ def test_a_bad_emulator_variable_is_a_clear_error(no_proxy_variables: pytest.Mon
     no_proxy_variables.setenv("AGENTSPACE_EMULATOR_HOST", "http://localhost:8080")
     with pytest.raises(ValueError, match="AGENTSPACE_EMULATOR_HOST"):
         DataConnectorClient()
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST", "localhost.", "127.0.0.1", "127.8.9.10", "::1", "[::1]"]
+)
+def test_loopback_is_a_literal_loopback_address_or_localhost_itself(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.localhost", "a.b.localhost", "evil.localhost.", "localhost.evil.example"]
+)
+def test_names_under_localhost_are_remote_hosts(
+    host: str, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    assert not is_loopback(host)
+    no_proxy_variables.setenv("HTTP_PROXY", "http://proxy.agentspace.invalid:3128")
+    assert proxy_for("http", host, 8080) == "http://proxy.agentspace.invalid:3128"
+    with pytest.raises(UsageError, match="plaintext HTTP to a non-loopback host"):
+        DataConnectorClient(rest_endpoint=f"http://{host}:8080", credentials="alice")

@@ -63,6 +63,7 @@ exit status:
 environment:
   AGENTSPACE_EMULATOR_HOST  gRPC host:port of a running emulator (used when no --endpoint)
   AGENTSPACE_EMULATOR_REST  its REST base URL, e.g. http://127.0.0.1:8081
+  AGENTSPACE_EMULATOR_INSECURE=1  allow those two to name a non-loopback host
 """
 
 CONNECTOR_HELP: Final = (

@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agentspace_grpc import cli
+from agentspace_grpc import _proto, cli
 from tests._emulator_helpers import CONNECTOR, connect_user, consent_over_http, mint, userinfo
+from tests._servers import FakeService, Seen, ServersThread
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -322,6 +323,115 @@ def test_store_json_output(emu: Emu, tmp_path: Path) -> None:
     assert data["connector"] == CONNECTOR
     assert data["transport"] == "grpc"
     assert "account_id" in data["additional_oauth_responses"]
+
+
+def fp(secret: str) -> str:
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+# A Slack-style answer: the user's own tokens ride along, some of them inside JSON text.
+SLACK_SECRETS = {
+    "user_access": "xoxp-CANARY-user-access",
+    "user_refresh": "xoxe-CANARY-user-refresh",
+    "webhook_secret": "CANARY-signing-secret",
+    "bot": "xoxb-CANARY-bot",
+    "client": "CANARY-client-secret",
+    "password": "CANARY-password",
+    "code": "CANARY-one-time-code",
+}
+SLACK_EXTRAS = {
+    "authed_user": json.dumps(
+        {
+            "id": "U123",
+            "token_type": "user",
+            "access_token": SLACK_SECRETS["user_access"],
+            "refresh_token": SLACK_SECRETS["user_refresh"],
+            "hooks": [
+                {"url": "https://hooks.example", "signingSecret": SLACK_SECRETS["webhook_secret"]}
+            ],
+        }
+    ),
+    "botToken": SLACK_SECRETS["bot"],
+    "CLIENT_SECRET": SLACK_SECRETS["client"],
+    "admin_password": SLACK_SECRETS["password"],
+    "authorization_code": SLACK_SECRETS["code"],
+    "token_type": "bot",
+    "team": '{"id": "T9", "name": "Acme"}',
+    "expires_in": 43200,
+}
+
+
+async def _slack_like_store(seen: Seen) -> Any:
+    answer = _proto.AcquireAndStoreRefreshTokenResponse()
+    for key, value in SLACK_EXTRAS.items():
+        item = answer.additional_oauth_responses.add(key=key)
+        if isinstance(value, int):
+            item.int_value = value
+        else:
+            item.string_value = value
+    return answer
+
+
+@pytest.fixture(scope="module")
+def slack_like_service() -> Iterator[tuple[str, str]]:
+    """A service whose store answer carries a Slack-style provider's fields: (gRPC, REST)."""
+    service = FakeService()
+    service.on("AcquireAndStoreRefreshToken", _slack_like_store)
+    with ServersThread(service) as servers:
+        yield servers.grpc_target, servers.rest_url
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_store_shows_the_third_partys_secrets_only_as_fingerprints(
+    emu: Emu,
+    tmp_path: Path,
+    slack_like_service: tuple[str, str],
+    transport: str,
+    output: str,
+) -> None:
+    grpc_target, rest_url = slack_like_service
+    common = [
+        "store",
+        CONNECTOR,
+        "--redirect-uri",
+        "https://vertexaisearch.cloud.google.com/oauth-redirect?code=c0de&state=s",
+        "--transport",
+        transport,
+        "--endpoint",
+        grpc_target,
+        "--rest-endpoint",
+        rest_url,
+        "--token-file",
+        token_file(tmp_path, "alice-google-token"),
+        *(["--json"] if output == "json" else []),
+    ]
+    result = agentspace(emu, *common, env=emu.env(variables=False))
+    assert result.status == 0, result.stderr
+    for secret in SLACK_SECRETS.values():
+        assert secret not in result.output
+        assert fp(secret) in result.output
+    assert "U123" in result.stdout  # the rest is shown as is
+    assert "Acme" in result.stdout
+    if output == "json":
+        extras = result.json()["additional_oauth_responses"]
+        assert extras["botToken"] == fp(SLACK_SECRETS["bot"])
+        assert extras["token_type"] == "bot"
+        assert extras["expires_in"] == 43200
+        assert extras["team"] == SLACK_EXTRAS["team"]
+        user = json.loads(extras["authed_user"])
+        assert user["access_token"] == fp(SLACK_SECRETS["user_access"])
+        assert user["token_type"] == "user"
+        assert user["hooks"][0]["signingSecret"] == fp(SLACK_SECRETS["webhook_secret"])
+    else:
+        assert "  token_type: bot" in result.stdout
+
+    shown = agentspace(emu, *common, "--show-token", env=emu.env(variables=False))
+    assert shown.status == 0, shown.stderr
+    for secret in SLACK_SECRETS.values():
+        assert secret in shown.stdout
+    if output == "json":
+        assert shown.json()["additional_oauth_responses"] == SLACK_EXTRAS
 
 
 def test_check_json_output(emu: Emu) -> None:

@@ -14,8 +14,9 @@ The exit status says what the caller should do next, so scripts can branch on it
 130   interrupted (Ctrl-C)
 ====  =================================================================================
 
-Secrets never reach the terminal: tokens are shown as a SHA-256 fingerprint unless the user
-asks for them (``acquire --show-token``), and error messages are built from the service's
+Secrets never reach the terminal: tokens, and the secret-looking fields of a third party's
+answer (:func:`conceal`), are shown as a SHA-256 fingerprint unless the user asks for them
+(``--show-token``), and error messages are built from the service's
 status, the connector name and the user's email, never from a token or a redirect URI.
 """
 
@@ -73,6 +74,7 @@ CONNECTOR_HELP: Final = (
 _MAX_TOKEN_FILE: Final = 64 * 1024
 _EMAIL: Final = re.compile(r"[^@\s/]+@[^@\s/]+")
 _FINGERPRINT_HEX: Final = 8
+_SECRET_KEY: Final = re.compile(r"token$|secret|password|code", re.IGNORECASE)
 _HELP_WIDTH: Final = 79
 
 
@@ -341,6 +343,36 @@ def answered_by(client: DataConnectorClient, token: AccessToken | None = None) -
 def fingerprint(token: str) -> str:
     """A short, one-way label of a token: the first hex digits of its SHA-256."""
     return hashlib.sha256(token.encode()).hexdigest()[:_FINGERPRINT_HEX]
+
+
+def conceal(value: Any) -> Any:
+    """``value`` with every secret-looking key's value shown as ``sha256:<fingerprint>``.
+
+    A third party's answer can hold the user's own tokens (Slack's ``authed_user`` carries an
+    access and a refresh token, as JSON text). A key is secret-looking when it ends in
+    ``token`` or contains ``secret``, ``password`` or ``code`` (any case); mappings and lists
+    are searched at any depth, and so are strings that hold a JSON object or array.
+    """
+    if isinstance(value, Mapping):
+        return {
+            key: _fingerprinted(item) if _SECRET_KEY.search(str(key)) else conceal(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [conceal(item) for item in value]
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        concealed = conceal(parsed)
+        return value if concealed == parsed else json.dumps(concealed)
+    return value
+
+
+def _fingerprinted(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return f"sha256:{fingerprint(text)}"
 
 
 def _who(exc: Any, args: argparse.Namespace | None) -> str | None:

@@ -200,7 +200,8 @@ class _Walkthrough:
             extra = await self.grpc.store_refresh_token(
                 self.emu.connector, redirects[user], credentials=self.credentials[user]
             )
-            fields = ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) or "nothing"
+            shown = _common.conceal(extra)
+            fields = ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "nothing"
             _say(f"   {user}: refresh token stored; the third party also said: {fields}")
         stats = await self.emu.provider_stats()
         _say(

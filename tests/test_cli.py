@@ -584,6 +584,72 @@ def test_exit_2_for_a_world_readable_token_file(emu: Emu, tmp_path: Path, alice_
 
 
 @pytest.mark.parametrize(
+    "mode", [0o640, 0o620, 0o660, 0o604, 0o602, 0o610], ids=lambda mode: f"{mode:04o}"
+)
+def test_exit_2_for_a_token_file_open_to_group_or_others(
+    emu: Emu, tmp_path: Path, alice_token: str, mode: int
+) -> None:
+    target = token_file(tmp_path, alice_token, mode=mode)
+    link = tmp_path / "link-to-token"
+    link.symlink_to(target)  # the mode that counts is the file's, not the link's
+    for path in (target, str(link)):
+        result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path)
+        assert result.status == 2, result.output
+        assert f"mode {mode:04o}" in result.stderr
+        assert "chmod 600" in result.stderr
+        assert alice_token not in result.output
+
+
+def other_users_token_file(tmp_path: Path, content: str) -> str:
+    """A 0600 file this process can read but does not own (as root: chown it to nobody)."""
+    if os.geteuid() != 0:
+        return "/etc/passwd"  # root's, readable by everyone: the owner is checked first
+    path = token_file(tmp_path, content)
+    os.chown(path, 65534, 65534)
+    return path
+
+
+def test_exit_2_for_a_token_file_of_another_user(
+    emu: Emu, tmp_path: Path, alice_token: str
+) -> None:
+    path = other_users_token_file(tmp_path, alice_token)
+    result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path)
+    assert result.status == 2, result.output
+    assert "belongs to another user" in result.stderr
+    assert alice_token not in result.output
+
+
+def test_a_private_file_a_symlink_to_it_and_a_pipe_are_accepted_as_token_files(
+    emu: Emu, tmp_path: Path, alice_token: str
+) -> None:
+    target = token_file(tmp_path, alice_token)
+    link = tmp_path / "link-to-token"
+    link.symlink_to(target)
+    for path in (target, str(link)):
+        result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path, "--json")
+        assert result.status == 0, result.stderr
+    # What bash's <(gcloud auth print-access-token) gives: /dev/fd/N, a pipe.
+    command = [sys.executable, "-m", "agentspace_grpc.cli", "acquire", CONNECTOR, "--json"]
+    read_end, write_end = os.pipe()
+    os.write(write_end, alice_token.encode() + b"\n")
+    os.close(write_end)
+    try:
+        done = subprocess.run(
+            [*command, "--token-file", f"/dev/fd/{read_end}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=emu.env(),
+            pass_fds=(read_end,),
+            check=False,
+        )
+    finally:
+        os.close(read_end)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["connector"] == CONNECTOR
+
+
+@pytest.mark.parametrize(
     ("content", "complaint"),
     [
         (None, "does not exist"),

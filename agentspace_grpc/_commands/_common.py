@@ -164,8 +164,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument(
         "--token-file",
         metavar="FILE",
-        help="file holding the end user's Google access token ('-': read stdin); it must not "
-        "be world-readable; its content is never printed",
+        help="file holding the end user's Google access token ('-': read stdin; a pipe such "
+        "as <(gcloud auth print-access-token) works too); a regular file must be yours, "
+        "with no group or other access (chmod 600); its content is never printed",
     )
     exclusive.add_argument(
         "--emulator-user",
@@ -189,8 +190,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 def read_token_file(path: str) -> str:
     """The access token held in ``path`` ('-': stdin); never echoes the content.
 
-    A regular file readable by every user is refused (``chmod 600`` fixes it): the token
-    grants access to the user's data, like a private key.
+    The token grants access to the user's data, like a private key: a regular file (symlinks
+    followed) must belong to the user and grant no access to group or others (``chmod 600``).
+    Pipes such as ``<(gcloud auth print-access-token)`` have no such mode and are accepted.
     """
     if path == "-":
         data = sys.stdin.buffer.read(_MAX_TOKEN_FILE + 1)
@@ -199,12 +201,19 @@ def read_token_file(path: str) -> str:
         where = f"token file {path}"
         try:
             with open(path, "rb") as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                if os.name == "posix" and stat.S_ISREG(mode) and mode & stat.S_IROTH:
-                    raise CommandError(
-                        f"{where} is readable by every user on this machine (mode "
-                        f"{stat.S_IMODE(mode):04o}); restrict it first: chmod 600 {path}"
-                    )
+                info = os.fstat(handle.fileno())
+                if os.name == "posix" and stat.S_ISREG(info.st_mode):
+                    if info.st_uid != os.geteuid():
+                        raise CommandError(
+                            f"{where} belongs to another user (uid {info.st_uid}); a token "
+                            "file must be your own"
+                        )
+                    if info.st_mode & 0o077:
+                        raise CommandError(
+                            f"{where} is open to other users (mode "
+                            f"{stat.S_IMODE(info.st_mode):04o}); restrict it first: "
+                            f"chmod 600 {path}"
+                        )
                 data = handle.read(_MAX_TOKEN_FILE + 1)
         except FileNotFoundError:
             raise CommandError(f"{where} does not exist") from None

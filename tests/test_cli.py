@@ -22,12 +22,14 @@ from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
+import grpc
 import pytest
 
 from agentspace_grpc import _proto, cli
 from tests._emulator_helpers import CONNECTOR, connect_user, consent_over_http, mint, userinfo
-from tests._servers import FakeService, Seen, ServersThread
+from tests._servers import FakeService, RpcFault, Seen, ServersThread
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -432,6 +434,74 @@ def test_store_shows_the_third_partys_secrets_only_as_fingerprints(
         assert secret in shown.stdout
     if output == "json":
         assert shown.json()["additional_oauth_responses"] == SLACK_EXTRAS
+
+
+# A server that writes to the terminal: clear the screen, retitle the window, reverse the text
+# direction, and fake a line of the command's own output.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07 \u202eevil\nagentspace-grpc acquire: all fine\r"
+HOSTILE_SHOWN = "\\x1b[2J\\x1b]0;pwned\\x07 \\u202eevil\\nagentspace-grpc acquire: all fine\\r"
+
+
+def assert_inert(text: str) -> None:
+    assert HOSTILE_SHOWN in text
+    assert not [c for c in text if c in "\x1b\x07\r\u202e"]
+    assert "\nagentspace-grpc acquire: all fine" not in text
+
+
+async def _hostile_error(seen: Seen) -> Any:
+    raise RpcFault(grpc.StatusCode.FAILED_PRECONDITION, HOSTILE)
+
+
+async def _hostile_store(seen: Seen) -> Any:
+    answer = _proto.AcquireAndStoreRefreshTokenResponse()
+    answer.additional_oauth_responses.add(key="team", string_value=HOSTILE)
+    return answer
+
+
+async def _hostile_scopes(seen: Seen) -> Any:
+    info = _proto.RefreshTokenInfo(name=CONNECTOR, scopes=[HOSTILE])
+    return _proto.CheckRefreshTokenResponse(refresh_token_info=info)
+
+
+@pytest.fixture(scope="module")
+def hostile_service() -> Iterator[tuple[str, str]]:
+    """A service whose every answer carries control characters: (gRPC, REST)."""
+    service = FakeService()
+    service.on("AcquireAccessToken", _hostile_error)
+    service.on("AcquireAndStoreRefreshToken", _hostile_store)
+    service.on("CheckRefreshToken", _hostile_scopes)
+    with ServersThread(service) as servers:
+        yield servers.grpc_target, servers.rest_url
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_server_text_reaches_the_terminal_with_control_characters_escaped(
+    emu: Emu, tmp_path: Path, hostile_service: tuple[str, str], transport: str
+) -> None:
+    grpc_target, rest_url = hostile_service
+    where = ["--transport", transport, "--endpoint", grpc_target, "--rest-endpoint", rest_url]
+    who = ["--token-file", token_file(tmp_path, "alice-google-token")]
+    env = emu.env(variables=False)
+    failed = agentspace(emu, "acquire", CONNECTOR, *where, *who, env=env)
+    assert failed.status == 1, failed.output
+    assert_inert(failed.stderr)
+    redirect = "https://vertexaisearch.cloud.google.com/oauth-redirect?code=c&state=s"
+    stored = agentspace(emu, "store", CONNECTOR, "--redirect-uri", redirect, *where, *who, env=env)
+    assert stored.status == 0, stored.output
+    assert_inert(stored.stdout)
+    checked = agentspace(emu, "check", CONNECTOR, *where, *who, env=env)
+    assert checked.status == 0, checked.output
+    assert_inert(checked.stdout)
+
+
+def test_the_error_of_a_redirect_is_printed_with_control_characters_escaped(emu: Emu) -> None:
+    error = quote(HOSTILE, safe="")
+    redirect = f"https://vertexaisearch.cloud.google.com/oauth-redirect?error={error}&state=s"
+    result = agentspace(
+        emu, "store", CONNECTOR, "--redirect-uri", redirect, "--emulator-user", ALICE
+    )
+    assert result.status == 3, result.output
+    assert_inert(result.stderr)
 
 
 def test_check_json_output(emu: Emu) -> None:

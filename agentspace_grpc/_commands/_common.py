@@ -14,7 +14,8 @@ The exit status says what the caller should do next, so scripts can branch on it
 130   interrupted (Ctrl-C)
 ====  =================================================================================
 
-Secrets never reach the terminal: tokens, and the secret-looking fields of a third party's
+What a server says is printed through :func:`inert` (control characters escaped). Secrets
+never reach the terminal: tokens, and the secret-looking fields of a third party's
 answer (:func:`conceal`), are shown as a SHA-256 fingerprint unless the user asks for them
 (``--show-token``), and error messages are built from the service's
 status, the connector name and the user's email, never from a token or a redirect URI.
@@ -32,6 +33,7 @@ import re
 import stat
 import sys
 import textwrap
+import unicodedata
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -75,6 +77,8 @@ _MAX_TOKEN_FILE: Final = 64 * 1024
 _EMAIL: Final = re.compile(r"[^@\s/]+@[^@\s/]+")
 _FINGERPRINT_HEX: Final = 8
 _SECRET_KEY: Final = re.compile(r"token$|secret|password|code", re.IGNORECASE)
+# Controls, invisible format characters (bidi overrides), line separators, lone surrogates.
+_NOT_INERT: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _HELP_WIDTH: Final = 79
 
 
@@ -318,6 +322,21 @@ def make_client(args: argparse.Namespace, credentials: str | None) -> DataConnec
     )
 
 
+# ---- printing what a server said ---------------------------------------------------------
+
+
+def inert(text: str) -> str:
+    """``text`` made safe for a terminal: control and invisible characters escaped (``\\x1b``).
+
+    Whatever a server (or a redirect's ``error=``) says would otherwise reach the terminal as
+    is: escape sequences that move the cursor, retitle the window or hide text, bidi overrides,
+    and newlines that fake a line of this command's own output.
+    """
+    return "".join(
+        ascii(char)[1:-1] if unicodedata.category(char) in _NOT_INERT else char for char in text
+    )
+
+
 # ---- which wire answered -----------------------------------------------------------------
 
 
@@ -331,7 +350,7 @@ class ClientLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Print the record if it is a warning (or anything with ``--verbose``)."""
         if self.verbose or record.levelno >= logging.WARNING:
-            message = record.getMessage()
+            message = inert(record.getMessage())
             print(f"agentspace-grpc: {record.levelname.lower()}: {message}", file=sys.stderr)
 
 
@@ -542,13 +561,14 @@ def run(
         return EXIT_INTERRUPTED
     except Exception as exc:
         status, message = describe_error(exc, args.name, args)
-        print(f"agentspace-grpc {command}: error: {message}", file=sys.stderr)
+        print(f"agentspace-grpc {command}: error: {inert(message)}", file=sys.stderr)
         if args.json:
             print_json(error_json(exc, status, message))
         if args.verbose and status == EXIT_ERROR:
             import traceback
 
-            traceback.print_exc()
+            for line in traceback.format_exc().splitlines():
+                print(inert(line), file=sys.stderr)
         return status
     finally:
         logger.removeHandler(log)

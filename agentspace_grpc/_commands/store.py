@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         who = f" of {args.emulator_user}" if args.emulator_user else ""
         print(f"stored the refresh token{who} for {args.name} (transport {transport})")
         for key in sorted(extra):
-            print(f"  {key}: {extra[key]}")
+            print(f"  {_common.inert(key)}: {_common.inert(str(extra[key]))}")
         return _common.EXIT_OK
 
     return _common.run("store", args, main)

@@ -67,6 +67,8 @@ DEFAULT_TIMEOUT: Final = 60.0
 #: Environment variables that point every client at a running emulator.
 EMULATOR_HOST_ENV: Final = "AGENTSPACE_EMULATOR_HOST"
 EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
+#: Set to 1 to allow emulator variables that name a non-loopback host.
+EMULATOR_INSECURE_ENV: Final = "AGENTSPACE_EMULATOR_INSECURE"
 
 _DEFAULT_HOST: Final = "discoveryengine.googleapis.com"
 # The multi-region locations have their own hosts (the service's documented endpoints).
@@ -401,8 +403,9 @@ class DataConnectorClient:
         credentials: The default credentials: a google-auth ``Credentials``, an access-token
             string, or None for Application Default Credentials (cloud-platform scope; not
             looked up when an emulator variable is set). Each call may pass its own.
-        endpoint: ``host[:port]`` serving both wires (default: Discovery Engine, with the
-            ``us`` / ``eu`` multi-region hosts chosen from the resource name).
+        endpoint: ``host[:port]`` serving both wires (default: the emulator variables when
+            set, refused for a non-loopback host unless ``AGENTSPACE_EMULATOR_INSECURE=1``;
+            else Discovery Engine, with the ``us`` / ``eu`` hosts chosen from the name).
         rest_endpoint: ``http(s)://host[:port]`` for REST only (the emulator's HTTP port).
         insecure: Allow plaintext to a non-loopback host (loopback is plaintext already,
             unless ``ssl_context`` is given).
@@ -499,17 +502,30 @@ class DataConnectorClient:
             rest_base = rest_override or f"{'https' if tls else 'http'}://{target}"
             return _Plan(self._endpoint(target, tls, rest_base), rest_override)
         if emulator_host is not None or emulator_rest is not None:
-            # An emulator speaks plaintext; setting the variable is the explicit opt-in
-            # (as with Google's own emulators), loopback or not.
+            # An emulator speaks plaintext and receives the end user's credentials: a variable
+            # naming another machine needs its own opt-in, so a stray one cannot send real
+            # credentials off this machine.
             emulator_target: str | None = None
+            used: dict[str, tuple[str, str]] = {}  # variable -> (host, address)
             if emulator_host is not None:
                 host, port = _split_host_port(emulator_host, EMULATOR_HOST_ENV)
                 if port is None:
                     raise UsageError(f"{EMULATOR_HOST_ENV} must be 'host:port'")
                 emulator_target = format_host_port(host, port)
+                used[EMULATOR_HOST_ENV] = (host, emulator_target)
             rest = rest_override
             if rest is None and emulator_rest is not None:
                 rest = self._check_rest_url(emulator_rest, EMULATOR_REST_ENV, emulator=True)
+                used[EMULATOR_REST_ENV] = (urlsplit(rest).hostname or "", rest)
+            remote = [f"{v}={a}" for v, (host, a) in used.items() if not is_loopback(host)]
+            if remote and os.environ.get(EMULATOR_INSECURE_ENV) != "1":
+                raise UsageError(
+                    f"not a loopback address: {', '.join(remote)}; the end user's credentials "
+                    "would leave this machine for an emulator. Unset the variable, or set "
+                    f"{EMULATOR_INSECURE_ENV}=1 if that host is an emulator you trust"
+                )
+            named = ", ".join(f"{v}={address}" for v, (_, address) in used.items())
+            _log.warning("using the emulator at %s, not Discovery Engine", named)
             if rest is None:
                 rest = f"http://{emulator_target}"
             return _Plan(self._endpoint(emulator_target, False, rest), rest_override)

@@ -47,9 +47,13 @@ class Endpoint:
 
 
 def is_loopback(host: str) -> bool:
-    """True for a loopback host name or address (never proxied; plaintext allowed)."""
+    """True for a literal loopback address or ``localhost`` itself (never proxied; plaintext).
+
+    Names under ``.localhost`` are not loopback: nothing guarantees that every resolver on the
+    way (a proxy's, a container's) keeps them on this machine.
+    """
     host = host.strip("[]").lower()
-    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+    if host in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Seque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from google.protobuf import message
@@ -49,6 +49,7 @@ from agentspace_grpc._errors import (
     Unimplemented,
     UsageError,
     failure_of,
+    redact,
 )
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._token import AccessToken
@@ -161,6 +162,20 @@ def _retryable(error: DataConnectorError, op: _Op) -> bool:
         # The request may have reached the service, which may have rotated a refresh token.
         return op.idempotent
     return True
+
+
+def _sent_secrets(request: message.Message, authorization: str | None) -> list[str]:
+    """What a request carried that a server must not be able to echo into an exception."""
+    sent = []
+    if authorization:
+        sent += [authorization, authorization.partition(" ")[2]]
+    # The store calls' redirect URI, and the authorization code in it.
+    uri = getattr(request, "full_redirect_uri", "")
+    if uri:
+        sent.append(uri)
+        with contextlib.suppress(ValueError):
+            sent += parse_qs(urlsplit(uri).query).get("code", [])
+    return sent
 
 
 # --------------------------------------------------------------------------------------
@@ -717,6 +732,7 @@ class DataConnectorClient:
                     endpoint, request, headers, time_left
                 )
             except DataConnectorError as exc:
+                redact(exc, _sent_secrets(request, authorization))
                 if state.closed:
                     raise Cancelled(
                         "the client was closed while the call was in flight",

@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Seque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from google.protobuf import message
@@ -49,6 +49,7 @@ from agentspace_grpc._errors import (
     Unimplemented,
     UsageError,
     failure_of,
+    redact,
 )
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._token import AccessToken
@@ -165,6 +166,20 @@ def _retryable(error: DataConnectorError, op: _Op) -> bool:
     return True
 
 
+def _sent_secrets(request: message.Message, authorization: str | None) -> list[str]:
+    """What a request carried that a server must not be able to echo into an exception."""
+    sent = []
+    if authorization:
+        sent += [authorization, authorization.partition(" ")[2]]
+    # The store calls' redirect URI, and the authorization code in it.
+    uri = getattr(request, "full_redirect_uri", "")
+    if uri:
+        sent.append(uri)
+        with contextlib.suppress(ValueError):
+            sent += parse_qs(urlsplit(uri).query).get("code", [])
+    return sent
+
+
 # --------------------------------------------------------------------------------------
 # Endpoints
 # --------------------------------------------------------------------------------------
@@ -227,27 +242,36 @@ class _Plan:
 
 
 class _Flight:
-    __slots__ = ("deadline", "task", "waiters")
+    __slots__ = ("deadline", "task", "timers", "waiters")
 
     def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+        self.deadline = deadline  # the one the shared call runs with
         self.task: asyncio.Task[None] | None = None
-        self.waiters: set[asyncio.Future[Any]] = set()
+        self.waiters: dict[asyncio.Future[Any], float] = {}  # waiter -> its own deadline
+        # Timers set when the call ran again for later waiters (None until then).
+        self.timers: list[asyncio.TimerHandle] | None = None
 
     def cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
 
+    def stop_timers(self) -> None:
+        if self.timers is not None:
+            for timer in self.timers:
+                timer.cancel()
+
 
 class _Flights:
     """Concurrent identical calls on one loop share one task; each waiter keeps its deadline.
 
-    The shared task runs with the first waiter's deadline (its retries are planned against
-    it). A waiter whose deadline is earlier stops waiting at its own deadline (a timer, not a
-    wrapper); one that joins with a later deadline takes the shared call's outcome, as it
-    joined a call already in flight. A waiter that leaves (deadline or cancellation) never
-    cancels the task for the others; the task is cancelled when no waiter is left. Nothing
-    outlives the call: this is not a cache.
+    The shared call runs with the deadline of the waiter that started it (its retries are
+    planned against it). A waiter whose deadline is earlier stops waiting at its own deadline
+    (a timer, not a wrapper). When the shared call ends in DEADLINE_EXCEEDED, the waiters whose
+    own deadline is later, with time left for an attempt, do not get it: the task runs the call
+    once more for them, with the latest of their deadlines (a new call, not a retry), so no
+    waiter gets DEADLINE_EXCEEDED because of another's deadline. A waiter that leaves
+    (deadline or cancellation) never cancels the task for the others; the task is cancelled
+    when no waiter is left. Nothing outlives the call: this is not a cache.
     """
 
     __slots__ = ("_flights", "_transport_name")
@@ -268,17 +292,17 @@ class _Flights:
         flight = self._flights.get(key)
         if flight is None:
             flight = _Flight(deadline)
-            flight.task = loop.create_task(self._fly(key, flight, start(*args, flight.deadline)))
+            flight.task = loop.create_task(self._fly(key, flight, start, args))
             self._flights[key] = flight
         waiter: asyncio.Future[_T] = loop.create_future()
-        flight.waiters.add(waiter)
+        flight.waiters[waiter] = deadline
         timer = None
         if deadline < flight.deadline:
             timer = loop.call_at(deadline, self._expire, flight, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
-            flight.waiters.discard(waiter)
+            flight.waiters.pop(waiter, None)
             task = flight.task
             if not flight.waiters and task is not None and not task.done():
                 task.cancel()
@@ -289,24 +313,63 @@ class _Flights:
             if timer is not None:
                 timer.cancel()
 
-    async def _fly(self, key: Hashable, flight: _Flight, call: Coroutine[Any, Any, Any]) -> None:
+    async def _fly(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        start: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+    ) -> None:
         # The outcome goes to the waiters from here (not from a done callback), which saves
         # an event-loop turn per call.
-        try:
-            result = await call
-        except asyncio.CancelledError:
-            self._settle(key, flight, None, Cancelled("the call was cancelled"))
-            raise
-        except BaseException as exc:  # handed to every waiter
-            self._settle(key, flight, None, exc)
-        else:
-            self._settle(key, flight, result, None)
+        while True:
+            try:
+                result = await start(*args, flight.deadline)
+            except asyncio.CancelledError:
+                self._settle(key, flight, None, Cancelled("the call was cancelled"))
+                raise
+            except DeadlineExceeded as exc:
+                if self._again_for_later_waiters(flight, exc):
+                    continue
+                self._settle(key, flight, None, exc)
+            except BaseException as exc:  # handed to every waiter
+                self._settle(key, flight, None, exc)
+            else:
+                self._settle(key, flight, result, None)
+            return
+
+    def _again_for_later_waiters(self, flight: _Flight, error: DeadlineExceeded) -> bool:
+        """After the shared call ran out of time: True when waiters with a later deadline and
+        time for an attempt remain; they stay, with the flight's deadline now the latest of
+        theirs, and every other waiter gets ``error``."""
+        loop = asyncio.get_running_loop()
+        cutoff = max(flight.deadline, loop.time() + _MIN_ATTEMPT_SECONDS)
+        later = {w: d for w, d in flight.waiters.items() if d > cutoff and not w.done()}
+        if not later:
+            return False
+        for waiter in flight.waiters:
+            if waiter not in later and not waiter.done():
+                waiter.set_exception(error)
+        flight.waiters = later
+        flight.deadline = max(later.values())
+        timers = flight.timers if flight.timers is not None else []
+        for waiter, deadline in later.items():
+            if deadline < flight.deadline:  # they had no timer: their deadline was later
+                timers.append(loop.call_at(deadline, self._expire, flight, waiter))
+        flight.timers = timers
+        _log.debug(
+            "a shared call ran out of its deadline; %d waiter(s) with more time share a new one",
+            len(later),
+        )
+        return True
 
     def _settle(
         self, key: Hashable, flight: _Flight, result: Any, error: BaseException | None
     ) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+        if flight.timers is not None:
+            flight.stop_timers()
         for waiter in flight.waiters:
             if waiter.done():
                 continue
@@ -324,7 +387,7 @@ class _Flights:
                 transport=self._transport_name(),
             )
         )
-        flight.waiters.discard(waiter)
+        flight.waiters.pop(waiter, None)
         if not flight.waiters:
             flight.cancel()
 
@@ -336,6 +399,7 @@ class _Flights:
                 if not waiter.done():
                     waiter.set_exception(Cancelled(reason))
             flight.waiters.clear()
+            flight.stop_timers()
             flight.cancel()
             if flight.task is not None:
                 tasks.append(flight.task)
@@ -733,6 +797,7 @@ class DataConnectorClient:
                     endpoint, request, headers, time_left
                 )
             except DataConnectorError as exc:
+                redact(exc, _sent_secrets(request, authorization))
                 if state.closed:
                     raise Cancelled(
                         "the client was closed while the call was in flight",

@@ -9,8 +9,8 @@ Endpoints:
   ``google.oauth2.credentials.Credentials(token_uri=...)`` here.
 - ``POST /emulator/v1/users/{email}/token``: mints an end user's identity (refresh token,
   access token and the fields google-auth needs).
-- ``GET /emulator/v1/consent?connector=NAME&scope=A+B`` with the user's bearer token: redirects
-  to the connector's authorize URL with a state bound to that user.
+- ``GET /emulator/v1/consent?connector=NAME&scope=A+B[&instance_uri=HOST]`` with the user's
+  bearer token: redirects to the connector's authorize URL with a state bound to that user.
 - ``GET /emulator/v1/stats``: the emulator's counters; ``GET /healthz``.
 - ``/provider/...``: the built-in provider (see :mod:`._provider`).
 """
@@ -183,7 +183,7 @@ class RestFront:
                 )
             except IdentityError as exc:
                 raise unauthenticated(str(exc)) from None
-            unknown = sorted(set(request.query) - {"connector", "scope"})
+            unknown = sorted(set(request.query) - {"connector", "scope", "instance_uri"})
             if unknown:
                 raise ServiceError(
                     code_pb2.INVALID_ARGUMENT, f"unknown query parameter {unknown[0]!r}"
@@ -191,7 +191,9 @@ class RestFront:
             name = request.query.get("connector") or next(iter(self._service.connectors))
             connector = self._service.connector(name)
             scopes = request.query.get("scope", "").split()
-            location = self._service.authorize_url(user, connector, scopes)
+            location = self._service.authorize_url(
+                user, connector, scopes, request.query.get("instance_uri", "")
+            )
         except ServiceError as exc:
             return _error(exc)
         return web.Response(status=302, headers={"Location": location})

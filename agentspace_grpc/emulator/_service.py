@@ -34,7 +34,12 @@ from google.protobuf import message
 from google.rpc import code_pb2
 
 from agentspace_grpc import _proto
-from agentspace_grpc.emulator._config import CONNECTOR_PATTERN, Config, Connector
+from agentspace_grpc.emulator._config import (
+    CONNECTOR_PATTERN,
+    INSTANCE_PLACEHOLDER,
+    Config,
+    Connector,
+)
 from agentspace_grpc.emulator._crypto import Keyring
 from agentspace_grpc.emulator._errors import (
     CONNECTOR_NOT_FOUND,
@@ -380,8 +385,16 @@ class Service:
 
     # ---- AcquireAndStoreRefreshToken ---------------------------------------------------------
 
-    def authorize_url(self, user: str, connector: Connector, scopes: Sequence[str]) -> str:
+    def authorize_url(
+        self, user: str, connector: Connector, scopes: Sequence[str], instance_uri: str = ""
+    ) -> str:
         """The third party's authorize URL for ``user``, with a state bound to them."""
+        base = ""
+        if INSTANCE_PLACEHOLDER in connector.authorize_url:
+            try:
+                base = connector.instance_base(instance_uri)
+            except ValueError as exc:
+                raise invalid_argument(str(exc)) from None
         scopes = tuple(scopes) or connector.default_scopes
         payload = {
             "c": connector.name,
@@ -404,8 +417,9 @@ class Service:
                 "prompt": "consent",
             }
         )
-        separator = "&" if "?" in connector.authorize_url else "?"
-        return f"{connector.authorize_url}{separator}{query}"
+        url = connector.authorize_url.replace(INSTANCE_PLACEHOLDER, base)
+        separator = "&" if "?" in url else "?"
+        return f"{url}{separator}{query}"
 
     def _state_mac(self, body: str) -> str:
         return b64url(hmac.new(self._state_key, body.encode(), hashlib.sha256).digest()[:16])
@@ -459,6 +473,10 @@ class Service:
         codes = params.get("code")
         if not codes or not codes[0]:
             raise invalid_argument("full_redirect_uri has no code parameter")
+        try:
+            instance = connector.instance_base(request.instance_uri)
+        except ValueError as exc:
+            raise invalid_argument(str(exc)) from None
         base = f"{parts.scheme}://{parts.netloc}{parts.path}"
         if base != connector.redirect_uri:
             raise invalid_argument(
@@ -475,7 +493,7 @@ class Service:
                     "code": codes[0],
                     "redirect_uri": connector.redirect_uri,
                 },
-                request.instance_uri,
+                instance,
             )
         except InvalidGrant:
             raise invalid_argument(
@@ -502,7 +520,7 @@ class Service:
                 user,
                 scopes=scopes,
                 refresh_token=answer.refresh_token,
-                instance_uri=request.instance_uri,
+                instance_uri=instance,
                 access=access,
                 now=now,
             )

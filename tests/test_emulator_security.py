@@ -14,10 +14,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._config import DEFAULT_REDIRECT_URI, ConfigError, load_config
-from tests._emulator_helpers import rest
+from agentspace_grpc.emulator._identity import pkce_challenge
+from tests._emulator_helpers import CanaryProvider, rest
 from tests._servers import ConnectProxy, closed_port
 
 INSTANCE_CONNECTOR = "projects/acme/locations/global/collections/snow/dataConnector"
@@ -178,3 +180,143 @@ async def test_the_consent_takes_an_allowed_instance_for_the_authorize_url(
             body = await response.json()
         assert response.status == 400, body
         assert "instance_uri" in body["error"]["message"]
+
+
+# ---- 2. codes are bound to the consent that produced them -----------------------------------
+
+ALICE = "alice@example.com"
+MALLORY = "mallory@example.com"
+BUILTIN = "projects/pkce/locations/global/collections/c/dataConnector"
+BUILTIN_SECRET = "pkce-client-secret"  # given, so that the test can redeem a code itself
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(urlsplit(url).query).items()}
+
+
+async def store(emu: Emulator, email: str, redirect: str, connector: str) -> tuple[int, Any]:
+    return await rest(
+        emu.http_url,
+        "POST",
+        f"/v1alpha/{connector}:acquireAndStoreRefreshToken",
+        emu.user_token(email),
+        {"fullRedirectUri": redirect},
+    )
+
+
+async def test_alices_code_with_mallorys_own_consent_state_is_refused(tmp_path: Path) -> None:
+    async with Emulator(data_dir=tmp_path / "data") as emu:
+        connector = emu.connector
+        alices = await emu.consent(ALICE)  # alice's redirect, code and state: mallory saw it
+        location = await consent_location(
+            emu.http_url, emu.user_token(MALLORY), connector=connector
+        )
+        mallorys_state = query_of(location)["state"]
+        forged = f"{DEFAULT_REDIRECT_URI}?" + urlencode(
+            {"code": query_of(alices)["code"], "state": mallorys_state}
+        )
+        status, body = await store(emu, MALLORY, forged, connector)
+        assert status == 400, body
+        assert "rejected the authorization code" in body["error"]["message"]
+        status, body = await rest(
+            emu.http_url,
+            "GET",
+            f"/v1alpha/{connector}:checkRefreshToken",
+            emu.user_token(MALLORY),
+        )
+        assert status == 404, body  # nothing stored under mallory
+        # The wrong verifier did not spend alice's code: she stores her own grant.
+        status, body = await store(emu, ALICE, alices, connector)
+        assert status == 200, body
+
+
+async def test_the_provider_consents_only_for_the_user_the_state_names(tmp_path: Path) -> None:
+    async with Emulator(data_dir=tmp_path / "data") as emu, aiohttp.ClientSession() as session:
+        location = await consent_location(
+            emu.http_url, emu.user_token(MALLORY), connector=emu.connector
+        )
+        assert query_of(location)["login_hint"] == MALLORY
+        for swapped in (
+            location.replace("login_hint=mallory", "login_hint=alice"),
+            location.replace("state=", "state=x"),
+        ):
+            async with session.get(swapped, allow_redirects=False) as response:
+                assert response.status == 302
+                answer = query_of(response.headers["Location"])
+            assert answer["error"] == "access_denied", answer
+            assert "code" not in answer
+        assert (await emu.provider_stats())["authorizations"] == 0
+
+
+async def test_the_builtin_provider_redeems_a_code_only_with_its_verifier(tmp_path: Path) -> None:
+    config = {
+        "connectors": [{"name": BUILTIN, "client_id": "pkce", "client_secret": BUILTIN_SECRET}]
+    }
+    async with (
+        Emulator(data_dir=tmp_path / "data", config=config) as emu,
+        aiohttp.ClientSession() as session,
+    ):
+        redirect = await emu.consent(ALICE, BUILTIN)
+        form = {
+            "grant_type": "authorization_code",
+            "code": query_of(redirect)["code"],
+            "redirect_uri": DEFAULT_REDIRECT_URI,
+            "client_id": "pkce",
+            "client_secret": BUILTIN_SECRET,
+        }
+        for verifier in (None, "v" * 43, "ü" * 43):
+            sent = form if verifier is None else {**form, "code_verifier": verifier}
+            async with session.post(f"{emu.http_url}/provider/token", data=sent) as response:
+                body = await response.json()
+            assert response.status == 400, body
+            assert body["error"] in ("invalid_grant", "invalid_request"), body
+            assert "code_verifier" in body["error_description"]
+        # The authorize endpoint refuses a client registered for PKCE that sends no challenge.
+        location = await consent_location(emu.http_url, emu.user_token(ALICE), connector=BUILTIN)
+        plain = {k: v for k, v in query_of(location).items() if not k.startswith("code_")}
+        async with session.get(
+            f"{emu.http_url}/provider/authorize", params=plain, allow_redirects=False
+        ) as response:
+            assert query_of(response.headers["Location"])["error"] == "invalid_request"
+        status, body = await store(emu, ALICE, redirect, BUILTIN)
+        assert status == 200, body
+
+
+class RecordingProvider(CanaryProvider):
+    """The canary provider, remembering each authorize query and token form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.authorize_queries: list[dict[str, str]] = []
+        self.token_forms: list[dict[str, str]] = []
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        self.authorize_queries.append(dict(request.query))
+        return await super().authorize(request)
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.token_forms.append({k: str(v) for k, v in (await request.post()).items()})
+        return await super().token(request)
+
+
+@pytest.mark.parametrize("pkce", [True, False])
+async def test_pkce_towards_a_third_party_provider(tmp_path: Path, pkce: bool) -> None:
+    name = "projects/acme/locations/global/collections/canary/dataConnector"
+    async with RecordingProvider().serve() as provider:
+        extra = {} if pkce else {"pkce": False}
+        config = {"connectors": [provider.connector_config(name, **extra)]}
+        async with Emulator(data_dir=tmp_path / "data", config=config) as emu:
+            redirect = await emu.consent(ALICE, name)
+            status, body = await store(emu, ALICE, redirect, name)
+            assert status == 200, body
+    (query,) = provider.authorize_queries
+    (form,) = provider.token_forms
+    if not pkce:
+        assert "code_challenge" not in query
+        assert "code_verifier" not in form
+        return
+    verifier = form["code_verifier"]
+    assert query["code_challenge_method"] == "S256"
+    assert query["code_challenge"] == pkce_challenge(verifier)
+    assert 43 <= len(verifier) <= 128
+    assert verifier not in redirect  # the verifier never went through the browser

@@ -29,6 +29,7 @@ from agentspace_grpc.emulator._grpc import start_grpc
 from agentspace_grpc.emulator._identity import (
     IDENTITY_CLIENT_ID,
     IDENTITY_CLIENT_SECRET,
+    ConsentStates,
     Identity,
     check_email,
 )
@@ -217,11 +218,15 @@ class Emulator:
         http_url = f"http://{_url_host(self._host)}:{self._http_port}"
         connectors = _resolve(self._config.connectors, http_url, keys)
         clients = {
-            c.client_id: Client(c.client_id, c.client_secret, c.redirect_uri, c.default_scopes)
+            c.client_id: Client(
+                c.client_id, c.client_secret, c.redirect_uri, c.default_scopes, c.pkce
+            )
             for c in connectors.values()
             if c.builtin
         }
-        self._provider = Provider(self._data_dir, self._config.provider, clients)
+        self._provider = Provider(
+            self._data_dir, self._config.provider, clients, ConsentStates(keys)
+        )
         await self._provider.open()
         self._store = Store(self._data_dir, keys)
         await self._store.open()

@@ -48,9 +48,23 @@ class IdentityError(Exception):
 
 def check_email(email: str) -> str:
     """Validates an end-user email (the identity key); returns it unchanged."""
-    if not isinstance(email, str) or len(email) > 254 or not _EMAIL.fullmatch(email):
+    if (
+        not isinstance(email, str)
+        or len(email) > 254
+        or not email.isprintable()
+        or not _EMAIL.fullmatch(email)
+        or not _encodable(email)
+    ):
         raise ValueError(f"not an email address: {email!r}")
     return email
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def same_text(given: str, expected: str) -> bool:
@@ -132,6 +146,8 @@ class Identity:
         return email
 
     def _verify(self, token: str, kind: str) -> bytes:
+        if not token.isascii():  # every token issued here is ASCII
+            raise IdentityError("the bearer token was not issued by this emulator")
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != kind:
             raise IdentityError("the bearer token was not issued by this emulator")
@@ -188,7 +204,12 @@ class ConsentStates:
                 says which, and is phrased to follow "the state ").
         """
         parts = state.split(".")
-        if len(parts) != 3 or parts[0] != "st1" or not same_text(parts[2], self._mac(parts[1])):
+        if (
+            not state.isascii()
+            or len(parts) != 3
+            or parts[0] != "st1"
+            or not same_text(parts[2], self._mac(parts[1]))
+        ):
             raise ValueError("was not issued by this emulator")
         try:
             payload = json.loads(unb64url(parts[1]))

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from aiohttp import web
 
@@ -138,8 +138,26 @@ class OAuthError(Exception):
 
 
 def token_hash(token: str) -> str:
-    """How the provider keeps a token: its SHA-256."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """How the provider keeps a token: its SHA-256 (of any text a request can carry)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The fields of an OAuth token request (RFC 6749: UTF-8 form encoding, each field once).
+
+    Raises:
+        OAuthError: ``invalid_request`` naming what is wrong with the body.
+    """
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+    try:
+        pairs = parse_qsl((await request.read()).decode(), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise OAuthError("invalid_request", "the form is not valid UTF-8") from None
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise OAuthError("invalid_request", "a form field is given more than once")
+    return fields
 
 
 def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
@@ -265,8 +283,7 @@ class Provider:
     async def handle_token(self, request: web.Request) -> web.Response:
         """The token endpoint (``application/x-www-form-urlencoded``)."""
         try:
-            form = await request.post()
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            fields = await read_form(request)
             client = self._authenticate(request.headers.get("Authorization"), fields)
             grant_type = fields.get("grant_type", "")
             await self._inject_faults(grant_type)
@@ -293,7 +310,7 @@ class Provider:
         if header and header.lower().startswith("basic "):
             try:
                 decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except (binascii.Error, ValueError):  # not base64, not ASCII, not UTF-8
                 raise OAuthError("invalid_client", "malformed Basic credentials", 401) from None
             raw_id, _, raw_secret = decoded.partition(":")
             client_id, secret = unquote(raw_id), unquote(raw_secret)

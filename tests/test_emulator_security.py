@@ -19,7 +19,7 @@ from aiohttp import web
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._config import DEFAULT_REDIRECT_URI, ConfigError, load_config
 from agentspace_grpc.emulator._identity import pkce_challenge
-from tests._emulator_helpers import CanaryProvider, rest
+from tests._emulator_helpers import CanaryProvider, rest, start_process
 from tests._servers import ConnectProxy, closed_port
 
 INSTANCE_CONNECTOR = "projects/acme/locations/global/collections/snow/dataConnector"
@@ -320,3 +320,25 @@ async def test_pkce_towards_a_third_party_provider(tmp_path: Path, pkce: bool) -
     assert query["code_challenge"] == pkce_challenge(verifier)
     assert 43 <= len(verifier) <= 128
     assert verifier not in redirect  # the verifier never went through the browser
+
+
+# ---- 8. the emulator says where it listens ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "exposed"), [("0.0.0.0", True), ("127.0.0.1", False)], ids=["wildcard", "loopback"]
+)
+async def test_a_non_loopback_bind_warns_and_the_ready_line_shows_it(
+    tmp_path: Path, host: str, exposed: bool
+) -> None:
+    emu = await start_process(None, "--host", host, log_dir=tmp_path)
+    try:
+        assert emu.ready["grpc"].startswith(f"{host}:"), emu.ready
+        assert emu.ready["http"].startswith(f"http://{host}:"), emu.ready
+        assert emu.ready["token_uri"] == emu.ready["http"] + "/oauth2/token"
+    finally:
+        assert await emu.stop() == 0
+    stderr = emu.stderr()
+    assert ("anyone who can reach its ports can mint end-user identities" in stderr) == exposed
+    if exposed:
+        assert f"listens on {host}" in stderr

@@ -7,6 +7,10 @@ who may read the data directory.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from aiohttp import web
 
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._config import DEFAULT_REDIRECT_URI, ConfigError, load_config
+from agentspace_grpc.emulator._crypto import KeyMaterialError, new_key_text
 from agentspace_grpc.emulator._identity import pkce_challenge
 from tests._emulator_helpers import CanaryProvider, rest, start_process
 from tests._servers import ConnectProxy, closed_port
@@ -342,3 +347,64 @@ async def test_a_non_loopback_bind_warns_and_the_ready_line_shows_it(
     assert ("anyone who can reach its ports can mint end-user identities" in stderr) == exposed
     if exposed:
         assert f"listens on {host}" in stderr
+
+
+# ---- 9. files and directories are private ---------------------------------------------------
+
+
+async def test_the_data_directory_is_private(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with Emulator(data_dir=data) as emu:
+        await emu.consent(ALICE)  # the provider has written
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        files = sorted(path.name for path in data.iterdir())
+        assert {"key", "emulator.sqlite3", "provider.sqlite3"} <= set(files)
+        for path in data.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path.name, files)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o620, 0o602])
+@pytest.mark.parametrize("where", ["key-file", "data-dir"])
+async def test_a_key_file_open_to_others_is_refused(tmp_path: Path, mode: int, where: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    key = tmp_path / "key" if where == "key-file" else data / "key"
+    key.write_text(new_key_text() + "\n")
+    key.chmod(mode)
+    with pytest.raises(KeyMaterialError, match=rf"{key}.*open to group or others.*0{mode:o}"):
+        await Emulator(data_dir=data, key_file=key if where == "key-file" else None).start()
+    key.chmod(0o600)
+    async with Emulator(data_dir=data, key_file=key if where == "key-file" else None):
+        pass
+
+
+async def test_a_key_file_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "key"
+    key.touch(mode=0o600)
+    key.write_text(new_key_text() + "\n")
+    owner = key.stat().st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)  # the emulator runs as someone else
+    with pytest.raises(KeyMaterialError, match=rf"{key} belongs to uid {owner}, not to this"):
+        await Emulator(data_dir=tmp_path / "data", key_file=key).start()
+
+
+async def test_the_cli_names_a_key_file_open_to_others(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text(new_key_text() + "\n")
+    key.chmod(0o644)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentspace_grpc.cli",
+        "emulator",
+        "--key-file",
+        str(key),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert stdout == b""
+    assert b"chmod 600" in stderr

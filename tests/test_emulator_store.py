@@ -105,6 +105,7 @@ async def test_pitfall_21_the_raw_database_files_hold_no_token(tmp_path: Path) -
 async def test_pitfall_21_a_key_rotation_keeps_old_rows_readable(tmp_path: Path) -> None:
     old, new = base64.b64encode(secrets.token_bytes(32)), base64.b64encode(secrets.token_bytes(32))
     key_file = tmp_path / "keys"
+    key_file.touch(mode=0o600)  # a key file must be private
     key_file.write_bytes(old + b"\n")
     data = tmp_path / "data"
     async with Emulator(data_dir=data, key_file=key_file) as emu:

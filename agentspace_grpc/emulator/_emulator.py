@@ -226,7 +226,7 @@ class Emulator:
             self._data_dir = self._temp_dir
         else:
             self._data_dir = self._data_dir_arg
-            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = load_keyring(self._data_dir, self._key_file, os.environ)
         sock = _bind(self._host, self._ports[1])
         self._bound, self._http_port = sock.getsockname()[:2]

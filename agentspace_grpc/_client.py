@@ -41,21 +41,22 @@ from agentspace_grpc._credentials import (
 from agentspace_grpc._errors import (
     AuthorizationRequired,
     Cancelled,
+    ConnectFailed,
+    ConnectionBroken,
     DataConnectorError,
     DeadlineExceeded,
-    Internal,
     Unauthenticated,
     Unavailable,
+    UndecodableAnswer,
     Unimplemented,
     UsageError,
-    failure_of,
     redact,
 )
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._token import AccessToken
-from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
 from agentspace_grpc._transports.base import format_host_port, is_loopback, proxy_for
+from agentspace_grpc._wire import ROWS, Row, TranscodingError
 
 __all__ = ["DataConnectorClient", "RetryPolicy"]
 
@@ -140,30 +141,19 @@ class RetryPolicy:
 
 
 # --------------------------------------------------------------------------------------
-# Operations (one per RPC)
+# The RPCs (rows of the wire table)
 # --------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class _Op:
-    route: Route
-    idempotent: bool
-    method: str  # the Transport method
+_ACQUIRE: Final = ROWS["AcquireAccessToken"]
+_STORE: Final = ROWS["AcquireAndStoreRefreshToken"]
+_CHECK: Final = ROWS["CheckRefreshToken"]
 
 
-_ACQUIRE: Final = _Op(ROUTES["AcquireAccessToken"], False, "acquire_access_token")
-_STORE: Final = _Op(ROUTES["AcquireAndStoreRefreshToken"], False, "acquire_and_store_refresh_token")
-_CHECK: Final = _Op(ROUTES["CheckRefreshToken"], True, "check_refresh_token")
-
-
-def _retryable(error: DataConnectorError, op: _Op) -> bool:
-    if not isinstance(error, Unavailable):
-        return False
-    failure = failure_of(error)
-    if failure == "io":
+def _retryable(error: DataConnectorError, row: Row) -> bool:
+    if isinstance(error, ConnectionBroken):
         # The request may have reached the service, which may have rotated a refresh token.
-        return op.idempotent
-    return True
+        return row.idempotent
+    return isinstance(error, Unavailable)
 
 
 def _sent_secrets(request: message.Message, authorization: str | None) -> list[str]:
@@ -644,16 +634,16 @@ class DataConnectorClient:
             rest_proxy=proxy_for(parts.scheme, parts.hostname, rest_port),
         )
 
-    def _endpoint_for(self, route: Route, name: object) -> Endpoint:
+    def _endpoint_for(self, row: Row, name: object) -> Endpoint:
         """Validate a connector name (no I/O) and choose its endpoint; cached per name."""
         if not isinstance(name, str):
             raise UsageError(f"name must be a data connector resource name, not {type(name)}")
-        key = (route.name, name)
+        key = (row.name, name)
         endpoint = self._names.get(key)
         if endpoint is not None:
             return endpoint
         try:
-            route.to_http(route.request_class(name=name))
+            row.expand(name)
         except TranscodingError as exc:
             raise UsageError(f"invalid data connector name: {exc}") from None
         endpoint = self._plan.fixed
@@ -677,7 +667,7 @@ class DataConnectorClient:
             raise UsageError("scope must be a string or None")
         if action is not None and not isinstance(action, str):
             raise UsageError("action must be a string or None")
-        endpoint = self._endpoint_for(_ACQUIRE.route, name)
+        endpoint = self._endpoint_for(_ACQUIRE, name)
         request = _proto.AcquireAccessTokenRequest(
             name=name, scope=scope or "", action=action or ""
         )
@@ -747,7 +737,7 @@ class DataConnectorClient:
 
     async def _invoke(
         self,
-        op: _Op,
+        row: Row,
         request: message.Message,
         name: str,
         credentials: CredentialsLike,
@@ -793,9 +783,7 @@ class DataConnectorClient:
                     transport=transport.kind,
                 )
             try:
-                response = await getattr(transport, op.method)(
-                    endpoint, request, headers, time_left
-                )
+                response = await transport.call(row, endpoint, request, headers, time_left)
             except DataConnectorError as exc:
                 redact(exc, _sent_secrets(request, authorization))
                 if state.closed:
@@ -803,28 +791,24 @@ class DataConnectorClient:
                         "the client was closed while the call was in flight",
                         transport=transport.kind,
                     ) from exc
-                failure = failure_of(exc)
-                if (
-                    transport is state.grpc
-                    and self._mode == "auto"
-                    and (failure == "connect" or isinstance(exc, Unimplemented))
-                ):
-                    self._fall_back(f"gRPC cannot reach the service ({exc})")
-                    continue
-                if transport is state.grpc and self._mode == "auto" and failure == "decode":
-                    self._fall_back(
-                        "a gRPC answer could not be decoded (the inferred field numbers may not "
-                        "match the service)",
-                        incompatible=True,
-                    )
-                    continue
-                if isinstance(exc, Unauthenticated) and failure is None and not refreshed:
+                if transport is state.grpc and self._mode == "auto":
+                    if isinstance(exc, ConnectFailed | Unimplemented):
+                        self._fall_back(f"gRPC cannot reach the service ({exc})")
+                        continue
+                    if isinstance(exc, UndecodableAnswer):
+                        self._fall_back(
+                            f"a gRPC answer cannot be used ({exc.message}; the inferred field "
+                            "numbers may not match the service)",
+                            incompatible=True,
+                        )
+                        continue
+                if isinstance(exc, Unauthenticated) and not refreshed:
                     refreshed = True
                     if await self._auth.refresh_rejected(credentials, authorization, deadline):
                         continue
                 if isinstance(exc, AuthorizationRequired) and exc.principal is None:
                     exc.principal = self._auth.principal_hint(credentials)
-                if retry is None or attempt >= retry.max_attempts or not _retryable(exc, op):
+                if retry is None or attempt >= retry.max_attempts or not _retryable(exc, row):
                     raise
                 delay = retry.backoff(attempt)
                 if exc.retry_delay is not None:
@@ -833,7 +817,7 @@ class DataConnectorClient:
                     raise  # the service's own error says more than a deadline cut short
                 _log.debug(
                     "%s attempt %d failed (%s); retrying in %.3f s",
-                    op.route.name,
+                    row.name,
                     attempt,
                     exc.code.name,
                     delay,
@@ -841,18 +825,6 @@ class DataConnectorClient:
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
-            if op is _ACQUIRE and not response.access_token:
-                if transport is state.grpc and self._mode == "auto":
-                    self._fall_back(
-                        "a gRPC answer had no access token (the inferred field numbers may not "
-                        "match the service)",
-                        incompatible=True,
-                    )
-                    continue
-                raise Internal(
-                    "the service answered without an access token",
-                    transport=transport.kind,
-                )
             if self._rest_until and transport is state.grpc:
                 self._rest_until = 0.0
                 self._reprobe = _REPROBE_FIRST
@@ -948,7 +920,7 @@ class DataConnectorClient:
         loop = asyncio.get_running_loop()
         state = self._state(loop)
         deadline = self._deadline(loop, timeout)
-        endpoint = self._endpoint_for(_STORE.route, name)
+        endpoint = self._endpoint_for(_STORE, name)
         if not isinstance(full_redirect_uri, str) or not full_redirect_uri:
             raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
         if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
@@ -995,7 +967,7 @@ class DataConnectorClient:
         loop = asyncio.get_running_loop()
         state = self._state(loop)
         deadline = self._deadline(loop, timeout)
-        endpoint = self._endpoint_for(_CHECK.route, name)
+        endpoint = self._endpoint_for(_CHECK, name)
         if credentials is not None:
             check_credentials(credentials)
         request = _proto.CheckRefreshTokenRequest(name=name)

@@ -20,12 +20,19 @@ or REST (Google's JSON error envelope): both are turned into a ``google.rpc.Stat
     │   ├── Aborted                   ABORTED
     │   ├── OutOfRange                OUT_OF_RANGE
     │   ├── Unimplemented             UNIMPLEMENTED
-    │   ├── Internal                  INTERNAL (also: a malformed or tokenless success)
-    │   ├── Unavailable               UNAVAILABLE (also: connection refused / reset / TLS)
+    │   ├── Internal                  INTERNAL
+    │   │   └── UndecodableAnswer     a success the client cannot use (malformed, tokenless)
+    │   ├── Unavailable               UNAVAILABLE
+    │   │   ├── ConnectFailed         no connection (refused, DNS, TLS): the request was not sent
+    │   │   └── ConnectionBroken      the connection failed mid-call, or a proxy answered:
+    │   │                             the request may have reached the service
     │   ├── DataLoss                  DATA_LOSS
     │   └── Unauthenticated           UNAUTHENTICATED (also: credentials that cannot refresh)
     └── ValueError
         └── UsageError                misuse (a malformed name, bad arguments), before any I/O
+
+The three wire-failure classes say where a call failed, which the retry and fallback rules
+read; they stay an ``Unavailable`` or an ``Internal`` for code that does not care.
 
 Messages never carry tokens: they are built from the server's status message, the connector
 name and the principal, never from headers or request bodies. A server (or a proxy) can still
@@ -47,6 +54,8 @@ __all__ = [
     "AlreadyExists",
     "AuthorizationRequired",
     "Cancelled",
+    "ConnectFailed",
+    "ConnectionBroken",
     "DataConnectorError",
     "DataLoss",
     "DeadlineExceeded",
@@ -59,6 +68,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "UndecodableAnswer",
     "Unimplemented",
     "Unknown",
     "UsageError",
@@ -67,12 +77,6 @@ __all__ = [
 ]
 
 Transport = Literal["grpc", "rest"]
-
-#: How a call failed below the service (private to the client's retry and fallback logic):
-#: "connect": the connection was never established, so the request demonstrably did not reach
-#: the server; "io": the connection broke after the request may have been sent; "decode": the
-#: answer did not parse as the expected message (the inferred field numbers may be wrong).
-Failure = Literal["connect", "io", "decode"]
 
 REFRESH_TOKEN_NOT_FOUND: Final = "REFRESH_TOKEN_NOT_FOUND"  # noqa: S105 - a reason code
 
@@ -117,7 +121,6 @@ class DataConnectorError(Exception):
         self.domain: str | None = None
         self.metadata: Mapping[str, str] = {}
         self.retry_delay: float | None = None
-        self._failure: Failure | None = None
         for detail in details:
             if isinstance(detail, error_details_pb2.ErrorInfo):
                 self.reason = detail.reason or None
@@ -256,10 +259,27 @@ class Internal(DataConnectorError):
     code = grpc.StatusCode.INTERNAL
 
 
+class UndecodableAnswer(Internal):
+    """A successful answer the client cannot use: it does not decode as the expected message,
+    or it lacks what the call reads (an access token). Over gRPC, whose field numbers are
+    inferred, ``auto`` mode moves to REST on it."""
+
+
 class Unavailable(DataConnectorError):
     """UNAVAILABLE: the service (or the third party behind it) or the wire failed."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ConnectFailed(Unavailable):
+    """No connection could be made (refused, unresolvable, TLS or ALPN failure, a proxy's
+    refusal): the request provably never left the client, so any call may be retried."""
+
+
+class ConnectionBroken(Unavailable):
+    """The connection failed during the call (reset, closed, cut-off answer), or something
+    other than the service answered UNAVAILABLE (a gateway's page): the request may have
+    reached the service, so only an idempotent call is retried."""
 
 
 class DataLoss(DataConnectorError):
@@ -327,7 +347,6 @@ def from_status(
     http_status: int | None = None,
     connector: str | None = None,
     from_service: bool = True,
-    failure: Failure | None = None,
 ) -> DataConnectorError:
     """The exception for a ``google.rpc.Status``, whichever wire carried it.
 
@@ -339,8 +358,8 @@ def from_status(
             with reason ``REFRESH_TOKEN_NOT_FOUND`` or no reason becomes
             :class:`AuthorizationRequired`.
         from_service: False when the status was made up from something that is not a Google
-            API error (a proxy's HTML page): such a NOT_FOUND is never read as "not authorized".
-        failure: Set when the status describes a wire failure rather than a service answer.
+            API error (a proxy's HTML page): such a NOT_FOUND is never read as "not authorized",
+            and such an UNAVAILABLE is a :class:`ConnectionBroken`.
     """
     details = unpack_details(status.details)
     message_text = status.message or f"the server sent status {status.code} without a message"
@@ -356,28 +375,9 @@ def from_status(
                 http_status=http_status,
             )
     cls = _CLASSES.get(code, Unknown)
-    error = cls(message_text, details=details, transport=transport, http_status=http_status)
-    error._failure = failure
-    return error
-
-
-def wire_failure(
-    cls: type[DataConnectorError],
-    message_text: str,
-    *,
-    transport: Transport,
-    failure: Failure | None,
-    http_status: int | None = None,
-) -> DataConnectorError:
-    """An error made by the client for a failure below the service (no server status)."""
-    error = cls(message_text, transport=transport, http_status=http_status)
-    error._failure = failure
-    return error
-
-
-def failure_of(error: DataConnectorError) -> Failure | None:
-    """How the wire failed, for the retry and fallback decisions (None: the server answered)."""
-    return error._failure
+    if cls is Unavailable and not from_service:
+        cls = ConnectionBroken
+    return cls(message_text, details=details, transport=transport, http_status=http_status)
 
 
 #: What replaces a secret in server-supplied text.

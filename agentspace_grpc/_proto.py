@@ -25,8 +25,3 @@ add_DataConnectorServiceServicer_to_server = pb2_grpc.add_DataConnectorServiceSe
 
 SERVICE: descriptor.ServiceDescriptor = pb2.DESCRIPTOR.services_by_name["DataConnectorService"]
 FILE: descriptor.FileDescriptor = pb2.DESCRIPTOR
-
-
-def method_path(method: descriptor.MethodDescriptor) -> str:
-    """The gRPC path of a method: ``/package.Service/Method``."""
-    return f"/{method.containing_service.full_name}/{method.name}"

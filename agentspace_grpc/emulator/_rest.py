@@ -1,4 +1,4 @@
-"""The HTTP front: the REST API (through :mod:`agentspace_grpc._transcode`), end-user identity,
+"""The HTTP front: the REST API (rows of :mod:`agentspace_grpc._wire`), end-user identity,
 consent, the built-in provider and stats, all on one aiohttp port.
 
 Endpoints:
@@ -30,13 +30,13 @@ from typing import Any, Final
 from aiohttp import web
 from google.rpc import code_pb2
 
-from agentspace_grpc._transcode import (
-    ROUTES,
+from agentspace_grpc._wire import (
     MethodNotAllowed,
     RouteNotFound,
     TranscodingError,
     code_for_http_status,
     http_status_for_code,
+    match,
     message_to_json,
     status_to_json,
 )
@@ -163,7 +163,7 @@ class RestFront:
     async def _api(self, request: web.Request) -> web.Response:
         raw_path = request.raw_path.split("?", 1)[0]
         try:
-            route, params, binding = ROUTES.match(request.method, raw_path)
+            row, value = match(request.method, raw_path)
         except MethodNotAllowed as exc:
             error = {"code": 405, "message": str(exc), "status": "UNIMPLEMENTED", "details": []}
             return web.json_response({"error": error}, status=405)
@@ -176,10 +176,10 @@ class RestFront:
             raise unauthenticated(str(exc)) from None
         body = await request.read()
         try:
-            message = route.from_http(params, list(request.query.items()), body, binding=binding)
+            message = row.from_http(value, request.query.keys(), body)
         except TranscodingError as exc:
             raise ServiceError(code_pb2.INVALID_ARGUMENT, f"invalid request: {exc}") from None
-        answer = await self._service.handle(route.name, authorization, message)
+        answer = await self._service.handle(row.name, authorization, message)
         return web.Response(body=message_to_json(answer), content_type="application/json")
 
     # ---- identity and consent ------------------------------------------------------------------

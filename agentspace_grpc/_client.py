@@ -51,6 +51,7 @@ from agentspace_grpc._errors import (
     failure_of,
 )
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._options import resolve as resolve_options
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
@@ -68,12 +69,10 @@ DEFAULT_TIMEOUT: Final = 60.0
 EMULATOR_HOST_ENV: Final = "AGENTSPACE_EMULATOR_HOST"
 EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
 
-_DEFAULT_HOST: Final = "discoveryengine.googleapis.com"
-# The multi-region locations have their own hosts (the service's documented endpoints).
-_REGIONAL_HOSTS: Final = {
-    "us": "us-discoveryengine.googleapis.com",
-    "eu": "eu-discoveryengine.googleapis.com",
-}
+# The service's host is <label>.<universe domain>; the multi-region locations have their own
+# labels (the service's documented endpoints).
+_DEFAULT_LABEL: Final = "discoveryengine"
+_REGIONAL_LABELS: Final = {"us": "us-discoveryengine", "eu": "eu-discoveryengine"}
 # After falling back to REST in auto mode, gRPC is tried again after this long (doubling).
 _REPROBE_FIRST: Final = 30.0
 _REPROBE_MAX: Final = 600.0
@@ -410,6 +409,12 @@ class DataConnectorClient:
         retry: The retry policy, or None to make one attempt only.
         single_flight: Share one RPC among identical concurrent acquires.
         ssl_context: TLS trust (a custom CA bundle) for both wires.
+        universe_domain: The Google Cloud universe (default: ``GOOGLE_CLOUD_UNIVERSE_DOMAIN``,
+            else googleapis.com); it names the default hosts, and credentials of another
+            universe are refused.
+        client_options: A ``google.api_core`` ``ClientOptions`` or a dict: ``api_endpoint``,
+            ``quota_project_id``, ``universe_domain``, ``scopes`` (default cloud-platform) and
+            ``credentials_file`` are honoured; any other option that is set is refused.
     """
 
     def __init__(
@@ -424,6 +429,8 @@ class DataConnectorClient:
         retry: RetryPolicy | None = RetryPolicy(),
         single_flight: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        universe_domain: str | None = None,
+        client_options: object = None,
     ) -> None:
         if transport not in ("auto", "grpc", "rest"):
             raise UsageError(f"transport must be 'auto', 'grpc' or 'rest', not {transport!r}")
@@ -438,6 +445,15 @@ class DataConnectorClient:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise UsageError("ssl_context must be an ssl.SSLContext or None")
         check_credentials(credentials)
+        settings = resolve_options(
+            client_options,
+            endpoint=endpoint,
+            quota_project=quota_project,
+            universe_domain=universe_domain,
+            credentials=credentials,
+        )
+        endpoint, quota_project = settings.endpoint, settings.quota_project
+        credentials = settings.credentials
 
         emulator_host = os.environ.get(EMULATOR_HOST_ENV) or None
         emulator_rest = os.environ.get(EMULATOR_REST_ENV) or None
@@ -450,7 +466,13 @@ class DataConnectorClient:
         self._quota_project = quota_project
         self._retry = retry
         self._single_flight = single_flight
-        self._auth = Authorizer(credentials, use_adc=not use_emulator)
+        self._universe = settings.universe
+        self._auth = Authorizer(
+            credentials,
+            use_adc=not use_emulator,
+            scopes=settings.scopes,
+            universe=settings.universe,
+        )
         self._plan = self._make_plan(
             endpoint,
             rest_endpoint,
@@ -607,7 +629,7 @@ class DataConnectorClient:
         return endpoint, request
 
     def _regional_endpoint(self, location: str) -> Endpoint:
-        host = _REGIONAL_HOSTS.get(location, _DEFAULT_HOST)
+        host = f"{_REGIONAL_LABELS.get(location, _DEFAULT_LABEL)}.{self._universe}"
         endpoint = self._regional.get(host)
         if endpoint is None:
             rest = self._plan.rest_override or f"https://{host}"

@@ -2,8 +2,11 @@
 
 Three kinds are accepted: a google-auth ``Credentials`` (refreshed with ``asyncio.to_thread``,
 one refresh at a time per credentials object across every caller in the process), a plain
-access-token string (sent as is), or None (Application Default Credentials with the
-cloud-platform scope, looked up once in a thread; skipped when an emulator is configured).
+access-token string (sent as is), or None (Application Default Credentials with the client's
+scopes, looked up once in a thread; skipped when an emulator is configured).
+
+Before a credentials object's token is first sent, its universe domain must match the
+client's: reading it may ask the metadata server, so it is read in a thread, once per object.
 
 The header is sent as call metadata on every wire and channel kind: grpc drops *call
 credentials* on plaintext channels (grpc/grpc#8142), so they are never used.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import weakref
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
 import google.auth
@@ -26,20 +29,28 @@ import requests
 from agentspace_grpc._errors import DeadlineExceeded, Unauthenticated, Unavailable, UsageError
 from agentspace_grpc._transports.base import is_loopback
 
-__all__ = ["CLOUD_PLATFORM_SCOPE", "Authorizer", "CredentialsLike"]
+__all__ = ["CLOUD_PLATFORM_SCOPE", "DEFAULT_UNIVERSE", "Authorizer", "CredentialsLike"]
 
 CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
+DEFAULT_UNIVERSE: Final = "googleapis.com"
 
 CredentialsLike = google.auth.credentials.Credentials | str | None
 
 _GoogleCredentials = google.auth.credentials.Credentials
+_T = TypeVar("_T")
 
 # In-flight refreshes, one per credentials object (shared by every client in the process).
 _REFRESHES: weakref.WeakKeyDictionary[_GoogleCredentials, asyncio.Future[None]] = (
     weakref.WeakKeyDictionary()
 )
-# Scoped copies of credentials that need scopes, so that the copy (and its token) is reused.
-_SCOPED: weakref.WeakKeyDictionary[_GoogleCredentials, _GoogleCredentials] = (
+# Scoped copies of credentials that need scopes, by scopes, so that a copy (and its token) is
+# reused.
+_SCOPED: weakref.WeakKeyDictionary[
+    _GoogleCredentials, dict[tuple[str, ...], _GoogleCredentials]
+] = weakref.WeakKeyDictionary()
+# The universe domain of each credentials object (read once), and the reads in flight.
+_UNIVERSES: weakref.WeakKeyDictionary[_GoogleCredentials, str] = weakref.WeakKeyDictionary()
+_UNIVERSE_READS: weakref.WeakKeyDictionary[_GoogleCredentials, asyncio.Future[str]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -102,12 +113,23 @@ class Authorizer:
         default: The client's credentials.
         use_adc: Whether None means Application Default Credentials (False when an emulator is
             configured: then None means "send no authorization header").
+        scopes: The scopes for ADC and for credentials that require scopes.
+        universe: The client's universe domain; credentials of another one are refused.
     """
 
-    def __init__(self, default: CredentialsLike, *, use_adc: bool) -> None:
+    def __init__(
+        self,
+        default: CredentialsLike,
+        *,
+        use_adc: bool,
+        scopes: tuple[str, ...] = (CLOUD_PLATFORM_SCOPE,),
+        universe: str = DEFAULT_UNIVERSE,
+    ) -> None:
         check_credentials(default)
         self._default = default
         self._use_adc = use_adc and default is None
+        self._scopes = scopes
+        self._universe = universe
         self._adc: _GoogleCredentials | None = None
         self._adc_lookup: asyncio.Future[_GoogleCredentials] | None = None
         self._session: requests.Session | None = None
@@ -137,7 +159,9 @@ class Authorizer:
             if creds is None:
                 return PENDING
         assert isinstance(creds, _GoogleCredentials)
-        creds = _scoped(creds)
+        if _UNIVERSES.get(creds) != self._universe:
+            return PENDING  # not checked yet (or refused: authorization() raises)
+        creds = _scoped(creds, self._scopes)
         token = creds.token
         if token and creds.valid:
             return self._bearer(token)
@@ -153,7 +177,8 @@ class Authorizer:
                 return None
             creds = self._adc or await self._lookup_adc(deadline)
         assert isinstance(creds, _GoogleCredentials)
-        creds = _scoped(creds)
+        await self._check_universe(creds, deadline)
+        creds = _scoped(creds, self._scopes)
         if not creds.valid:
             await self._refresh(creds, deadline)
         token = creds.token
@@ -195,12 +220,35 @@ class Authorizer:
             creds, google.auth.credentials.AnonymousCredentials
         ):
             return False
-        creds = _scoped(creds)
+        creds = _scoped(creds, self._scopes)
         current = creds.token
         if current and rejected is not None and rejected != "Bearer " + current:
             return True
         await self._refresh(creds, deadline)
         return True
+
+    # ---- universe --------------------------------------------------------------------
+
+    async def _check_universe(self, creds: _GoogleCredentials, deadline: float) -> None:
+        """Refuse credentials of another universe before their token is sent anywhere."""
+        universe = _UNIVERSES.get(creds)
+        if universe is None:
+            loop = asyncio.get_running_loop()
+            pending = _UNIVERSE_READS.get(creds)
+            if pending is None or pending.get_loop() is not loop:
+                pending = loop.create_task(_read_universe(creds))
+                pending.add_done_callback(_retrieve)
+                _UNIVERSE_READS[creds] = pending
+            universe = await _within(
+                pending, deadline, "the universe domain of the credentials was read"
+            )
+        if universe != self._universe:
+            raise UsageError(
+                f"the credentials belong to the universe domain {universe!r}, but the client "
+                f"uses {self._universe!r} (set by universe_domain=, client_options or "
+                "GOOGLE_CLOUD_UNIVERSE_DOMAIN; googleapis.com by default): their token is "
+                "not sent"
+            )
 
     # ---- refresh ---------------------------------------------------------------------
 
@@ -269,7 +317,7 @@ class Authorizer:
 
     async def _run_adc(self) -> _GoogleCredentials:
         try:
-            creds, _ = await asyncio.to_thread(google.auth.default, scopes=[CLOUD_PLATFORM_SCOPE])
+            creds, _ = await asyncio.to_thread(google.auth.default, scopes=list(self._scopes))
         except google.auth.exceptions.DefaultCredentialsError as exc:
             raise Unauthenticated(
                 "no credentials were given and Application Default Credentials are not set up: "
@@ -287,21 +335,60 @@ class Authorizer:
         return "<Authorizer>"
 
 
-def _scoped(creds: _GoogleCredentials) -> _GoogleCredentials:
-    """The cloud-platform-scoped version of credentials that require scopes (cached)."""
+def _scoped(creds: _GoogleCredentials, scopes: tuple[str, ...]) -> _GoogleCredentials:
+    """The scoped version of credentials that require scopes (cached)."""
     requires = getattr(creds, "requires_scopes", False)
     if not requires:
         return creds
-    scoped = _SCOPED.get(creds)
+    copies = _SCOPED.get(creds)
+    if copies is None:
+        copies = _SCOPED[creds] = {}
+    scoped = copies.get(scopes)
     if scoped is None:
-        scoped = cast(
+        scoped = copies[scopes] = cast(
             _GoogleCredentials,
             google.auth.credentials.with_scopes_if_required(  # type: ignore[no-untyped-call]
-                creds, [CLOUD_PLATFORM_SCOPE]
+                creds, list(scopes)
             ),
         )
-        _SCOPED[creds] = scoped
     return scoped
+
+
+async def _read_universe(creds: _GoogleCredentials) -> str:
+    """The credentials' universe domain, read in a thread (it may ask the metadata server)."""
+    failure: Unavailable | Unauthenticated | None = None
+    try:
+        universe = await asyncio.to_thread(getattr, creds, "universe_domain", DEFAULT_UNIVERSE)
+    except google.auth.exceptions.TransportError as exc:
+        failure = Unavailable(
+            f"could not read the universe domain of the credentials: {_describe(exc)}"
+        )
+    except google.auth.exceptions.GoogleAuthError as exc:
+        failure = Unauthenticated(
+            f"could not read the universe domain of the credentials: {_describe(exc)}"
+        )
+    finally:
+        _UNIVERSE_READS.pop(creds, None)
+    if failure is not None:
+        raise failure
+    universe = universe or DEFAULT_UNIVERSE
+    _UNIVERSES[creds] = universe
+    return str(universe)
+
+
+async def _within(pending: asyncio.Future[_T], deadline: float, what: str) -> _T:
+    """Wait for a shared task until the caller's deadline, without cancelling it for others."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout(max(remaining, 0)):
+            return await asyncio.shield(pending)
+    except TimeoutError:
+        raise DeadlineExceeded(f"the deadline passed before {what}") from None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: waiters may all have left
 
 
 def _forget_refresh(creds: _GoogleCredentials) -> _Forget:

@@ -397,9 +397,10 @@ class DataConnectorClient:
     Args:
         transport: "auto" (gRPC, falling back to REST when gRPC cannot reach the service),
             "grpc" or "rest".
-        credentials: The default credentials: a google-auth ``Credentials``, an access-token
-            string, or None for Application Default Credentials (cloud-platform scope; not
-            looked up when an emulator variable is set). Each call may pass its own.
+        credentials: The default credentials: a google-auth ``Credentials`` (synchronous or
+            ``google.auth.aio``), an access-token string, or None for Application Default
+            Credentials (cloud-platform scope; not looked up when an emulator variable is
+            set). Each call may pass its own.
         endpoint: ``host[:port]`` serving both wires (default: Discovery Engine, with the
             ``us`` / ``eu`` multi-region hosts chosen from the resource name).
         rest_endpoint: ``http(s)://host[:port]`` for REST only (the emulator's HTTP port).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import socket
 import struct
@@ -24,7 +25,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
+import google.auth.aio.credentials
+import google.auth.exceptions
 import google.oauth2.credentials
 import grpc
 import grpc.aio
@@ -48,6 +52,7 @@ from tests._tls import TlsMaterial
 
 __all__ = [
     "CONNECTOR",
+    "AioUserCredentials",
     "ConnectProxy",
     "FakeService",
     "RpcFault",
@@ -725,6 +730,10 @@ class TokenEndpoint:
         body = {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
         return web.Response(body=json.dumps(body), content_type="application/json")
 
+    def aio_credentials(self, user: str) -> AioUserCredentials:
+        """google.auth.aio credentials for ``user`` that refresh here."""
+        return AioUserCredentials(self.url, f"rt-{user}")
+
     def credentials(
         self, user: str, *, token: str | None = None
     ) -> google.oauth2.credentials.Credentials:
@@ -757,3 +766,41 @@ def service_account_file(path: Path, token_uri: str, *, email: str = "robot@demo
     }
     path.write_text(json.dumps(info), encoding="utf-8")
     return path
+
+
+class AioUserCredentials(google.auth.aio.credentials.Credentials):  # type: ignore[misc]
+    """google.auth.aio credentials refreshed with the refresh-token grant, over the request given.
+
+    google-auth ships no refreshable aio credentials for users yet; this is the smallest one.
+
+    Attributes:
+        threads: The thread each refresh ran on.
+    """
+
+    def __init__(self, token_uri: str, refresh_token: str) -> None:
+        super().__init__()
+        self.expiry: datetime.datetime | None = None
+        self.threads: list[int] = []
+        self._token_uri = token_uri
+        self._refresh_token = refresh_token
+
+    async def refresh(self, request: Any) -> None:
+        self.threads.append(threading.get_ident())
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": self._refresh_token,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        }
+        response = await request(
+            self._token_uri,
+            method="POST",
+            body=urlencode(form).encode("ascii"),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        answer = json.loads(await response.read())
+        if response.status_code != 200:
+            raise google.auth.exceptions.RefreshError(f"token endpoint: {answer.get('error')}")
+        self.token = answer["access_token"]
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        self.expiry = now + datetime.timedelta(seconds=answer["expires_in"])

@@ -50,7 +50,7 @@ from agentspace_grpc._errors import (
     UsageError,
     failure_of,
 )
-from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._headers import USER_AGENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._options import resolve as resolve_options
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
@@ -199,7 +199,7 @@ def _root_certificates(context: ssl.SSLContext | None) -> bytes | None:
 
 
 _BASE_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
-    ("grpc.primary_user_agent", API_CLIENT.rsplit(" ", 1)[-1]),
+    ("grpc.primary_user_agent", USER_AGENT["grpc"]),
     # Pings only while calls are in flight, rarely enough not to earn GOAWAY too_many_pings.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
@@ -492,7 +492,7 @@ class DataConnectorClient:
         self._acquires: dict[
             tuple[str, str | None, str | None], tuple[Endpoint, _proto.AcquireAccessTokenRequest]
         ] = {}
-        self._headers: dict[tuple[str | None, str, Headers], Headers] = {}
+        self._headers: dict[tuple[str | None, str, Headers, str], Headers] = {}
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_loop: asyncio.AbstractEventLoop | None = None
         self._last_state: _LoopState | None = None
@@ -715,12 +715,13 @@ class DataConnectorClient:
             authorization = (
                 await self._auth.authorization(credentials, deadline) if ready is PENDING else ready
             )
-            headers_key = (authorization, name, extra)
+            headers_key = (authorization, name, extra, transport.kind)
             headers = self._headers.get(headers_key)
             if headers is None:
                 # The quota project follows the credentials; one token comes from one
                 # credentials object, so the token identifies it well enough for the cache.
                 headers = build_headers(
+                    wire=transport.kind,
                     authorization=authorization,
                     name=name,
                     quota_project=self._quota_project or self._auth.quota_project(credentials),

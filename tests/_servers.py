@@ -777,20 +777,28 @@ class AioUserCredentials(google.auth.aio.credentials.Credentials):  # type: igno
         threads: The thread each refresh ran on.
     """
 
-    def __init__(self, token_uri: str, refresh_token: str) -> None:
+    def __init__(
+        self,
+        token_uri: str,
+        refresh_token: str,
+        *,
+        client_id: str = CLIENT_ID,
+        client_secret: str = CLIENT_SECRET,
+    ) -> None:
         super().__init__()
         self.expiry: datetime.datetime | None = None
         self.threads: list[int] = []
         self._token_uri = token_uri
         self._refresh_token = refresh_token
+        self._client = (client_id, client_secret)
 
     async def refresh(self, request: Any) -> None:
         self.threads.append(threading.get_ident())
         form = {
             "grant_type": "refresh_token",
             "refresh_token": self._refresh_token,
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
+            "client_id": self._client[0],
+            "client_secret": self._client[1],
         }
         response = await request(
             self._token_uri,

@@ -63,6 +63,11 @@ def resolve(
     """
     options = _read(client_options)
     endpoint = _merge(endpoint, "endpoint", options, "api_endpoint")
+    if "://" in str(options.get("api_endpoint", "")):
+        raise UsageError(
+            "client_options api_endpoint takes 'host[:port]' (as endpoint= does), not a URL; "
+            "a REST base URL goes in rest_endpoint="
+        )
     quota_project = _merge(quota_project, "quota_project", options, "quota_project_id")
     universe = _merge(universe_domain, "universe_domain", options, "universe_domain")
     if universe is not None:

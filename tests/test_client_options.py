@@ -121,6 +121,8 @@ def test_credentials_file_and_credentials_are_exclusive(tmp_path: Path) -> None:
 def test_bad_client_option_values_are_refused() -> None:
     with pytest.raises(UsageError, match="scopes must be a non-empty sequence"):
         DataConnectorClient(client_options={"scopes": READWRITE})  # one string, not a list
+    with pytest.raises(UsageError, match="api_endpoint takes 'host\\[:port\\]'"):
+        DataConnectorClient(client_options={"api_endpoint": "https://discoveryengine.test"})
     with pytest.raises(UsageError, match="scopes cannot apply to an access-token string"):
         DataConnectorClient(credentials="alice", client_options={"scopes": [READWRITE]})
     with pytest.raises(UsageError, match=r"must be a google\.api_core ClientOptions, a dict"):

@@ -4,7 +4,9 @@ consent, the built-in provider and stats, all on one aiohttp port.
 Endpoints:
 
 - ``/v1alpha/...``: DataConnectorService over REST/JSON (routes from ``google.api.http``),
-  Google-shaped JSON errors.
+  Google-shaped JSON errors: :class:`ApiFront`, which hands each call to a
+  :class:`~._call.Handler` (:func:`api_application` serves it alone, for test and benchmark
+  handlers).
 - ``POST /oauth2/token``: the identity token endpoint (``grant_type=refresh_token``); point
   ``google.oauth2.credentials.Credentials(token_uri=...)`` here.
 - ``POST /emulator/v1/users/{email}/token``: mints an end user's identity (refresh token,
@@ -40,6 +42,7 @@ from agentspace_grpc._wire import (
     message_to_json,
     status_to_json,
 )
+from agentspace_grpc.emulator._call import Call, Handler
 from agentspace_grpc.emulator._errors import (
     ServiceError,
     internal,
@@ -123,8 +126,56 @@ def _oauth_error(error: str, description: str, status: int = 400) -> web.Respons
     )
 
 
+class ApiFront:
+    """The REST API: a request decoded on its row and handed to a handler (any handler: the
+    emulator's service, or a test or benchmark one)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def __repr__(self) -> str:
+        return "ApiFront()"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """One REST call: ServiceError -> Google's JSON error, anything else -> INTERNAL."""
+        try:
+            return await self._call(request)
+        except ServiceError as exc:
+            return _error(exc)
+        except Exception:
+            incident = secrets.token_hex(4)
+            log.exception("internal error in the REST front (incident %s)", incident)
+            return _error(internal(incident))
+
+    async def _call(self, request: web.Request) -> web.Response:
+        raw_path = request.raw_path.split("?", 1)[0]
+        try:
+            row, value = match(request.method, raw_path)
+        except MethodNotAllowed as exc:
+            error = {"code": 405, "message": str(exc), "status": "UNIMPLEMENTED", "details": []}
+            return web.json_response({"error": error}, status=405)
+        except RouteNotFound as exc:
+            raise ServiceError(code_pb2.NOT_FOUND, str(exc)) from None
+        body = await request.read()
+        try:
+            call = Call(row, "rest", request.headers, row.from_http(value, request.query, body))
+        except TranscodingError as exc:
+            call = Call(row, "rest", request.headers, None, f"invalid request: {exc}")
+        answer = await self._handler.handle(call)
+        return web.Response(body=message_to_json(answer), content_type="application/json")
+
+
+def api_application(handler: Handler) -> web.Application:
+    """An aiohttp application serving the API (``/v1alpha/...``) with ``handler``; errors of
+    every route in Google's shape."""
+    app = web.Application(middlewares=[_errors])
+    # Any character, newlines included: a decoded %0A still gets the API's JSON errors.
+    app.router.add_route("*", "/v1alpha/{tail:[\\s\\S]*}", ApiFront(handler).handle)
+    return app
+
+
 class RestFront:
-    """The aiohttp application of one emulator."""
+    """The aiohttp application of one emulator: the API and the emulator's own endpoints."""
 
     def __init__(self, service: Service, provider: Provider, token_uri: str) -> None:
         self._service = service
@@ -136,9 +187,7 @@ class RestFront:
 
     def application(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application(middlewares=[_errors])
-        # Any character, newlines included: a decoded %0A still gets the API's JSON errors.
-        app.router.add_route("*", "/v1alpha/{tail:[\\s\\S]*}", self.handle_api)
+        app = api_application(self._service)
         app.router.add_post("/oauth2/token", self.handle_identity_token)
         app.router.add_post("/emulator/v1/users/{email}/token", self.handle_mint)
         app.router.add_get("/emulator/v1/consent", self.handle_consent)
@@ -146,41 +195,6 @@ class RestFront:
         app.router.add_get("/healthz", self.handle_health)
         self._provider.add_routes(app)
         return app
-
-    # ---- the API -----------------------------------------------------------------------------
-
-    async def handle_api(self, request: web.Request) -> web.Response:
-        """One REST call, transcoded to the service."""
-        try:
-            return await self._api(request)
-        except ServiceError as exc:
-            return _error(exc)
-        except Exception:
-            incident = secrets.token_hex(4)
-            log.exception("internal error in the REST front (incident %s)", incident)
-            return _error(internal(incident))
-
-    async def _api(self, request: web.Request) -> web.Response:
-        raw_path = request.raw_path.split("?", 1)[0]
-        try:
-            row, value = match(request.method, raw_path)
-        except MethodNotAllowed as exc:
-            error = {"code": 405, "message": str(exc), "status": "UNIMPLEMENTED", "details": []}
-            return web.json_response({"error": error}, status=405)
-        except RouteNotFound as exc:
-            raise ServiceError(code_pb2.NOT_FOUND, str(exc)) from None
-        authorization = request.headers.get("Authorization")
-        try:
-            self._service.identity.user_from_authorization(authorization)
-        except IdentityError as exc:
-            raise unauthenticated(str(exc)) from None
-        body = await request.read()
-        try:
-            message = row.from_http(value, request.query.keys(), body)
-        except TranscodingError as exc:
-            raise ServiceError(code_pb2.INVALID_ARGUMENT, f"invalid request: {exc}") from None
-        answer = await self._service.handle(row.name, authorization, message)
-        return web.Response(body=message_to_json(answer), content_type="application/json")
 
     # ---- identity and consent ------------------------------------------------------------------
 

@@ -1,9 +1,8 @@
 """The DataConnectorService logic, independent of the wire.
 
-Both fronts call :meth:`Service.handle` with the method name, the ``authorization`` value and
-the request message; it answers a response message or raises :class:`ServiceError`. Any other
-exception is logged under an incident id and becomes INTERNAL: never a client error, and
-never a message with a secret in it.
+Both fronts hand each call to :meth:`Service.handle` (a :class:`~._call.Handler`); it answers
+a response message or raises :class:`ServiceError`. The fronts log any other exception under an
+incident id and answer INTERNAL: never a client error, and never a message with a secret in it.
 
 AcquireAccessToken, in order: the process's memory cache (short-lived, see
 ``store.memory_cache_seconds``), the shared store's cache, then one refresh per
@@ -18,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +29,7 @@ from google.protobuf import message
 from google.rpc import code_pb2
 
 from agentspace_grpc import _proto
+from agentspace_grpc.emulator._call import Call
 from agentspace_grpc.emulator._config import (
     CONNECTOR_PATTERN,
     INSTANCE_PLACEHOLDER,
@@ -44,7 +43,6 @@ from agentspace_grpc.emulator._errors import (
     REFRESH_TOKEN_REVOKED,
     SCOPES_MISSING,
     ServiceError,
-    internal,
     invalid_argument,
     unauthenticated,
 )
@@ -117,26 +115,17 @@ class Service:
     def __repr__(self) -> str:
         return f"Service(connectors={sorted(self.connectors)})"
 
-    async def handle(
-        self, method: str, authorization: str | None, request: message.Message
-    ) -> message.Message:
-        """Authenticates the caller and runs one RPC; only ServiceError escapes."""
+    async def handle(self, call: Call) -> message.Message:
+        """Authenticates the caller, then runs one RPC (a :class:`Handler` of both fronts)."""
         try:
-            try:
-                user = self.identity.user_from_authorization(authorization)
-            except IdentityError as exc:
-                raise unauthenticated(str(exc)) from None
-            handler = self._handlers.get(method)
-            if handler is None:
-                raise ServiceError(code_pb2.UNIMPLEMENTED, f"method {method} is not implemented")
-            answer: message.Message = await handler(user, request)  # type: ignore[operator]
-            return answer
-        except ServiceError:
-            raise
-        except Exception:
-            incident = secrets.token_hex(4)
-            log.exception("internal error in %s (incident %s)", method, incident)
-            raise internal(incident) from None
+            user = self.identity.user_from_authorization(call.authorization)
+        except IdentityError as exc:
+            raise unauthenticated(str(exc)) from None
+        handler = self._handlers.get(call.row.name)
+        if handler is None:
+            raise ServiceError(code_pb2.UNIMPLEMENTED, f"method {call.row.name} is not implemented")
+        answer: message.Message = await handler(user, call.request)  # type: ignore[operator]
+        return answer
 
     async def close(self) -> None:
         """Cancels refresh flights still running (at shutdown)."""

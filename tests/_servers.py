@@ -1,15 +1,13 @@
-"""Real servers on 127.0.0.1 for client tests (port 0 everywhere).
+"""Servers that answer like the service, on 127.0.0.1 (port 0 everywhere), for client tests.
 
-- :class:`FakeService`: a scriptable DataConnectorService; :func:`serve` puts it behind a
-  grpc.aio server and an aiohttp REST front, both dispatching on the rows of
-  ``agentspace_grpc._wire`` (so both wires reach the same in-memory state and record what they
-  saw).
-- :class:`TcpProxy`: a TCP proxy that forwards, refuses, resets (on accept or on demand),
-  stalls, or drops idle connections.
-- :class:`ConnectProxy`: an HTTP CONNECT proxy (what HTTPS_PROXY points at), mapping any
-  requested host to a local port and recording the targets asked for.
+- :class:`FakeService`: a scriptable DataConnectorService, a handler of the emulator's own
+  fronts: :func:`serve` puts it behind the emulator's gRPC front and REST front (both dispatch
+  on the rows of ``agentspace_grpc._wire``), so both wires reach the same in-memory state and
+  record what they saw.
 - :class:`TokenEndpoint`: an OAuth 2.0 token endpoint for google-auth user credentials; the
   tokens it mints are known to a FakeService as that user's identity.
+
+Servers that break the wire itself are in :mod:`tests._raw`.
 """
 
 from __future__ import annotations
@@ -19,8 +17,6 @@ import base64
 import contextlib
 import datetime
 import json
-import socket
-import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,33 +36,23 @@ from google.protobuf import duration_pb2, message
 from google.rpc import error_details_pb2, status_pb2
 
 from agentspace_grpc import _proto
-from agentspace_grpc._wire import (
-    ROWS,
-    MethodNotAllowed,
-    RouteNotFound,
-    Row,
-    TranscodingError,
-    http_status_for_code,
-    match,
-    message_to_json,
-    status_to_json,
-)
+from agentspace_grpc._wire import ROWS
+from agentspace_grpc.emulator._call import Call
+from agentspace_grpc.emulator._errors import ServiceError
+from agentspace_grpc.emulator._grpc import add_api
+from agentspace_grpc.emulator._rest import api_application
 from tests._tls import TlsMaterial
 
 __all__ = [
     "CONNECTOR",
     "AioUserCredentials",
-    "ConnectProxy",
     "FakeService",
     "RpcFault",
     "Seen",
     "Servers",
     "ServersThread",
-    "TcpProxy",
     "TokenEndpoint",
-    "closed_port",
     "error_info",
-    "reset_connection",
     "retry_info",
     "serve",
     "service_account_file",
@@ -81,14 +67,17 @@ DOMAIN = "discoveryengine.googleapis.com"
 # --------------------------------------------------------------------------------------
 
 
-class RpcFault(Exception):
+class RpcFault(ServiceError):
     """Raised by a handler: both fronts answer with this ``google.rpc.Status``."""
 
     def __init__(self, code: grpc.StatusCode, text: str, *details: message.Message) -> None:
-        super().__init__(text)
+        super().__init__(code.value[0], text)
         self.status = status_pb2.Status(code=code.value[0], message=text)
         for detail in details:
             self.status.details.add().Pack(detail)
+
+    def to_status(self) -> status_pb2.Status:
+        return self.status
 
 
 def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
@@ -120,6 +109,7 @@ class Seen:
 
 
 Handler = Callable[[Seen], Awaitable[message.Message]]
+RestHook = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 
 @dataclass
@@ -130,7 +120,8 @@ class FakeService:
     token is its own identity unless ``strict`` is set; a missing token, or one in
     ``rejected``, is UNAUTHENTICATED. By default AcquireAccessToken answers
     ``tp:<identity>:<n>``; :meth:`on` replaces a method's behaviour and :meth:`fail_next`
-    queues faults for the next calls.
+    queues faults for the next calls; :meth:`wait_cancelled` waits for calls cancelled on the
+    server side.
     """
 
     users: dict[str, str] = field(default_factory=dict)
@@ -141,8 +132,10 @@ class FakeService:
     cancelled: int = 0
     handlers: dict[str, Handler] = field(default_factory=dict)
     faults: list[RpcFault] = field(default_factory=list)
-    #: Called with the aiohttp request before routing; a response it returns is sent as is.
-    rest_hook: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None
+    #: Called with the aiohttp request before the REST front; a response it returns is sent as
+    #: is (raw answers: HTML pages, resets, truncated bodies; see :mod:`tests._raw`).
+    rest_hook: RestHook | None = None
+    _cancellation: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def on(self, method: str, handler: Handler) -> None:
         """Replace the behaviour of one RPC (method name as in the proto)."""
@@ -157,6 +150,12 @@ class FakeService:
         """Calls seen, optionally of one method."""
         return [s for s in self.seen if method is None or s.method == method]
 
+    async def wait_cancelled(self, count: int = 1) -> None:
+        """Until ``count`` calls in all were cancelled on the server side."""
+        while self.cancelled < count:
+            await self._cancellation.wait()
+            self._cancellation.clear()
+
     def _identity(self, headers: Mapping[str, str]) -> str:
         value = headers.get("authorization")
         if not value or not value.startswith("Bearer "):
@@ -170,23 +169,24 @@ class FakeService:
             raise RpcFault(grpc.StatusCode.UNAUTHENTICATED, "unknown access token")
         return token
 
-    async def dispatch(
-        self, wire: Literal["grpc", "rest"], method: str, request: Any, headers: dict[str, str]
-    ) -> message.Message:
-        """Run one call: record it, authenticate, then the fault queue or the handler."""
+    async def handle(self, call: Call) -> message.Message:
+        """One call from either front: record it, authenticate, then the fault queue or the
+        handler."""
+        headers = {key.lower(): value for key, value in call.headers.items()}
+        seen = Seen(call.wire, call.row.name, call.request, headers, None)
         self.started += 1
-        seen = Seen(wire, method, request, headers, None)
         self.seen.append(seen)
         try:
             seen.identity = self._identity(headers)
             if self.faults:
                 raise self.faults.pop(0)
-            handler = self.handlers.get(method)
+            handler = self.handlers.get(seen.method)
             if handler is not None:
                 return await handler(seen)
             return self._default(seen)
         except asyncio.CancelledError:
             self.cancelled += 1
+            self._cancellation.set()
             raise
 
     def _default(self, seen: Seen) -> message.Message:
@@ -212,77 +212,21 @@ class FakeService:
         )
 
 
-def _grpc_handler(service: FakeService, row: Row) -> grpc.RpcMethodHandler[Any, Any]:
-    async def handle(request: Any, context: Any) -> message.Message:
-        headers = {
-            key: value if isinstance(value, str) else value.decode("latin-1")
-            for key, value in context.invocation_metadata() or ()
-        }
-        try:
-            return await service.dispatch("grpc", row.name, request, headers)
-        except RpcFault as fault:
-            await context.abort(
-                grpc.StatusCode(_code(fault.status.code)),
-                fault.status.message,
-                trailing_metadata=(("grpc-status-details-bin", fault.status.SerializeToString()),),
-            )
-            raise AssertionError("unreachable") from None
-
-    return grpc.unary_unary_rpc_method_handler(
-        handle,
-        request_deserializer=row.request_class.FromString,
-        response_serializer=row.response_class.SerializeToString,
-    )
-
-
-def _add_grpc_front(service: FakeService, server: grpc.aio.Server) -> None:
-    for name in {row.service for row in ROWS.values()}:
-        handlers = {r.name: _grpc_handler(service, r) for r in ROWS.values() if r.service == name}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-
-
-def _code(number: int) -> tuple[int, str]:
-    for code in grpc.StatusCode:
-        if code.value[0] == number:
-            return code.value
-    return grpc.StatusCode.UNKNOWN.value
-
-
-def _json_error(status: status_pb2.Status) -> web.Response:
-    return web.Response(
-        status=http_status_for_code(status.code),
-        body=status_to_json(status),
-        content_type="application/json",
-    )
-
-
 def _rest_app(service: FakeService) -> web.Application:
-    async def handle(request: web.Request) -> web.StreamResponse:
+    """The emulator's REST front on ``service``, behind its ``rest_hook``."""
+
+    @web.middleware
+    async def hook(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if service.rest_hook is not None:
             answer = await service.rest_hook(request)
             if answer is not None:
                 return answer
-        raw_path = request.raw_path.split("?", 1)[0]
-        try:
-            row, value = match(request.method, raw_path)
-        except RouteNotFound as exc:
-            return _json_error(status_pb2.Status(code=5, message=str(exc)))
-        except MethodNotAllowed as exc:
-            return _json_error(status_pb2.Status(code=12, message=str(exc)))
-        body = await request.read()
-        try:
-            msg = row.from_http(value, request.query.keys(), body)
-        except TranscodingError as exc:
-            return _json_error(status_pb2.Status(code=3, message=str(exc)))
-        headers = {key.lower(): value for key, value in request.headers.items()}
-        try:
-            answer_message = await service.dispatch("rest", row.name, msg, headers)
-        except RpcFault as fault:
-            return _json_error(fault.status)
-        return web.Response(body=message_to_json(answer_message), content_type="application/json")
+        return await handler(request)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app = api_application(service)
+    app.middlewares.append(hook)
     return app
 
 
@@ -324,7 +268,7 @@ async def serve(
     """Run ``service`` on a gRPC port and a REST port (TLS on both when ``tls`` is given)."""
     service = service or FakeService()
     server = grpc.aio.server()
-    _add_grpc_front(service, server)
+    add_api(server, service)
     if tls is None:
         grpc_port = server.add_insecure_port("127.0.0.1:0")
     else:
@@ -389,275 +333,6 @@ class ServersThread:
 def _bound_port(runner: web.AppRunner) -> int:
     (address,) = runner.addresses[:1]
     return int(address[1])
-
-
-# --------------------------------------------------------------------------------------
-# Sockets
-# --------------------------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP RST (SO_LINGER 0) instead of a FIN."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-def reset_connection(request: web.Request) -> None:
-    """From an aiohttp handler: reset the client's connection (RST) without answering."""
-    transport = request.transport
-    assert transport is not None
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-ProxyMode = Literal["forward", "reset", "stall"]
-
-
-class TcpProxy:
-    """A fault-injecting TCP proxy on 127.0.0.1 in front of ``127.0.0.1:target_port``.
-
-    ``mode`` applies to new connections: "forward" (default), "reset" (RST right after
-    accept) or "stall" (accept, read and never answer). :meth:`reset_all` resets every open
-    connection now (a reset mid-call); :meth:`refuse` stops listening (connection refused)
-    and :meth:`listen` resumes on the same port; ``idle_timeout`` resets connections that
-    carried no byte for that many seconds (a NAT or proxy idle drop); :meth:`pause` holds
-    every byte of the open connections (a partition that keeps the TCP connections up) until
-    :meth:`resume`.
-
-    Use as ``async with TcpProxy(port) as proxy:``; ``proxy.address`` is ``127.0.0.1:PORT``.
-    """
-
-    def __init__(self, target_port: int, *, idle_timeout: float | None = None) -> None:
-        self.target_port = target_port
-        self.idle_timeout = idle_timeout
-        self.mode: ProxyMode = "forward"
-        self.port = 0
-        self.accepted = 0
-        self._server: asyncio.Server | None = None
-        self._closed_servers: list[asyncio.Server] = []  # refused, awaited in aclose()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{self.address}"
-
-    async def __aenter__(self) -> TcpProxy:
-        await self.listen()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def listen(self) -> None:
-        """Listen (again) on ``self.port`` (0 the first time)."""
-        if self._server is not None:
-            return
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def refuse(self) -> None:
-        """Stop listening: new connections are refused; open ones stay.
-
-        ``close()`` closes the listening socket at once. Not ``wait_closed()``: since Python
-        3.12 it also waits for the open connections, which are meant to stay.
-        """
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            self._closed_servers.append(server)
-
-    def pause(self) -> None:
-        """Hold the bytes of every forwarded connection (they stay open) until :meth:`resume`."""
-        self._flowing.clear()
-
-    def resume(self) -> None:
-        """Forward again what :meth:`pause` held, in order."""
-        self._flowing.set()
-
-    def reset_all(self) -> int:
-        """Reset every open connection (both sides) now; returns how many."""
-        writers = list(self._writers)
-        for writer in writers:
-            _reset(writer)
-        self._writers.clear()
-        return len(writers)
-
-    async def aclose(self) -> None:
-        """Stop listening, reset every connection and stop the pumps."""
-        await self.refuse()
-        self.reset_all()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        servers, self._closed_servers = self._closed_servers, []
-        for server in servers:
-            await server.wait_closed()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, self.mode))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: ProxyMode
-    ) -> None:
-        if mode == "reset":
-            _reset(writer)
-            return
-        self._writers.add(writer)
-        if mode == "stall":
-            try:
-                while await reader.read(65536):
-                    pass
-            except OSError:
-                pass
-            finally:
-                self._writers.discard(writer)
-                writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            self._writers.discard(writer)
-            _reset(writer)
-            return
-        self._writers.add(up_writer)
-        loop = asyncio.get_running_loop()
-        activity = [loop.time()]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    await self._flowing.wait()
-                    activity[0] = loop.time()
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, RuntimeError):
-                pass
-            finally:
-                # One side ended: end both, abruptly (the peer sees a reset or EOF).
-                for end in (writer, up_writer):
-                    self._writers.discard(end)
-                    end.transport.abort()
-
-        pumps = [
-            loop.create_task(pump(reader, up_writer)),
-            loop.create_task(pump(up_reader, writer)),
-        ]
-        try:
-            while not all(p.done() for p in pumps):
-                if self.idle_timeout is None:
-                    await asyncio.wait(pumps)
-                    break
-                await asyncio.wait(pumps, timeout=self.idle_timeout / 4)
-                if loop.time() - activity[0] > self.idle_timeout:
-                    for end in (writer, up_writer):
-                        self._writers.discard(end)
-                        _reset(end)
-        finally:
-            for pump_task in pumps:
-                pump_task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-
-
-class ConnectProxy:
-    """An HTTP CONNECT proxy on 127.0.0.1: every tunnel goes to ``127.0.0.1:target_port``.
-
-    ``targets`` records the ``host:port`` each CONNECT asked for, so a test can tell which
-    connections went through the proxy.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.targets: list[str] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``: the value for HTTPS_PROXY."""
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> ConnectProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            # Since Python 3.12 this waits for the connections too: the tunnels end first.
-            await self._server.wait_closed()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            writer.transport.abort()
-            return
-        verb, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-        if verb != "CONNECT":
-            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-            writer.close()
-            return
-        self.targets.append(target)
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-            writer.close()
-            return
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, RuntimeError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        writer.transport.abort()
 
 
 # --------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import hashlib
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import pytest
 
 from agentspace_grpc import _proto, cli
 from tests._emulator_helpers import CONNECTOR, connect_user, consent_over_http, mint, userinfo
+from tests._raw import closed_port
 from tests._servers import FakeService, RpcFault, Seen, ServersThread
 
 ALICE = "alice@example.com"
@@ -152,12 +152,6 @@ def alice_third_party_token(emu: Emu) -> str:
     assert status == 200
     assert info["email"] == ALICE
     return token
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- help ----------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from agentspace_grpc import (
     UsageError,
 )
 from agentspace_grpc import _proto as p
-from tests._servers import CONNECTOR, Seen, Servers, TcpProxy
+from tests._raw import TcpProxy
+from tests._servers import CONNECTOR, Seen, Servers
 
 TRANSPORTS = ["grpc", "rest"]
 # The wire's token in x-goog-api-client and user-agent (Google's format).

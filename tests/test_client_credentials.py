@@ -23,17 +23,8 @@ from agentspace_grpc import (
     Unavailable,
 )
 from agentspace_grpc import _proto as p
-from tests._servers import (
-    CLIENT_SECRET,
-    CONNECTOR,
-    RpcFault,
-    Seen,
-    Servers,
-    TcpProxy,
-    TokenEndpoint,
-    closed_port,
-    serve,
-)
+from tests._raw import TcpProxy, closed_port
+from tests._servers import CLIENT_SECRET, CONNECTOR, RpcFault, Seen, Servers, TokenEndpoint, serve
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import pytest
 
 from agentspace_grpc import DataConnectorClient, DeadlineExceeded, Unavailable, UsageError
 from agentspace_grpc._transports.base import is_loopback, proxy_for
-from tests._servers import CONNECTOR, ConnectProxy, Servers, closed_port, serve
+from tests._raw import ConnectProxy, closed_port
+from tests._servers import CONNECTOR, Servers, serve
 from tests._tls import TlsMaterial
 
 HOSTS = (

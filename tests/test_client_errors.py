@@ -38,17 +38,8 @@ from agentspace_grpc import (
     Unimplemented,
     Unknown,
 )
-from tests._servers import (
-    CONNECTOR,
-    RpcFault,
-    Seen,
-    Servers,
-    TcpProxy,
-    closed_port,
-    error_info,
-    reset_connection,
-    retry_info,
-)
+from tests._raw import TcpProxy, closed_port, reset_connection
+from tests._servers import CONNECTOR, RpcFault, Seen, Servers, error_info, retry_info
 
 TRANSPORTS = ["grpc", "rest"]
 

@@ -15,7 +15,8 @@ from agentspace_grpc import (
     Unavailable,
 )
 from agentspace_grpc import _proto as p
-from tests._servers import CONNECTOR, RpcFault, Seen, Servers, TcpProxy, closed_port, serve
+from tests._raw import TcpProxy, closed_port, grpc_bytes_server
+from tests._servers import CONNECTOR, RpcFault, Seen, Servers, serve
 from tests._tls import TlsMaterial
 
 
@@ -178,26 +179,14 @@ async def test_undecodable_grpc_answer_marks_it_incompatible_and_rest_answers(
 ) -> None:
     # Field 2 (access_token) holding invalid UTF-8: what a wire-type or numbering mismatch with
     # the hosted service could send. grpc cannot decode it.
-    def garbled(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return b"\x12\x02\xff\xfe"
-
-    handler = grpc.method_handlers_generic_handler(
-        p.SERVICE.full_name, {"AcquireAccessToken": grpc.unary_unary_rpc_method_handler(garbled)}
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with DataConnectorClient(
-            credentials="alice",
-            endpoint=f"127.0.0.1:{port}",
-            rest_endpoint=servers.rest_url,
-        ) as client:
-            first = await client.acquire_access_token(CONNECTOR)
-            second = await client.acquire_access_token(CONNECTOR)
-    finally:
-        await server.stop(None)
+    async with (
+        grpc_bytes_server("AcquireAccessToken", lambda request: b"\x12\x02\xff\xfe") as target,
+        DataConnectorClient(
+            credentials="alice", endpoint=target, rest_endpoint=servers.rest_url
+        ) as client,
+    ):
+        first = await client.acquire_access_token(CONNECTOR)
+        second = await client.acquire_access_token(CONNECTOR)
     assert (first.transport, second.transport) == ("rest", "rest")
     assert wires(servers) == ["rest", "rest"]
 

@@ -12,7 +12,8 @@ import pytest
 
 from agentspace_grpc import Cancelled, DataConnectorClient
 from agentspace_grpc import _proto as p
-from tests._servers import CONNECTOR, Seen, Servers, ServersThread, TcpProxy
+from tests._raw import TcpProxy
+from tests._servers import CONNECTOR, Seen, Servers, ServersThread
 
 
 def stall_acquire(servers: Servers) -> asyncio.Event:
@@ -87,7 +88,7 @@ async def test_pitfall_2_aclose_while_connecting_to_an_unresponsive_peer_is_prom
             credentials="alice",
         )
         call = asyncio.ensure_future(client.acquire_access_token(CONNECTOR))
-        await asyncio.sleep(0.2)
+        await proxy.wait_for(lambda: proxy.accepted > 0)  # connected; the peer never answers
         started = time.monotonic()
         await client.aclose()
         assert time.monotonic() - started < 1.0
@@ -126,10 +127,7 @@ async def test_cancelling_an_unshared_call_cancels_the_rpc(
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        for _ in range(100):
-            if servers.service.cancelled:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(servers.service.wait_cancelled(), 10)
     assert servers.service.cancelled == 1
 
 

@@ -18,14 +18,8 @@ import pytest
 from google.api_core.client_options import ClientOptions
 
 from agentspace_grpc import DataConnectorClient, UsageError
-from tests._servers import (
-    CONNECTOR,
-    ConnectProxy,
-    Servers,
-    TokenEndpoint,
-    serve,
-    service_account_file,
-)
+from tests._raw import ConnectProxy
+from tests._servers import CONNECTOR, Servers, TokenEndpoint, serve, service_account_file
 from tests._tls import TlsMaterial
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"

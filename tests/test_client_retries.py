@@ -17,15 +17,8 @@ from agentspace_grpc import (
     Unavailable,
 )
 from agentspace_grpc import _proto as p
-from tests._servers import (
-    CONNECTOR,
-    RpcFault,
-    Seen,
-    Servers,
-    TcpProxy,
-    reset_connection,
-    retry_info,
-)
+from tests._raw import TcpProxy, reset_connection
+from tests._servers import CONNECTOR, RpcFault, Seen, Servers, retry_info
 
 FAST = RetryPolicy(max_attempts=100, initial_backoff=0.02, max_backoff=0.1)
 

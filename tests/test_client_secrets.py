@@ -25,6 +25,7 @@ from agentspace_grpc import (
 )
 from agentspace_grpc import _proto as p
 from agentspace_grpc._errors import REDACTED
+from tests._raw import closed_port, tcp_server
 from tests._reliability import LogCapture, debug_logging
 from tests._servers import (
     CLIENT_SECRET,
@@ -33,7 +34,6 @@ from tests._servers import (
     Seen,
     Servers,
     TokenEndpoint,
-    closed_port,
     error_info,
 )
 
@@ -166,20 +166,17 @@ async def test_malformed_http_answers_keep_the_token_out_of_the_exception_chain(
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(reply, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with DataConnectorClient(
+    async with (
+        tcp_server(reply) as port,
+        DataConnectorClient(
             transport="rest",
             rest_endpoint=f"http://127.0.0.1:{port}",
             credentials=STATIC_TOKEN,
             retry=None,
-        ) as client:
-            with pytest.raises(DataConnectorError) as caught:
-                await client.acquire_access_token(CONNECTOR)
-    finally:
-        server.close()
-        await server.wait_closed()
+        ) as client,
+    ):
+        with pytest.raises(DataConnectorError) as caught:
+            await client.acquire_access_token(CONNECTOR)
     text = "".join(traceback.format_exception(caught.value))
     for error in _chain(caught.value):
         text += repr(error) + str(error) + repr(getattr(error, "__dict__", ""))
@@ -347,22 +344,19 @@ async def test_an_echo_cut_short_by_a_length_limit_leaves_no_part_of_the_token()
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(reply, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     messages = []
-    try:
-        async with DataConnectorClient(
+    async with (
+        tcp_server(reply) as port,
+        DataConnectorClient(
             transport="rest",
             rest_endpoint=f"http://127.0.0.1:{port}",
             credentials=token,
             retry=None,
-        ) as client:
-            for padding[0] in range(1, 200, 5):
-                with pytest.raises(DataConnectorError) as caught:
-                    await client.acquire_access_token(CONNECTOR)
-                messages.append(exposed(caught.value))
-    finally:
-        server.close()
-        await server.wait_closed()
+        ) as client,
+    ):
+        for padding[0] in range(1, 200, 5):
+            with pytest.raises(DataConnectorError) as caught:
+                await client.acquire_access_token(CONNECTOR)
+            messages.append(exposed(caught.value))
     assert any(REDACTED in m for m in messages)  # the echo was quoted
     assert not [m for m in messages if token[:8] in m]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from agentspace_grpc import cli
+from tests._raw import closed_port
 
 STEPS = (
     "1. Consent",
@@ -25,12 +25,6 @@ STEPS = (
 # Prefixes of everything secret the emulator issues: third-party access and refresh tokens,
 # authorization codes, end-user identity tokens.
 SECRET_PREFIXES = ("emuat_", "emurt_", "emuac_", "aea1.", "aer1.")
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_demo_walks_the_whole_flow() -> None:

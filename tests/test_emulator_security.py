@@ -25,7 +25,7 @@ from agentspace_grpc.emulator._config import DEFAULT_REDIRECT_URI, ConfigError, 
 from agentspace_grpc.emulator._crypto import KeyMaterialError, new_key_text
 from agentspace_grpc.emulator._identity import pkce_challenge
 from tests._emulator_helpers import CanaryProvider, rest, start_process
-from tests._servers import ConnectProxy, closed_port
+from tests._raw import ConnectProxy, closed_port
 
 INSTANCE_CONNECTOR = "projects/acme/locations/global/collections/snow/dataConnector"
 SECRET = "CANARY-INSTANCE-SECRET"

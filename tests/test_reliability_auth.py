@@ -39,7 +39,7 @@ from agentspace_grpc import (
 from agentspace_grpc import _proto as p
 from agentspace_grpc.emulator import Emulator
 from tests._emulator_helpers import CONNECTOR, channel_to, rest, userinfo
-from tests._servers import TcpProxy
+from tests._raw import TcpProxy
 
 ALICE = "alice@example.com"
 SECRET = "CANARY-transport-safety-token"

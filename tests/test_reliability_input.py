@@ -53,8 +53,9 @@ from tests._emulator_helpers import (
     provider_stats,
     rest,
 )
+from tests._raw import closed_port, grpc_bytes_server
 from tests._reliability import emulator_stats
-from tests._servers import FakeService, closed_port, serve
+from tests._servers import FakeService, serve
 
 T = TypeVar("T")
 ALICE = "alice@example.com"  # has a stored grant (scopes read, write)
@@ -603,27 +604,15 @@ async def answering() -> AsyncIterator[dict[str, Any]]:
             status=answer["status"], body=answer["body"], content_type=answer["content_type"]
         )
 
-    async def grpc_answer(request: bytes, context: Any) -> bytes:
-        return bytes(answer["bytes"])
-
     service = FakeService()
     service.rest_hook = rest_answer
-    server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(grpc_answer)  # raw bytes both ways
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                p.SERVICE.full_name, {"AcquireAccessToken": handler}
-            ),
-        )
-    )
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with serve(service) as servers:
-        answer["grpc"] = f"127.0.0.1:{grpc_port}"
+    async with (
+        grpc_bytes_server("AcquireAccessToken", lambda request: bytes(answer["bytes"])) as target,
+        serve(service) as servers,
+    ):
+        answer["grpc"] = target
         answer["rest"] = servers.rest_url
         yield answer
-    await server.stop(None)
 
 
 @PROPERTY

@@ -26,6 +26,7 @@ from agentspace_grpc import (
     Unavailable,
 )
 from tests._emulator_helpers import CONNECTOR, connect_user, provider_stats, userinfo
+from tests._raw import TcpProxy
 from tests._reliability import (
     EmulatorServer,
     Outcome,
@@ -36,7 +37,6 @@ from tests._reliability import (
     timed,
     unexpected,
 )
-from tests._servers import TcpProxy
 
 USERS = tuple(f"net{i}@example.com" for i in range(3))
 LATENCY = 0.25  # the provider's answer time: each acquire is in flight at least this long

@@ -50,8 +50,8 @@ from tests._emulator_helpers import (
     start_process,
     userinfo,
 )
+from tests._raw import TcpProxy
 from tests._reliability import Figures, Outcome, tally, timed, unexpected
-from tests._servers import TcpProxy
 
 USERS = tuple(f"load{i}@example.com" for i in range(4))
 BUDGETS = (0.3, 8.0, 8.0)

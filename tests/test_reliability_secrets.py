@@ -46,6 +46,7 @@ from agentspace_grpc import (
 )
 from agentspace_grpc.emulator import Emulator
 from tests._emulator_helpers import CanaryProvider, consent_over_http, rest
+from tests._raw import TcpProxy, closed_port
 from tests._reliability import (
     LogCapture,
     debug_logging,
@@ -58,7 +59,6 @@ from tests._reliability import (
 from tests._reliability import (
     identity as user_identity,
 )
-from tests._servers import TcpProxy, closed_port
 
 LIVE = "projects/canary/locations/global/collections/c/dataConnector"
 DEAD = "projects/dead/locations/global/collections/c/dataConnector"

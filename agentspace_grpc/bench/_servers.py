@@ -5,9 +5,11 @@ JSON line ``{"port": N}`` on stdout when it is ready, then reads commands from s
 prints ``{"calls": N}`` (the AcquireAccessToken calls answered so far, which is how the harness
 counts the RPCs that reached the server); end of input stops the server, exit status 0.
 
-Both servers answer AcquireAccessToken with the same fixed response, after checking that the
-request is well formed and carries the headers every stack must send (authorization, routing
-header, api-client header), so a stack that skipped one fails instead of looking cheap.
+Both servers are the emulator's own gRPC and REST fronts with a constant handler: it answers
+AcquireAccessToken with the same fixed response, after checking that the request is well formed
+and carries the headers every stack must send (authorization, routing header, api-client
+header), so a stack that skipped one fails instead of looking cheap; any other RPC is
+UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf import message
+from google.rpc import code_pb2
 
 from agentspace_grpc import _proto
-from agentspace_grpc._wire import ROWS, TranscodingError, match, message_to_json
+from agentspace_grpc._wire import ROWS
 from agentspace_grpc.bench._common import (
     ANSWER_SCOPES,
     ANSWER_TOKEN,
@@ -32,6 +35,10 @@ from agentspace_grpc.bench._common import (
     REQUIRED_HEADERS,
 )
 from agentspace_grpc.bench._procs import pin_from_environment
+from agentspace_grpc.emulator._call import Call
+from agentspace_grpc.emulator._errors import ServiceError, invalid_argument
+from agentspace_grpc.emulator._grpc import add_api
+from agentspace_grpc.emulator._rest import api_application
 
 _ANSWER = _proto.AcquireAccessTokenResponse(
     access_token=ANSWER_TOKEN,
@@ -40,74 +47,33 @@ _ANSWER = _proto.AcquireAccessTokenResponse(
 _ROW = ROWS["AcquireAccessToken"]
 
 
-def _missing(keys: Sequence[str]) -> list[str]:
-    return [h for h in REQUIRED_HEADERS if h not in keys]
-
-
-class _Counter:
-    """AcquireAccessToken calls answered."""
+class _Constant:
+    """The handler behind both fronts: AcquireAccessToken calls answered, counted."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-
-_Context = grpc.aio.ServicerContext[Any, Any]
-
-
-async def _serve_grpc(counter: _Counter) -> tuple[int, grpc.aio.Server]:
-    async def acquire(
-        request: _proto.AcquireAccessTokenRequest, context: _Context
-    ) -> _proto.AcquireAccessTokenResponse:
-        counter.calls += 1
-        keys = [key for key, _ in context.invocation_metadata() or ()]
-        missing = _missing(keys)
-        if missing or not request.name:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"bench server: missing {', '.join(missing) or 'name'}",
-            )
+    async def handle(self, call: Call) -> message.Message:
+        if call.row is not _ROW:
+            raise ServiceError(code_pb2.UNIMPLEMENTED, f"bench server answers only {_ROW.name}")
+        self.calls += 1
+        request = call.request
+        missing = [h for h in REQUIRED_HEADERS if h not in call.headers]
+        if missing or not getattr(request, "name", ""):
+            raise invalid_argument(f"bench server: missing {', '.join(missing) or 'name'}")
         return _ANSWER
 
-    # Only AcquireAccessToken is served: grpc answers UNIMPLEMENTED for the others.
-    handlers = {
-        _ROW.name: grpc.unary_unary_rpc_method_handler(
-            acquire,
-            request_deserializer=_ROW.request_class.FromString,
-            response_serializer=_ROW.response_class.SerializeToString,
-        )
-    }
+
+async def _serve_grpc(handler: _Constant) -> tuple[int, grpc.aio.Server]:
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_ROW.service, handlers),))
-    server.add_registered_method_handlers(_ROW.service, handlers)
+    add_api(server, handler)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return port, server
 
 
-def _http_app(counter: _Counter) -> web.Application:
-    answer = message_to_json(_ANSWER)
-
-    async def handle(request: web.Request) -> web.Response:
-        counter.calls += 1
-        try:
-            row, value = match(request.method, request.raw_path.partition("?")[0])
-            if row is not _ROW:
-                raise web.HTTPNotFound(text=f"bench server answers only {_ROW.name}")
-            _ROW.from_http(value, request.query.keys(), await request.read())
-        except TranscodingError as exc:
-            raise web.HTTPBadRequest(text=str(exc)) from None
-        missing = _missing([key.lower() for key in request.headers])
-        if missing:
-            raise web.HTTPBadRequest(text=f"bench server: missing {', '.join(missing)}")
-        return web.Response(body=answer, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
-
-
-async def _serve_http(counter: _Counter) -> tuple[int, web.AppRunner]:
-    runner = web.AppRunner(_http_app(counter), access_log=None, handle_signals=False)
+async def _serve_http(handler: _Constant) -> tuple[int, web.AppRunner]:
+    runner = web.AppRunner(api_application(handler), access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,7 +94,7 @@ async def serve_commands(count: Callable[[], int] | None = None) -> None:
 
 
 async def _main(wire: str) -> None:
-    counter = _Counter()
+    counter = _Constant()
     if wire == "grpc":
         port, server = await _serve_grpc(counter)
         print(json.dumps({"port": port}), flush=True)

@@ -56,7 +56,11 @@ class Call:
 
 
 class Handler(Protocol):
-    """Answers the calls of every row (an unknown RPC: ServiceError UNIMPLEMENTED)."""
+    """Answers the calls of every row (an unknown RPC: ServiceError UNIMPLEMENTED).
+
+    An answer is read-only once returned: a handler may return the same message again (a
+    cache hit), and a front may reuse what it made of it.
+    """
 
     async def handle(self, call: Call) -> message.Message:
         """The response message, or raises :class:`ServiceError`."""

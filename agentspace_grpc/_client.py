@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Seque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from google.protobuf import message
@@ -41,20 +41,22 @@ from agentspace_grpc._credentials import (
 from agentspace_grpc._errors import (
     AuthorizationRequired,
     Cancelled,
+    ConnectFailed,
+    ConnectionBroken,
     DataConnectorError,
     DeadlineExceeded,
-    Internal,
     Unauthenticated,
     Unavailable,
+    UndecodableAnswer,
     Unimplemented,
     UsageError,
-    failure_of,
+    redact,
 )
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._token import AccessToken
-from agentspace_grpc._transcode import ROUTES, Route, TranscodingError
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
 from agentspace_grpc._transports.base import format_host_port, is_loopback, proxy_for
+from agentspace_grpc._wire import ROWS, Row, TranscodingError
 
 __all__ = ["DataConnectorClient", "RetryPolicy"]
 
@@ -67,6 +69,8 @@ DEFAULT_TIMEOUT: Final = 60.0
 #: Environment variables that point every client at a running emulator.
 EMULATOR_HOST_ENV: Final = "AGENTSPACE_EMULATOR_HOST"
 EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
+#: Set to 1 to allow emulator variables that name a non-loopback host.
+EMULATOR_INSECURE_ENV: Final = "AGENTSPACE_EMULATOR_INSECURE"
 
 _DEFAULT_HOST: Final = "discoveryengine.googleapis.com"
 # The multi-region locations have their own hosts (the service's documented endpoints).
@@ -137,30 +141,33 @@ class RetryPolicy:
 
 
 # --------------------------------------------------------------------------------------
-# Operations (one per RPC)
+# The RPCs (rows of the wire table)
 # --------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class _Op:
-    route: Route
-    idempotent: bool
-    method: str  # the Transport method
+_ACQUIRE: Final = ROWS["AcquireAccessToken"]
+_STORE: Final = ROWS["AcquireAndStoreRefreshToken"]
+_CHECK: Final = ROWS["CheckRefreshToken"]
 
 
-_ACQUIRE: Final = _Op(ROUTES["AcquireAccessToken"], False, "acquire_access_token")
-_STORE: Final = _Op(ROUTES["AcquireAndStoreRefreshToken"], False, "acquire_and_store_refresh_token")
-_CHECK: Final = _Op(ROUTES["CheckRefreshToken"], True, "check_refresh_token")
-
-
-def _retryable(error: DataConnectorError, op: _Op) -> bool:
-    if not isinstance(error, Unavailable):
-        return False
-    failure = failure_of(error)
-    if failure == "io":
+def _retryable(error: DataConnectorError, row: Row) -> bool:
+    if isinstance(error, ConnectionBroken):
         # The request may have reached the service, which may have rotated a refresh token.
-        return op.idempotent
-    return True
+        return row.idempotent
+    return isinstance(error, Unavailable)
+
+
+def _sent_secrets(request: message.Message, authorization: str | None) -> list[str]:
+    """What a request carried that a server must not be able to echo into an exception."""
+    sent = []
+    if authorization:
+        sent += [authorization, authorization.partition(" ")[2]]
+    # The store calls' redirect URI, and the authorization code in it.
+    uri = getattr(request, "full_redirect_uri", "")
+    if uri:
+        sent.append(uri)
+        with contextlib.suppress(ValueError):
+            sent += parse_qs(urlsplit(uri).query).get("code", [])
+    return sent
 
 
 # --------------------------------------------------------------------------------------
@@ -225,27 +232,36 @@ class _Plan:
 
 
 class _Flight:
-    __slots__ = ("deadline", "task", "waiters")
+    __slots__ = ("deadline", "task", "timers", "waiters")
 
     def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+        self.deadline = deadline  # the one the shared call runs with
         self.task: asyncio.Task[None] | None = None
-        self.waiters: set[asyncio.Future[Any]] = set()
+        self.waiters: dict[asyncio.Future[Any], float] = {}  # waiter -> its own deadline
+        # Timers set when the call ran again for later waiters (None until then).
+        self.timers: list[asyncio.TimerHandle] | None = None
 
     def cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
 
+    def stop_timers(self) -> None:
+        if self.timers is not None:
+            for timer in self.timers:
+                timer.cancel()
+
 
 class _Flights:
     """Concurrent identical calls on one loop share one task; each waiter keeps its deadline.
 
-    The shared task runs with the first waiter's deadline (its retries are planned against
-    it). A waiter whose deadline is earlier stops waiting at its own deadline (a timer, not a
-    wrapper); one that joins with a later deadline takes the shared call's outcome, as it
-    joined a call already in flight. A waiter that leaves (deadline or cancellation) never
-    cancels the task for the others; the task is cancelled when no waiter is left. Nothing
-    outlives the call: this is not a cache.
+    The shared call runs with the deadline of the waiter that started it (its retries are
+    planned against it). A waiter whose deadline is earlier stops waiting at its own deadline
+    (a timer, not a wrapper). When the shared call ends in DEADLINE_EXCEEDED, the waiters whose
+    own deadline is later, with time left for an attempt, do not get it: the task runs the call
+    once more for them, with the latest of their deadlines (a new call, not a retry), so no
+    waiter gets DEADLINE_EXCEEDED because of another's deadline. A waiter that leaves
+    (deadline or cancellation) never cancels the task for the others; the task is cancelled
+    when no waiter is left. Nothing outlives the call: this is not a cache.
     """
 
     __slots__ = ("_flights", "_transport_name")
@@ -266,17 +282,17 @@ class _Flights:
         flight = self._flights.get(key)
         if flight is None:
             flight = _Flight(deadline)
-            flight.task = loop.create_task(self._fly(key, flight, start(*args, flight.deadline)))
+            flight.task = loop.create_task(self._fly(key, flight, start, args))
             self._flights[key] = flight
         waiter: asyncio.Future[_T] = loop.create_future()
-        flight.waiters.add(waiter)
+        flight.waiters[waiter] = deadline
         timer = None
         if deadline < flight.deadline:
             timer = loop.call_at(deadline, self._expire, flight, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
-            flight.waiters.discard(waiter)
+            flight.waiters.pop(waiter, None)
             task = flight.task
             if not flight.waiters and task is not None and not task.done():
                 task.cancel()
@@ -287,24 +303,63 @@ class _Flights:
             if timer is not None:
                 timer.cancel()
 
-    async def _fly(self, key: Hashable, flight: _Flight, call: Coroutine[Any, Any, Any]) -> None:
+    async def _fly(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        start: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+    ) -> None:
         # The outcome goes to the waiters from here (not from a done callback), which saves
         # an event-loop turn per call.
-        try:
-            result = await call
-        except asyncio.CancelledError:
-            self._settle(key, flight, None, Cancelled("the call was cancelled"))
-            raise
-        except BaseException as exc:  # handed to every waiter
-            self._settle(key, flight, None, exc)
-        else:
-            self._settle(key, flight, result, None)
+        while True:
+            try:
+                result = await start(*args, flight.deadline)
+            except asyncio.CancelledError:
+                self._settle(key, flight, None, Cancelled("the call was cancelled"))
+                raise
+            except DeadlineExceeded as exc:
+                if self._again_for_later_waiters(flight, exc):
+                    continue
+                self._settle(key, flight, None, exc)
+            except BaseException as exc:  # handed to every waiter
+                self._settle(key, flight, None, exc)
+            else:
+                self._settle(key, flight, result, None)
+            return
+
+    def _again_for_later_waiters(self, flight: _Flight, error: DeadlineExceeded) -> bool:
+        """After the shared call ran out of time: True when waiters with a later deadline and
+        time for an attempt remain; they stay, with the flight's deadline now the latest of
+        theirs, and every other waiter gets ``error``."""
+        loop = asyncio.get_running_loop()
+        cutoff = max(flight.deadline, loop.time() + _MIN_ATTEMPT_SECONDS)
+        later = {w: d for w, d in flight.waiters.items() if d > cutoff and not w.done()}
+        if not later:
+            return False
+        for waiter in flight.waiters:
+            if waiter not in later and not waiter.done():
+                waiter.set_exception(error)
+        flight.waiters = later
+        flight.deadline = max(later.values())
+        timers = flight.timers if flight.timers is not None else []
+        for waiter, deadline in later.items():
+            if deadline < flight.deadline:  # they had no timer: their deadline was later
+                timers.append(loop.call_at(deadline, self._expire, flight, waiter))
+        flight.timers = timers
+        _log.debug(
+            "a shared call ran out of its deadline; %d waiter(s) with more time share a new one",
+            len(later),
+        )
+        return True
 
     def _settle(
         self, key: Hashable, flight: _Flight, result: Any, error: BaseException | None
     ) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+        if flight.timers is not None:
+            flight.stop_timers()
         for waiter in flight.waiters:
             if waiter.done():
                 continue
@@ -322,7 +377,7 @@ class _Flights:
                 transport=self._transport_name(),
             )
         )
-        flight.waiters.discard(waiter)
+        flight.waiters.pop(waiter, None)
         if not flight.waiters:
             flight.cancel()
 
@@ -334,6 +389,7 @@ class _Flights:
                 if not waiter.done():
                     waiter.set_exception(Cancelled(reason))
             flight.waiters.clear()
+            flight.stop_timers()
             flight.cancel()
             if flight.task is not None:
                 tasks.append(flight.task)
@@ -401,8 +457,9 @@ class DataConnectorClient:
         credentials: The default credentials: a google-auth ``Credentials``, an access-token
             string, or None for Application Default Credentials (cloud-platform scope; not
             looked up when an emulator variable is set). Each call may pass its own.
-        endpoint: ``host[:port]`` serving both wires (default: Discovery Engine, with the
-            ``us`` / ``eu`` multi-region hosts chosen from the resource name).
+        endpoint: ``host[:port]`` serving both wires (default: the emulator variables when
+            set, refused for a non-loopback host unless ``AGENTSPACE_EMULATOR_INSECURE=1``;
+            else Discovery Engine, with the ``us`` / ``eu`` hosts chosen from the name).
         rest_endpoint: ``http(s)://host[:port]`` for REST only (the emulator's HTTP port).
         insecure: Allow plaintext to a non-loopback host (loopback is plaintext already,
             unless ``ssl_context`` is given).
@@ -499,17 +556,30 @@ class DataConnectorClient:
             rest_base = rest_override or f"{'https' if tls else 'http'}://{target}"
             return _Plan(self._endpoint(target, tls, rest_base), rest_override)
         if emulator_host is not None or emulator_rest is not None:
-            # An emulator speaks plaintext; setting the variable is the explicit opt-in
-            # (as with Google's own emulators), loopback or not.
+            # An emulator speaks plaintext and receives the end user's credentials: a variable
+            # naming another machine needs its own opt-in, so a stray one cannot send real
+            # credentials off this machine.
             emulator_target: str | None = None
+            used: dict[str, tuple[str, str]] = {}  # variable -> (host, address)
             if emulator_host is not None:
                 host, port = _split_host_port(emulator_host, EMULATOR_HOST_ENV)
                 if port is None:
                     raise UsageError(f"{EMULATOR_HOST_ENV} must be 'host:port'")
                 emulator_target = format_host_port(host, port)
+                used[EMULATOR_HOST_ENV] = (host, emulator_target)
             rest = rest_override
             if rest is None and emulator_rest is not None:
                 rest = self._check_rest_url(emulator_rest, EMULATOR_REST_ENV, emulator=True)
+                used[EMULATOR_REST_ENV] = (urlsplit(rest).hostname or "", rest)
+            remote = [f"{v}={a}" for v, (host, a) in used.items() if not is_loopback(host)]
+            if remote and os.environ.get(EMULATOR_INSECURE_ENV) != "1":
+                raise UsageError(
+                    f"not a loopback address: {', '.join(remote)}; the end user's credentials "
+                    "would leave this machine for an emulator. Unset the variable, or set "
+                    f"{EMULATOR_INSECURE_ENV}=1 if that host is an emulator you trust"
+                )
+            named = ", ".join(f"{v}={address}" for v, (_, address) in used.items())
+            _log.warning("using the emulator at %s, not Discovery Engine", named)
             if rest is None:
                 rest = f"http://{emulator_target}"
             return _Plan(self._endpoint(emulator_target, False, rest), rest_override)
@@ -564,16 +634,16 @@ class DataConnectorClient:
             rest_proxy=proxy_for(parts.scheme, parts.hostname, rest_port),
         )
 
-    def _endpoint_for(self, route: Route, name: object) -> Endpoint:
+    def _endpoint_for(self, row: Row, name: object) -> Endpoint:
         """Validate a connector name (no I/O) and choose its endpoint; cached per name."""
         if not isinstance(name, str):
             raise UsageError(f"name must be a data connector resource name, not {type(name)}")
-        key = (route.name, name)
+        key = (row.name, name)
         endpoint = self._names.get(key)
         if endpoint is not None:
             return endpoint
         try:
-            route.to_http(route.request_class(name=name))
+            row.expand(name)
         except TranscodingError as exc:
             raise UsageError(f"invalid data connector name: {exc}") from None
         endpoint = self._plan.fixed
@@ -597,7 +667,7 @@ class DataConnectorClient:
             raise UsageError("scope must be a string or None")
         if action is not None and not isinstance(action, str):
             raise UsageError("action must be a string or None")
-        endpoint = self._endpoint_for(_ACQUIRE.route, name)
+        endpoint = self._endpoint_for(_ACQUIRE, name)
         request = _proto.AcquireAccessTokenRequest(
             name=name, scope=scope or "", action=action or ""
         )
@@ -667,7 +737,7 @@ class DataConnectorClient:
 
     async def _invoke(
         self,
-        op: _Op,
+        row: Row,
         request: message.Message,
         name: str,
         credentials: CredentialsLike,
@@ -713,37 +783,32 @@ class DataConnectorClient:
                     transport=transport.kind,
                 )
             try:
-                response = await getattr(transport, op.method)(
-                    endpoint, request, headers, time_left
-                )
+                response = await transport.call(row, endpoint, request, headers, time_left)
             except DataConnectorError as exc:
+                redact(exc, _sent_secrets(request, authorization))
                 if state.closed:
                     raise Cancelled(
                         "the client was closed while the call was in flight",
                         transport=transport.kind,
                     ) from exc
-                failure = failure_of(exc)
-                if (
-                    transport is state.grpc
-                    and self._mode == "auto"
-                    and (failure == "connect" or isinstance(exc, Unimplemented))
-                ):
-                    self._fall_back(f"gRPC cannot reach the service ({exc})")
-                    continue
-                if transport is state.grpc and self._mode == "auto" and failure == "decode":
-                    self._fall_back(
-                        "a gRPC answer could not be decoded (the inferred field numbers may not "
-                        "match the service)",
-                        incompatible=True,
-                    )
-                    continue
-                if isinstance(exc, Unauthenticated) and failure is None and not refreshed:
+                if transport is state.grpc and self._mode == "auto":
+                    if isinstance(exc, ConnectFailed | Unimplemented):
+                        self._fall_back(f"gRPC cannot reach the service ({exc})")
+                        continue
+                    if isinstance(exc, UndecodableAnswer):
+                        self._fall_back(
+                            f"a gRPC answer cannot be used ({exc.message}; the inferred field "
+                            "numbers may not match the service)",
+                            incompatible=True,
+                        )
+                        continue
+                if isinstance(exc, Unauthenticated) and not refreshed:
                     refreshed = True
                     if await self._auth.refresh_rejected(credentials, authorization, deadline):
                         continue
                 if isinstance(exc, AuthorizationRequired) and exc.principal is None:
                     exc.principal = self._auth.principal_hint(credentials)
-                if retry is None or attempt >= retry.max_attempts or not _retryable(exc, op):
+                if retry is None or attempt >= retry.max_attempts or not _retryable(exc, row):
                     raise
                 delay = retry.backoff(attempt)
                 if exc.retry_delay is not None:
@@ -752,7 +817,7 @@ class DataConnectorClient:
                     raise  # the service's own error says more than a deadline cut short
                 _log.debug(
                     "%s attempt %d failed (%s); retrying in %.3f s",
-                    op.route.name,
+                    row.name,
                     attempt,
                     exc.code.name,
                     delay,
@@ -760,18 +825,6 @@ class DataConnectorClient:
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
-            if op is _ACQUIRE and not response.access_token:
-                if transport is state.grpc and self._mode == "auto":
-                    self._fall_back(
-                        "a gRPC answer had no access token (the inferred field numbers may not "
-                        "match the service)",
-                        incompatible=True,
-                    )
-                    continue
-                raise Internal(
-                    "the service answered without an access token",
-                    transport=transport.kind,
-                )
             if self._rest_until and transport is state.grpc:
                 self._rest_until = 0.0
                 self._reprobe = _REPROBE_FIRST
@@ -867,7 +920,7 @@ class DataConnectorClient:
         loop = asyncio.get_running_loop()
         state = self._state(loop)
         deadline = self._deadline(loop, timeout)
-        endpoint = self._endpoint_for(_STORE.route, name)
+        endpoint = self._endpoint_for(_STORE, name)
         if not isinstance(full_redirect_uri, str) or not full_redirect_uri:
             raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
         if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
@@ -914,7 +967,7 @@ class DataConnectorClient:
         loop = asyncio.get_running_loop()
         state = self._state(loop)
         deadline = self._deadline(loop, timeout)
-        endpoint = self._endpoint_for(_CHECK.route, name)
+        endpoint = self._endpoint_for(_CHECK, name)
         if credentials is not None:
             check_credentials(credentials)
         request = _proto.CheckRefreshTokenRequest(name=name)

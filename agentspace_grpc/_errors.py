@@ -20,24 +20,33 @@ or REST (Google's JSON error envelope): both are turned into a ``google.rpc.Stat
     │   ├── Aborted                   ABORTED
     │   ├── OutOfRange                OUT_OF_RANGE
     │   ├── Unimplemented             UNIMPLEMENTED
-    │   ├── Internal                  INTERNAL (also: a malformed or tokenless success)
-    │   ├── Unavailable               UNAVAILABLE (also: connection refused / reset / TLS)
+    │   ├── Internal                  INTERNAL
+    │   │   └── UndecodableAnswer     a success the client cannot use (malformed, tokenless)
+    │   ├── Unavailable               UNAVAILABLE
+    │   │   ├── ConnectFailed         no connection (refused, DNS, TLS): the request was not sent
+    │   │   └── ConnectionBroken      the connection failed mid-call, or a proxy answered:
+    │   │                             the request may have reached the service
     │   ├── DataLoss                  DATA_LOSS
     │   └── Unauthenticated           UNAUTHENTICATED (also: credentials that cannot refresh)
     └── ValueError
         └── UsageError                misuse (a malformed name, bad arguments), before any I/O
 
+The three wire-failure classes say where a call failed, which the retry and fallback rules
+read; they stay an ``Unavailable`` or an ``Internal`` for code that does not care.
+
 Messages never carry tokens: they are built from the server's status message, the connector
-name and the principal, never from headers or request bodies.
+name and the principal, never from headers or request bodies. A server (or a proxy) can still
+echo what it was sent: :func:`redact` takes that out of every error a call raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import ClassVar, Final, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Final, Literal
+from urllib.parse import quote, quote_plus
 
 import grpc
-from google.protobuf import any_pb2, descriptor_pool, message, message_factory
+from google.protobuf import any_pb2, descriptor_pool, json_format, message, message_factory
 from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
@@ -45,6 +54,8 @@ __all__ = [
     "AlreadyExists",
     "AuthorizationRequired",
     "Cancelled",
+    "ConnectFailed",
+    "ConnectionBroken",
     "DataConnectorError",
     "DataLoss",
     "DeadlineExceeded",
@@ -57,19 +68,15 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "UndecodableAnswer",
     "Unimplemented",
     "Unknown",
     "UsageError",
     "from_status",
+    "redact",
 ]
 
 Transport = Literal["grpc", "rest"]
-
-#: How a call failed below the service (private to the client's retry and fallback logic):
-#: "connect": the connection was never established, so the request demonstrably did not reach
-#: the server; "io": the connection broke after the request may have been sent; "decode": the
-#: answer did not parse as the expected message (the inferred field numbers may be wrong).
-Failure = Literal["connect", "io", "decode"]
 
 REFRESH_TOKEN_NOT_FOUND: Final = "REFRESH_TOKEN_NOT_FOUND"  # noqa: S105 - a reason code
 
@@ -114,7 +121,6 @@ class DataConnectorError(Exception):
         self.domain: str | None = None
         self.metadata: Mapping[str, str] = {}
         self.retry_delay: float | None = None
-        self._failure: Failure | None = None
         for detail in details:
             if isinstance(detail, error_details_pb2.ErrorInfo):
                 self.reason = detail.reason or None
@@ -253,10 +259,27 @@ class Internal(DataConnectorError):
     code = grpc.StatusCode.INTERNAL
 
 
+class UndecodableAnswer(Internal):
+    """A successful answer the client cannot use: it does not decode as the expected message,
+    or it lacks what the call reads (an access token). Over gRPC, whose field numbers are
+    inferred, ``auto`` mode moves to REST on it."""
+
+
 class Unavailable(DataConnectorError):
     """UNAVAILABLE: the service (or the third party behind it) or the wire failed."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ConnectFailed(Unavailable):
+    """No connection could be made (refused, unresolvable, TLS or ALPN failure, a proxy's
+    refusal): the request provably never left the client, so any call may be retried."""
+
+
+class ConnectionBroken(Unavailable):
+    """The connection failed during the call (reset, closed, cut-off answer), or something
+    other than the service answered UNAVAILABLE (a gateway's page): the request may have
+    reached the service, so only an idempotent call is retried."""
 
 
 class DataLoss(DataConnectorError):
@@ -324,7 +347,6 @@ def from_status(
     http_status: int | None = None,
     connector: str | None = None,
     from_service: bool = True,
-    failure: Failure | None = None,
 ) -> DataConnectorError:
     """The exception for a ``google.rpc.Status``, whichever wire carried it.
 
@@ -336,8 +358,8 @@ def from_status(
             with reason ``REFRESH_TOKEN_NOT_FOUND`` or no reason becomes
             :class:`AuthorizationRequired`.
         from_service: False when the status was made up from something that is not a Google
-            API error (a proxy's HTML page): such a NOT_FOUND is never read as "not authorized".
-        failure: Set when the status describes a wire failure rather than a service answer.
+            API error (a proxy's HTML page): such a NOT_FOUND is never read as "not authorized",
+            and such an UNAVAILABLE is a :class:`ConnectionBroken`.
     """
     details = unpack_details(status.details)
     message_text = status.message or f"the server sent status {status.code} without a message"
@@ -353,25 +375,90 @@ def from_status(
                 http_status=http_status,
             )
     cls = _CLASSES.get(code, Unknown)
-    error = cls(message_text, details=details, transport=transport, http_status=http_status)
-    error._failure = failure
-    return error
+    if cls is Unavailable and not from_service:
+        cls = ConnectionBroken
+    return cls(message_text, details=details, transport=transport, http_status=http_status)
 
 
-def wire_failure(
-    cls: type[DataConnectorError],
-    message_text: str,
-    *,
-    transport: Transport,
-    failure: Failure | None,
-    http_status: int | None = None,
-) -> DataConnectorError:
-    """An error made by the client for a failure below the service (no server status)."""
-    error = cls(message_text, transport=transport, http_status=http_status)
-    error._failure = failure
-    return error
+#: What replaces a secret in server-supplied text.
+REDACTED: Final = "[redacted]"
+# Shorter values are not searched for: no real token or code is that short, and replacing
+# them would erase ordinary words of the messages.
+_MIN_SECRET: Final = 8
 
 
-def failure_of(error: DataConnectorError) -> Failure | None:
-    """How the wire failed, for the retry and fallback decisions (None: the server answered)."""
-    return error._failure
+def redact(error: DataConnectorError, sent: Iterable[str | None]) -> None:
+    """Take what the request carried out of ``error``, in place, so no echo of it survives.
+
+    Every value in ``sent`` (raw, percent-encoded and form-encoded), and the start of one that
+    a length limit cut short at the end of a text, is replaced in each attribute's text
+    (message, args, reason, metadata, principal, ...); a ``google.rpc``
+    detail holding one is rewritten, any other detail type holding one is dropped. Along the
+    ``__cause__`` / ``__context__`` chain, errors of this tree are redacted the same way and
+    any other exception (grpc's ``AioRpcError``, a JSON decoder's error keeping the whole body)
+    is cut off: its server-supplied text cannot be cleaned, and the message says what it said.
+    """
+    forms: set[str] = set()
+    for value in sent:
+        if value and len(value) >= _MIN_SECRET:
+            forms.update((value, quote(value, safe=""), quote_plus(value, safe="")))
+    secrets = sorted(forms, key=len, reverse=True)  # a URI before the code inside it
+    pending: list[DataConnectorError] = [error]
+    done: list[DataConnectorError] = []
+    while pending:
+        current = pending.pop()
+        if any(current is seen for seen in done):
+            continue
+        done.append(current)
+        if secrets:
+            for name, value in list(vars(current).items()):
+                cleaned = _clean(value, secrets)
+                setattr(current, name, None if cleaned is _Dropped else cleaned)
+            current.args = _clean(current.args, secrets)
+        for linked in (current.__cause__, current.__context__):
+            if isinstance(linked, DataConnectorError):
+                pending.append(linked)
+        if not isinstance(current.__cause__, DataConnectorError):
+            current.__cause__ = None
+        if not isinstance(current.__context__, DataConnectorError):
+            current.__context__ = None
+
+
+_Dropped: Final = object()  # what _clean makes of a detail it must drop
+
+
+def _clean(value: Any, secrets: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        for secret in secrets:  # a quote cut short at a length limit ends in part of one
+            for size in range(len(secret) - 1, _MIN_SECRET - 1, -1):
+                if value.endswith(secret[:size]):
+                    value = value[:-size] + REDACTED
+                    break
+        return value
+    if isinstance(value, tuple | list):
+        cleaned = (_clean(item, secrets) for item in value)
+        return type(value)(item for item in cleaned if item is not _Dropped)
+    if isinstance(value, Mapping):
+        return {_clean(k, secrets): _clean(v, secrets) for k, v in value.items()}
+    if isinstance(value, message.Message):
+        return _clean_detail(value, secrets)
+    return value
+
+
+def _holds(detail: message.Message, secrets: Sequence[str]) -> bool:
+    data = detail.SerializeToString()
+    return any(secret.encode() in data for secret in secrets)
+
+
+def _clean_detail(detail: message.Message, secrets: Sequence[str]) -> object:
+    """The detail without the secrets, or ``_Dropped`` when only dropping can remove them."""
+    if not _holds(detail, secrets):
+        return detail
+    if detail.DESCRIPTOR.file is not _DETAILS_FILE:
+        return _Dropped  # a type whose fields this client does not know
+    cleaned = type(detail)()
+    json_format.ParseDict(_clean(json_format.MessageToDict(detail), secrets), cleaned)
+    return _Dropped if _holds(cleaned, secrets) else cleaned

@@ -46,8 +46,3 @@ AUTHORIZATION_SERVICE: descriptor.ServiceDescriptor = authz_pb2.DESCRIPTOR.servi
     "AuthorizationService"
 ]
 AUTHORIZATION_FILE: descriptor.FileDescriptor = authz_pb2.DESCRIPTOR
-
-
-def method_path(method: descriptor.MethodDescriptor) -> str:
-    """The gRPC path of a method: ``/package.Service/Method``."""
-    return f"/{method.containing_service.full_name}/{method.name}"

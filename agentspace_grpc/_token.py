@@ -2,17 +2,53 @@
 
 The gRPC transport builds it from the response message. The REST transport reads the
 service's JSON answer straight into it: on the hot path a message would be built only to be
-read back once, and the generic JSON mapping costs more than the rest of the client's work.
+read back once, and ``json_format`` costs more than the rest of the client's work.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast, final
+import json
+from typing import Any, Final, Literal, TypeVar, cast, final
+
+from google.protobuf import descriptor, json_format, message
 
 from agentspace_grpc import _proto
-from agentspace_grpc._transcode import TranscodingError, json_loads, message_from_json
+from agentspace_grpc._errors import UndecodableAnswer
 
-__all__ = ["AccessToken", "token_from_json", "token_from_response"]
+__all__ = [
+    "AccessToken",
+    "answer_from_json",
+    "json_loads",
+    "token_from_json",
+    "token_from_response",
+]
+
+_M = TypeVar("_M", bound=message.Message)
+
+_RAW_DECODE: Final = json.JSONDecoder().raw_decode
+
+
+def json_loads(body: bytes | str) -> Any:
+    """``json.loads``, with its errors raised as a ``ValueError`` that names the problem.
+
+    The common case, a UTF-8 document with nothing around it, skips json.loads's encoding
+    detection and its two whitespace scans (half its time on a token answer). Anything else
+    (whitespace, a BOM, UTF-16, an error) goes through json.loads itself, so the result and
+    the errors are json.loads's.
+    """
+    try:
+        text = body.decode() if isinstance(body, bytes) else body
+        value, end = _RAW_DECODE(text)
+        if end == len(text):
+            return value
+    except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("the body is not valid JSON: it is nested too deeply") from None
 
 
 class _Secret:
@@ -86,7 +122,13 @@ class AccessToken:
 def token_from_response(
     response: _proto.AcquireAccessTokenResponse, name: str, transport: Literal["grpc", "rest"]
 ) -> AccessToken:
-    """The token in an AcquireAccessToken response to a request for connector ``name``."""
+    """The token in an AcquireAccessToken response to a request for connector ``name``.
+
+    Raises:
+        UndecodableAnswer: The answer carries no access token (never a token of "").
+    """
+    if not response.access_token:
+        raise UndecodableAnswer("the service answered without an access token", transport=transport)
     info = response.refresh_token_info
     return AccessToken(
         response.access_token,
@@ -101,21 +143,17 @@ def token_from_json(body: bytes, name: str) -> AccessToken:
 
     The service's own form, ``{"accessToken": ..., "refreshTokenInfo": {"name": ...,
     "scopes": [...]}}`` with ASCII strings and nothing else, is read straight into the token.
-    Any other document (the proto field names, missing, null or unknown fields, other text) goes
-    through :func:`~agentspace_grpc._transcode.message_from_json`, which defines the mapping
-    and names what is wrong (``ValueError``); a test checks that the two agree.
+    Any other document goes through ``json_format`` (unknown fields ignored), which defines the
+    mapping and names what is wrong (``ValueError``); a test checks that the two agree.
     """
-    try:
-        data = json_loads(body)
-    except TranscodingError:
-        data = None  # message_from_json names the problem
+    data = json_loads(body)
     if type(data) is dict and len(data) == 2:
         token = data.get("accessToken")
         info = data.get("refreshTokenInfo")
         if type(token) is str and token.isascii() and type(info) is dict and len(info) == 2:
             connector = info.get("name")
             scopes = info.get("scopes")
-            if type(connector) is str and connector.isascii() and type(scopes) is list:
+            if type(connector) is str and connector.isascii() and type(scopes) is list and token:
                 for scope in scopes:
                     if type(scope) is not str or not scope.isascii():
                         break
@@ -123,5 +161,37 @@ def token_from_json(body: bytes, name: str) -> AccessToken:
                     return AccessToken(
                         token, connector=connector or name, scopes=tuple(scopes), transport="rest"
                     )
-    response = message_from_json(body, _proto.AcquireAccessTokenResponse, ignore_unknown=True)
-    return token_from_response(cast(_proto.AcquireAccessTokenResponse, response), name, "rest")
+    response = _from_data(data, _proto.AcquireAccessTokenResponse)
+    return token_from_response(response, name, "rest")
+
+
+def answer_from_json(body: bytes, cls: type[_M]) -> _M:
+    """A 2xx REST answer as a ``cls`` message (unknown fields ignored); ValueError names a
+    problem."""
+    return _from_data(json_loads(body), cls)
+
+
+def _from_data(data: Any, cls: type[_M]) -> _M:
+    _check_objects(data, cast(descriptor.Descriptor, cls.DESCRIPTOR), "the answer")
+    answer = cls()
+    try:
+        json_format.ParseDict(data, answer, ignore_unknown_fields=True)
+    except Exception as exc:  # json_format.Parse also turns any failure into a ParseError
+        raise ValueError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    return answer
+
+
+def _check_objects(data: Any, desc: descriptor.Descriptor, where: str) -> None:
+    """Refuse a non-object where a message is due: json_format takes ``[]`` or ``"x"`` there."""
+    if type(data) is not dict:
+        raise ValueError(f"{where} must be a JSON object, not {type(data).__name__}")
+    for field in desc.fields:
+        sub = field.message_type
+        if sub is None or sub.full_name.startswith("google.protobuf."):
+            continue
+        for key in {field.name, field.json_name}:
+            value = data.get(key)
+            if value is None or (field.is_repeated and type(value) is not list):
+                continue  # a default, or json_format's own error
+            for item in value if field.is_repeated else (value,):
+                _check_objects(item, sub, f"field {key}")

@@ -1,8 +1,9 @@
 """Real servers on 127.0.0.1 for client tests (port 0 everywhere).
 
 - :class:`FakeService`: a scriptable DataConnectorService; :func:`serve` puts it behind a
-  grpc.aio server and an aiohttp REST front built from ``agentspace_grpc._transcode`` (so both
-  wires reach the same in-memory state and record what they saw).
+  grpc.aio server and an aiohttp REST front, both dispatching on the rows of
+  ``agentspace_grpc._wire`` (so both wires reach the same in-memory state and record what they
+  saw).
 - :class:`TcpProxy`: a TCP proxy that forwards, refuses, resets (on accept or on demand),
   stalls, or drops idle connections.
 - :class:`ConnectProxy`: an HTTP CONNECT proxy (what HTTPS_PROXY points at), mapping any
@@ -31,12 +32,14 @@ from google.protobuf import duration_pb2, message
 from google.rpc import error_details_pb2, status_pb2
 
 from agentspace_grpc import _proto
-from agentspace_grpc._transcode import (
-    ROUTES,
+from agentspace_grpc._wire import (
+    ROWS,
     MethodNotAllowed,
     RouteNotFound,
+    Row,
     TranscodingError,
     http_status_for_code,
+    match,
     message_to_json,
     status_to_json,
 )
@@ -133,7 +136,7 @@ class FakeService:
 
     def on(self, method: str, handler: Handler) -> None:
         """Replace the behaviour of one RPC (method name as in the proto)."""
-        assert method in ROUTES, method
+        assert method in ROWS, method
         self.handlers[method] = handler
 
     def fail_next(self, *faults: RpcFault) -> None:
@@ -199,17 +202,14 @@ class FakeService:
         )
 
 
-class _GrpcFront(_proto.DataConnectorServiceServicer):
-    def __init__(self, service: FakeService) -> None:
-        self._service = service
-
-    async def _handle(self, method: str, request: Any, context: Any) -> message.Message:
+def _grpc_handler(service: FakeService, row: Row) -> grpc.RpcMethodHandler[Any, Any]:
+    async def handle(request: Any, context: Any) -> message.Message:
         headers = {
             key: value if isinstance(value, str) else value.decode("latin-1")
             for key, value in context.invocation_metadata() or ()
         }
         try:
-            return await self._service.dispatch("grpc", method, request, headers)
+            return await service.dispatch("grpc", row.name, request, headers)
         except RpcFault as fault:
             await context.abort(
                 grpc.StatusCode(_code(fault.status.code)),
@@ -218,14 +218,17 @@ class _GrpcFront(_proto.DataConnectorServiceServicer):
             )
             raise AssertionError("unreachable") from None
 
-    async def AcquireAccessToken(self, request: Any, context: Any) -> Any:
-        return await self._handle("AcquireAccessToken", request, context)
+    return grpc.unary_unary_rpc_method_handler(
+        handle,
+        request_deserializer=row.request_class.FromString,
+        response_serializer=row.response_class.SerializeToString,
+    )
 
-    async def AcquireAndStoreRefreshToken(self, request: Any, context: Any) -> Any:
-        return await self._handle("AcquireAndStoreRefreshToken", request, context)
 
-    async def CheckRefreshToken(self, request: Any, context: Any) -> Any:
-        return await self._handle("CheckRefreshToken", request, context)
+def _add_grpc_front(service: FakeService, server: grpc.aio.Server) -> None:
+    for name in {row.service for row in ROWS.values()}:
+        handlers = {r.name: _grpc_handler(service, r) for r in ROWS.values() if r.service == name}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
 
 def _code(number: int) -> tuple[int, str]:
@@ -251,19 +254,19 @@ def _rest_app(service: FakeService) -> web.Application:
                 return answer
         raw_path = request.raw_path.split("?", 1)[0]
         try:
-            route, params, binding = ROUTES.match(request.method, raw_path)
+            row, value = match(request.method, raw_path)
         except RouteNotFound as exc:
             return _json_error(status_pb2.Status(code=5, message=str(exc)))
         except MethodNotAllowed as exc:
             return _json_error(status_pb2.Status(code=12, message=str(exc)))
         body = await request.read()
         try:
-            msg = route.from_http(params, list(request.query.items()), body, binding=binding)
+            msg = row.from_http(value, request.query.keys(), body)
         except TranscodingError as exc:
             return _json_error(status_pb2.Status(code=3, message=str(exc)))
         headers = {key.lower(): value for key, value in request.headers.items()}
         try:
-            answer_message = await service.dispatch("rest", route.name, msg, headers)
+            answer_message = await service.dispatch("rest", row.name, msg, headers)
         except RpcFault as fault:
             return _json_error(fault.status)
         return web.Response(body=message_to_json(answer_message), content_type="application/json")
@@ -311,7 +314,7 @@ async def serve(
     """Run ``service`` on a gRPC port and a REST port (TLS on both when ``tls`` is given)."""
     service = service or FakeService()
     server = grpc.aio.server()
-    _proto.add_DataConnectorServiceServicer_to_server(_GrpcFront(service), server)
+    _add_grpc_front(service, server)
     if tls is None:
         grpc_port = server.add_insecure_port("127.0.0.1:0")
     else:

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 from agentspace_grpc import cli
+from agentspace_grpc.bench import _run
+from agentspace_grpc.bench._common import BENCH_TOKEN, CONNECTOR
 from agentspace_grpc.bench._procs import ServerProcess
+from tests._servers import serve
 
 STACKS = {
     "grpc_stub",
@@ -28,6 +31,11 @@ STACKS = {
     "emulator_cache_hit_rest",
     "emulator_refresh_grpc",
     "emulator_refresh_rest",
+    *(
+        f"{stack}_{workload}"
+        for stack in ("grpc_stub", "agentspace_grpc", "aiohttp_raw", "agentspace_rest")
+        for workload in ("many_users", "many_connectors")
+    ),
 }
 
 
@@ -105,6 +113,53 @@ def test_extras_and_targets(bench_run: tuple[int, str, Path]) -> None:
     assert results["fallback"]["status"] == "ok", results["fallback"]
     assert results["fallback"]["auto_first_call_ms"]["median"] > 0
     assert all(t["result"] in ("pass", "miss") for t in results["targets"]), results["targets"]
+
+
+def test_many_users_and_many_connectors_run_and_report(
+    bench_run: tuple[int, str, Path],
+) -> None:
+    _, table, out = bench_run
+    results = json.loads((out / "bench.json").read_text())
+    workloads = results["workloads"]
+    assert workloads["many_users"]["users"] >= 1000
+    assert workloads["many_connectors"]["connectors"] >= 100
+    assert "## Many users, many connectors" in table
+    for workload, about in workloads.items():
+        assert about["single_flight"] is True
+        assert f"- {about['title']}: {about['what']}." in table
+        for wire, base in (("grpc", "grpc_stub"), ("rest", "aiohttp_raw")):
+            stack = results["stacks"][f"agentspace_{wire}_{workload}"]
+            assert stack["workload"] == workload
+            assert stack["baseline"] == f"{base}_{workload}"
+            for key in (f"agentspace_{wire}_{workload}", f"{base}_{workload}"):
+                for figures in results["stacks"][key]["modes"].values():
+                    # The constant servers took every user and connector, and nothing was shared.
+                    assert figures["rpcs_per_call"] == 1.0, key
+        targets = [t for t in results["targets"] if f"({about['title']}, " in t["target"]]
+        assert len(targets) == 4, targets
+        assert all(t["result"] in ("pass", "miss") for t in targets), targets
+    assert "Every call of every stack above reached the server as an RPC of its own." in table
+
+
+async def test_every_workload_stack_sends_each_user_and_connector() -> None:
+    """The floors do the client's work: the same distinct bearer tokens and connector names."""
+    async with serve() as servers:
+        stacks = _run.workload_stacks(servers.grpc_target, servers.rest_url)
+        assert len(stacks) == 4 * len(_run.WORKLOADS)
+        for workload, stack in stacks:
+            users = workload.users or (BENCH_TOKEN,)
+            names = workload.names or (CONNECTOR,)
+            first = len(servers.service.seen)
+            await stack.start()
+            try:
+                for _ in range(workload.distinct):
+                    await stack.call()
+            finally:
+                await stack.aclose()
+            seen = servers.service.seen[first:]
+            sent = {(call.headers["authorization"], call.request.name) for call in seen}
+            assert len(seen) == len(sent) == workload.distinct, stack.title
+            assert sent == {(f"Bearer {user}", name) for user in users for name in names}
 
 
 def test_table_names_every_stack_and_target(bench_run: tuple[int, str, Path]) -> None:

@@ -22,11 +22,14 @@ from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
+import grpc
 import pytest
 
-from agentspace_grpc import cli
+from agentspace_grpc import _proto, cli
 from tests._emulator_helpers import CONNECTOR, connect_user, consent_over_http, mint, userinfo
+from tests._servers import FakeService, RpcFault, Seen, ServersThread
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -324,6 +327,183 @@ def test_store_json_output(emu: Emu, tmp_path: Path) -> None:
     assert "account_id" in data["additional_oauth_responses"]
 
 
+def fp(secret: str) -> str:
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+# A Slack-style answer: the user's own tokens ride along, some of them inside JSON text.
+SLACK_SECRETS = {
+    "user_access": "xoxp-CANARY-user-access",
+    "user_refresh": "xoxe-CANARY-user-refresh",
+    "webhook_secret": "CANARY-signing-secret",
+    "bot": "xoxb-CANARY-bot",
+    "client": "CANARY-client-secret",
+    "password": "CANARY-password",
+    "code": "CANARY-one-time-code",
+}
+SLACK_EXTRAS = {
+    "authed_user": json.dumps(
+        {
+            "id": "U123",
+            "token_type": "user",
+            "access_token": SLACK_SECRETS["user_access"],
+            "refresh_token": SLACK_SECRETS["user_refresh"],
+            "hooks": [
+                {"url": "https://hooks.example", "signingSecret": SLACK_SECRETS["webhook_secret"]}
+            ],
+        }
+    ),
+    "botToken": SLACK_SECRETS["bot"],
+    "CLIENT_SECRET": SLACK_SECRETS["client"],
+    "admin_password": SLACK_SECRETS["password"],
+    "authorization_code": SLACK_SECRETS["code"],
+    "token_type": "bot",
+    "team": '{"id": "T9", "name": "Acme"}',
+    "expires_in": 43200,
+}
+
+
+async def _slack_like_store(seen: Seen) -> Any:
+    answer = _proto.AcquireAndStoreRefreshTokenResponse()
+    for key, value in SLACK_EXTRAS.items():
+        item = answer.additional_oauth_responses.add(key=key)
+        if isinstance(value, int):
+            item.int_value = value
+        else:
+            item.string_value = value
+    return answer
+
+
+@pytest.fixture(scope="module")
+def slack_like_service() -> Iterator[tuple[str, str]]:
+    """A service whose store answer carries a Slack-style provider's fields: (gRPC, REST)."""
+    service = FakeService()
+    service.on("AcquireAndStoreRefreshToken", _slack_like_store)
+    with ServersThread(service) as servers:
+        yield servers.grpc_target, servers.rest_url
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_store_shows_the_third_partys_secrets_only_as_fingerprints(
+    emu: Emu,
+    tmp_path: Path,
+    slack_like_service: tuple[str, str],
+    transport: str,
+    output: str,
+) -> None:
+    grpc_target, rest_url = slack_like_service
+    common = [
+        "store",
+        CONNECTOR,
+        "--redirect-uri",
+        "https://vertexaisearch.cloud.google.com/oauth-redirect?code=c0de&state=s",
+        "--transport",
+        transport,
+        "--endpoint",
+        grpc_target,
+        "--rest-endpoint",
+        rest_url,
+        "--token-file",
+        token_file(tmp_path, "alice-google-token"),
+        *(["--json"] if output == "json" else []),
+    ]
+    result = agentspace(emu, *common, env=emu.env(variables=False))
+    assert result.status == 0, result.stderr
+    for secret in SLACK_SECRETS.values():
+        assert secret not in result.output
+        assert fp(secret) in result.output
+    assert "U123" in result.stdout  # the rest is shown as is
+    assert "Acme" in result.stdout
+    if output == "json":
+        extras = result.json()["additional_oauth_responses"]
+        assert extras["botToken"] == fp(SLACK_SECRETS["bot"])
+        assert extras["token_type"] == "bot"
+        assert extras["expires_in"] == 43200
+        assert extras["team"] == SLACK_EXTRAS["team"]
+        user = json.loads(extras["authed_user"])
+        assert user["access_token"] == fp(SLACK_SECRETS["user_access"])
+        assert user["token_type"] == "user"
+        assert user["hooks"][0]["signingSecret"] == fp(SLACK_SECRETS["webhook_secret"])
+    else:
+        assert "  token_type: bot" in result.stdout
+
+    shown = agentspace(emu, *common, "--show-token", env=emu.env(variables=False))
+    assert shown.status == 0, shown.stderr
+    for secret in SLACK_SECRETS.values():
+        assert secret in shown.stdout
+    if output == "json":
+        assert shown.json()["additional_oauth_responses"] == SLACK_EXTRAS
+
+
+# A server that writes to the terminal: clear the screen, retitle the window, reverse the text
+# direction, and fake a line of the command's own output.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07 \u202eevil\nagentspace-grpc acquire: all fine\r"
+HOSTILE_SHOWN = "\\x1b[2J\\x1b]0;pwned\\x07 \\u202eevil\\nagentspace-grpc acquire: all fine\\r"
+
+
+def assert_inert(text: str) -> None:
+    assert HOSTILE_SHOWN in text
+    assert not [c for c in text if c in "\x1b\x07\r\u202e"]
+    assert "\nagentspace-grpc acquire: all fine" not in text
+
+
+async def _hostile_error(seen: Seen) -> Any:
+    raise RpcFault(grpc.StatusCode.FAILED_PRECONDITION, HOSTILE)
+
+
+async def _hostile_store(seen: Seen) -> Any:
+    answer = _proto.AcquireAndStoreRefreshTokenResponse()
+    answer.additional_oauth_responses.add(key="team", string_value=HOSTILE)
+    return answer
+
+
+async def _hostile_scopes(seen: Seen) -> Any:
+    info = _proto.RefreshTokenInfo(name=CONNECTOR, scopes=[HOSTILE])
+    return _proto.CheckRefreshTokenResponse(refresh_token_info=info)
+
+
+@pytest.fixture(scope="module")
+def hostile_service() -> Iterator[tuple[str, str]]:
+    """A service whose every answer carries control characters: (gRPC, REST)."""
+    service = FakeService()
+    service.on("AcquireAccessToken", _hostile_error)
+    service.on("AcquireAndStoreRefreshToken", _hostile_store)
+    service.on("CheckRefreshToken", _hostile_scopes)
+    with ServersThread(service) as servers:
+        yield servers.grpc_target, servers.rest_url
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_server_text_reaches_the_terminal_with_control_characters_escaped(
+    emu: Emu, tmp_path: Path, hostile_service: tuple[str, str], transport: str
+) -> None:
+    grpc_target, rest_url = hostile_service
+    where = ["--transport", transport, "--endpoint", grpc_target, "--rest-endpoint", rest_url]
+    who = ["--token-file", token_file(tmp_path, "alice-google-token")]
+    env = emu.env(variables=False)
+    failed = agentspace(emu, "acquire", CONNECTOR, *where, *who, env=env)
+    assert failed.status == 1, failed.output
+    assert_inert(failed.stderr)
+    redirect = "https://vertexaisearch.cloud.google.com/oauth-redirect?code=c&state=s"
+    stored = agentspace(emu, "store", CONNECTOR, "--redirect-uri", redirect, *where, *who, env=env)
+    assert stored.status == 0, stored.output
+    assert_inert(stored.stdout)
+    checked = agentspace(emu, "check", CONNECTOR, *where, *who, env=env)
+    assert checked.status == 0, checked.output
+    assert_inert(checked.stdout)
+
+
+def test_the_error_of_a_redirect_is_printed_with_control_characters_escaped(emu: Emu) -> None:
+    error = quote(HOSTILE, safe="")
+    redirect = f"https://vertexaisearch.cloud.google.com/oauth-redirect?error={error}&state=s"
+    result = agentspace(
+        emu, "store", CONNECTOR, "--redirect-uri", redirect, "--emulator-user", ALICE
+    )
+    assert result.status == 3, result.output
+    assert_inert(result.stderr)
+
+
 def test_check_json_output(emu: Emu) -> None:
     result = agentspace(emu, "check", CONNECTOR, "--emulator-user", ALICE, "--json")
     assert result.status == 0, result.stderr
@@ -471,6 +651,72 @@ def test_exit_2_for_a_world_readable_token_file(emu: Emu, tmp_path: Path, alice_
     assert result.status == 2
     assert "chmod 600" in result.stderr
     assert alice_token not in result.output
+
+
+@pytest.mark.parametrize(
+    "mode", [0o640, 0o620, 0o660, 0o604, 0o602, 0o610], ids=lambda mode: f"{mode:04o}"
+)
+def test_exit_2_for_a_token_file_open_to_group_or_others(
+    emu: Emu, tmp_path: Path, alice_token: str, mode: int
+) -> None:
+    target = token_file(tmp_path, alice_token, mode=mode)
+    link = tmp_path / "link-to-token"
+    link.symlink_to(target)  # the mode that counts is the file's, not the link's
+    for path in (target, str(link)):
+        result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path)
+        assert result.status == 2, result.output
+        assert f"mode {mode:04o}" in result.stderr
+        assert "chmod 600" in result.stderr
+        assert alice_token not in result.output
+
+
+def other_users_token_file(tmp_path: Path, content: str) -> str:
+    """A 0600 file this process can read but does not own (as root: chown it to nobody)."""
+    if os.geteuid() != 0:
+        return "/etc/passwd"  # root's, readable by everyone: the owner is checked first
+    path = token_file(tmp_path, content)
+    os.chown(path, 65534, 65534)
+    return path
+
+
+def test_exit_2_for_a_token_file_of_another_user(
+    emu: Emu, tmp_path: Path, alice_token: str
+) -> None:
+    path = other_users_token_file(tmp_path, alice_token)
+    result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path)
+    assert result.status == 2, result.output
+    assert "belongs to another user" in result.stderr
+    assert alice_token not in result.output
+
+
+def test_a_private_file_a_symlink_to_it_and_a_pipe_are_accepted_as_token_files(
+    emu: Emu, tmp_path: Path, alice_token: str
+) -> None:
+    target = token_file(tmp_path, alice_token)
+    link = tmp_path / "link-to-token"
+    link.symlink_to(target)
+    for path in (target, str(link)):
+        result = agentspace(emu, "acquire", CONNECTOR, "--token-file", path, "--json")
+        assert result.status == 0, result.stderr
+    # What bash's <(gcloud auth print-access-token) gives: /dev/fd/N, a pipe.
+    command = [sys.executable, "-m", "agentspace_grpc.cli", "acquire", CONNECTOR, "--json"]
+    read_end, write_end = os.pipe()
+    os.write(write_end, alice_token.encode() + b"\n")
+    os.close(write_end)
+    try:
+        done = subprocess.run(
+            [*command, "--token-file", f"/dev/fd/{read_end}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=emu.env(),
+            pass_fds=(read_end,),
+            check=False,
+        )
+    finally:
+        os.close(read_end)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["connector"] == CONNECTOR
 
 
 @pytest.mark.parametrize(

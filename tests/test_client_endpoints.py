@@ -7,13 +7,16 @@ targets show which host the client chose, and the TLS handshake checks ``ssl_con
 
 from __future__ import annotations
 
+import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from agentspace_grpc import DataConnectorClient, DeadlineExceeded, Unavailable
+from agentspace_grpc import DataConnectorClient, DeadlineExceeded, Unavailable, UsageError
+from agentspace_grpc._transports.base import is_loopback, proxy_for
 from tests._servers import CONNECTOR, ConnectProxy, Servers, closed_port, serve
 from tests._tls import TlsMaterial
 
@@ -60,6 +63,7 @@ def no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "grpc_proxy",
         "AGENTSPACE_EMULATOR_HOST",
         "AGENTSPACE_EMULATOR_REST",
+        "AGENTSPACE_EMULATOR_INSECURE",
     ):
         monkeypatch.delenv(variable, raising=False)
     return monkeypatch
@@ -183,7 +187,79 @@ async def test_an_explicit_endpoint_wins_over_the_variables(
     assert [s.wire for s in servers.service.seen] == [transport]
 
 
+@pytest.mark.parametrize(
+    ("host", "rest", "named"),
+    [
+        ("emulator:8080", None, "AGENTSPACE_EMULATOR_HOST=emulator:8080"),
+        ("10.1.2.3:8080", "http://127.0.0.1:8081", "AGENTSPACE_EMULATOR_HOST=10.1.2.3:8080"),
+        ("127.0.0.1:8080", "http://emulator:8081", "AGENTSPACE_EMULATOR_REST=http://emulator:8081"),
+        (None, "https://evil.localhost:8081", "AGENTSPACE_EMULATOR_REST=https://evil.localhost"),
+    ],
+)
+def test_a_remote_emulator_variable_needs_its_own_opt_in(
+    host: str | None, rest: str | None, named: str, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    def no_io(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network I/O before the emulator address was checked")
+
+    for variable, value in (("AGENTSPACE_EMULATOR_HOST", host), ("AGENTSPACE_EMULATOR_REST", rest)):
+        if value is not None:
+            no_proxy_variables.setenv(variable, value)
+    no_proxy_variables.setattr(socket, "getaddrinfo", no_io)
+    no_proxy_variables.setattr(socket.socket, "connect", no_io)
+    with pytest.raises(UsageError, match="AGENTSPACE_EMULATOR_INSECURE=1") as caught:
+        DataConnectorClient(credentials="alice-secret-token")
+    assert named in str(caught.value)
+    assert "alice-secret-token" not in str(caught.value)
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_INSECURE", "true")  # only 1 opts in
+    with pytest.raises(UsageError):
+        DataConnectorClient(credentials="alice-secret-token")
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_INSECURE", "1")
+    DataConnectorClient(credentials="alice-secret-token")  # a compose network's "emulator"
+    # An explicit endpoint ignores the variables, and so their check.
+    no_proxy_variables.delenv("AGENTSPACE_EMULATOR_INSECURE")
+    DataConnectorClient(endpoint="127.0.0.1:1", credentials="alice-secret-token")
+
+
+async def test_a_client_that_uses_the_emulator_variables_logs_one_warning_naming_them(
+    servers: Servers, no_proxy_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_HOST", servers.grpc_target)
+    no_proxy_variables.setenv("AGENTSPACE_EMULATOR_REST", servers.rest_url)
+    with caplog.at_level(logging.DEBUG, logger="agentspace_grpc"):
+        async with DataConnectorClient(credentials="alice") as client:
+            await client.acquire_access_token(CONNECTOR)
+            await client.acquire_access_token(CONNECTOR, action="again")
+        async with DataConnectorClient(credentials="alice", **servers.client_kwargs("grpc")):
+            pass  # an explicit endpoint: no emulator variable picked up
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].name == "agentspace_grpc"
+    assert servers.grpc_target in warnings[0].getMessage()
+    assert servers.rest_url in warnings[0].getMessage()
+
+
 def test_a_bad_emulator_variable_is_a_clear_error(no_proxy_variables: pytest.MonkeyPatch) -> None:
     no_proxy_variables.setenv("AGENTSPACE_EMULATOR_HOST", "http://localhost:8080")
     with pytest.raises(ValueError, match="AGENTSPACE_EMULATOR_HOST"):
         DataConnectorClient()
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST", "localhost.", "127.0.0.1", "127.8.9.10", "::1", "[::1]"]
+)
+def test_loopback_is_a_literal_loopback_address_or_localhost_itself(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.localhost", "a.b.localhost", "evil.localhost.", "localhost.evil.example"]
+)
+def test_names_under_localhost_are_remote_hosts(
+    host: str, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    assert not is_loopback(host)
+    no_proxy_variables.setenv("HTTP_PROXY", "http://proxy.agentspace.invalid:3128")
+    assert proxy_for("http", host, 8080) == "http://proxy.agentspace.invalid:3128"
+    with pytest.raises(UsageError, match="plaintext HTTP to a non-loopback host"):
+        DataConnectorClient(rest_endpoint=f"http://{host}:8080", credentials="alice")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,8 @@ from agentspace_grpc import (
     AlreadyExists,
     AuthorizationRequired,
     Cancelled,
+    ConnectFailed,
+    ConnectionBroken,
     DataConnectorClient,
     DataConnectorError,
     DeadlineExceeded,
@@ -31,13 +34,17 @@ from agentspace_grpc import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    UndecodableAnswer,
     Unimplemented,
     Unknown,
 )
 from tests._servers import (
     CONNECTOR,
     RpcFault,
+    Seen,
     Servers,
+    TcpProxy,
+    closed_port,
     error_info,
     reset_connection,
     retry_info,
@@ -216,7 +223,8 @@ async def test_authorization_required_names_the_account_of_the_credentials(
 
 # ---- REST: the parity table of pitfall 9 -------------------------------------------------
 
-# What a non-Google answer means, by HTTP status (an independent statement of the mapping).
+# What a non-Google answer means, by HTTP status (an independent statement of the mapping). A
+# gateway's failure page may come after the request reached the service: ConnectionBroken.
 BY_HTTP_STATUS: dict[int, type[DataConnectorError]] = {
     400: InvalidArgument,
     401: Unauthenticated,
@@ -228,9 +236,9 @@ BY_HTTP_STATUS: dict[int, type[DataConnectorError]] = {
     499: Cancelled,
     500: Internal,
     501: Unimplemented,
-    502: Unavailable,
-    503: Unavailable,
-    504: Unavailable,
+    502: ConnectionBroken,
+    503: ConnectionBroken,
+    504: ConnectionBroken,
 }
 
 HTML_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
@@ -326,7 +334,7 @@ async def test_pitfall_9_connection_reset_mid_call_is_unavailable(servers: Serve
     async with DataConnectorClient(
         credentials="alice-token", retry=None, **servers.client_kwargs("rest")
     ) as client:
-        with pytest.raises(Unavailable) as caught:
+        with pytest.raises(ConnectionBroken) as caught:
             await client.acquire_access_token(CONNECTOR)
     assert caught.value.transport == "rest"
 
@@ -356,7 +364,7 @@ async def test_pitfall_9_oversize_chunked_error_page_is_classified_and_bounded(
     async with DataConnectorClient(
         credentials="alice-token", retry=None, **servers.client_kwargs("rest")
     ) as client:
-        with pytest.raises(Unavailable, match="larger than") as caught:
+        with pytest.raises(ConnectionBroken, match="larger than") as caught:
             await client.acquire_access_token(CONNECTOR)
     assert caught.value.http_status == 502
 
@@ -375,7 +383,8 @@ async def test_pitfall_9_malformed_success_is_internal(
     servers: Servers, body: bytes, content_type: str
 ) -> None:
     error = await _rest_call(servers, web.Response(body=body, content_type=content_type))
-    assert type(error) is Internal
+    assert type(error) is UndecodableAnswer
+    assert isinstance(error, Internal)
     assert error.http_status == 200
     assert "AcquireAccessTokenResponse" in error.message
 
@@ -395,7 +404,7 @@ async def test_pitfall_9_truncated_body_is_unavailable(servers: Servers) -> None
     async with DataConnectorClient(
         credentials="alice-token", retry=None, **servers.client_kwargs("rest")
     ) as client:
-        with pytest.raises(Unavailable):
+        with pytest.raises(ConnectionBroken):
             await client.acquire_access_token(CONNECTOR)
 
 
@@ -460,3 +469,56 @@ async def test_unknown_fields_in_a_success_are_ignored(servers: Servers) -> None
     token = await _rest_token(servers, body)
     assert token.access_token == "tok"
     assert token.scopes == ("a",)
+
+
+# ---- where a wire failed is the type (real failures, both wires) -----------------------------
+
+
+async def _fails_with(transport: str, endpoint: str, rest: str) -> DataConnectorError:
+    async with DataConnectorClient(
+        transport=transport,  # type: ignore[arg-type]
+        endpoint=endpoint,
+        rest_endpoint=rest,
+        credentials="alice-token",
+        retry=None,
+    ) as client:
+        with pytest.raises(DataConnectorError) as caught:
+            await client.acquire_access_token(CONNECTOR, timeout=10)
+    assert caught.value.transport == transport
+    return caught.value
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_closed_port_is_connect_failed(transport: str) -> None:
+    port = closed_port()
+    error = await _fails_with(transport, f"127.0.0.1:{port}", f"http://127.0.0.1:{port}")
+    assert type(error) is ConnectFailed
+    assert isinstance(error, Unavailable)
+
+
+async def test_grpc_to_an_http1_only_port_is_connect_failed(servers: Servers) -> None:
+    error = await _fails_with("grpc", f"127.0.0.1:{servers.rest_port}", servers.rest_url)
+    assert type(error) is ConnectFailed
+    assert servers.service.seen == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reset_mid_call_is_connection_broken(servers: Servers, transport: str) -> None:
+    arrived = asyncio.Event()
+
+    async def hang(seen: Seen) -> Any:
+        arrived.set()
+        await asyncio.Event().wait()  # until the connection is reset (cancelled)
+
+    servers.service.on("AcquireAccessToken", hang)
+    port = servers.grpc_port if transport == "grpc" else servers.rest_port
+    async with TcpProxy(port) as proxy:
+        asyncio.get_running_loop().create_task(_reset_when(arrived, proxy))
+        error = await _fails_with(transport, proxy.address, proxy.url)
+    assert type(error) is ConnectionBroken
+    assert len(servers.service.seen) == 1  # the request reached the service
+
+
+async def _reset_when(arrived: asyncio.Event, proxy: TcpProxy) -> None:
+    await arrived.wait()
+    proxy.reset_all()

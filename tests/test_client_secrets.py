@@ -4,14 +4,27 @@ messages, reprs or tracebacks, over both wires and through refreshes, errors and
 from __future__ import annotations
 
 import asyncio
+import json
 import traceback
 from collections.abc import Iterator
+from typing import Any, NoReturn
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import grpc
 import pytest
+from aiohttp import web
+from google.protobuf import any_pb2, json_format, message, wrappers_pb2
+from google.rpc import error_details_pb2
 
-from agentspace_grpc import DataConnectorClient, DataConnectorError, Unauthenticated
+from agentspace_grpc import (
+    AuthorizationRequired,
+    DataConnectorClient,
+    DataConnectorError,
+    Internal,
+    Unauthenticated,
+)
 from agentspace_grpc import _proto as p
+from agentspace_grpc._errors import REDACTED
 from tests._reliability import LogCapture, debug_logging
 from tests._servers import (
     CLIENT_SECRET,
@@ -21,6 +34,7 @@ from tests._servers import (
     Servers,
     TokenEndpoint,
     closed_port,
+    error_info,
 )
 
 CANARY = "CANARY"
@@ -189,3 +203,166 @@ async def test_a_token_answer_without_access_token_stays_out_of_the_exception_ch
     for error in _chain(caught.value):
         text += repr(error) + str(error) + repr(getattr(error, "args", ""))
     assert CANARY not in text
+
+
+def exposed(error: BaseException) -> str:
+    """Everything an application can reach from an error: the formatted traceback and, for each
+    exception along the chain, its str, repr, args and every attribute (details and metadata
+    included, private ones too: a structured logger or a debugger shows them)."""
+    texts = ["".join(traceback.format_exception(error))]
+    for link in _chain(error):
+        texts += [str(link), repr(link), repr(link.args), repr(getattr(link, "__dict__", {}))]
+        for name in dir(link):
+            value = getattr(link, name, None)
+            if name.startswith("__") or callable(value):
+                continue
+            texts.append(repr(value))
+            if isinstance(value, tuple):
+                texts += [
+                    m.SerializeToString().decode("latin-1")
+                    for m in value
+                    if isinstance(m, message.Message)
+                ]
+    return "\n".join(texts)
+
+
+ECHO_TOKEN = "ya29.CANARY-echoed-bearer"
+ECHO_CODE = "CANARY-echoed/code"  # the slash makes its percent-encoded form differ
+ECHO_URI = f"https://app.example/callback?code={quote(ECHO_CODE, safe='')}&state=s"
+ECHO_TYPE = "type.googleapis.com/test.Echo"  # a detail type the client does not know
+
+
+def echo_of(authorization: str, body: str) -> str:
+    """What an echoing server says back: the header, the request, and the redirect URI and its
+    code as they came and percent-encoded."""
+    uri = ECHO_URI if "callback" in body else ""
+    code = parse_qs(urlsplit(uri).query).get("code", [""])[0]
+    forms = [authorization, body, quote(uri, safe=""), quote_plus(uri), code, quote(code)]
+    return "you sent: " + " | ".join(forms)
+
+
+def echo_details(said: str, code: grpc.StatusCode) -> list[message.Message]:
+    """ErrorInfo (``principal`` becomes AuthorizationRequired.principal), a known detail type,
+    all echoing."""
+    info = error_info("REFRESH_TOKEN_NOT_FOUND" if code == grpc.StatusCode.NOT_FOUND else "ECHO")
+    info.metadata.update({"principal": said, "request": said})
+    return [info, error_details_pb2.LocalizedMessage(locale="en", message=said)]
+
+
+def echo_over_grpc(code: grpc.StatusCode) -> Any:
+    async def echo(seen: Seen) -> NoReturn:
+        said = echo_of(seen.headers["authorization"], str(seen.request))
+        fault = RpcFault(code, said, *echo_details(said, code))
+        unknown = wrappers_pb2.StringValue(value=said).SerializeToString()
+        fault.status.details.append(any_pb2.Any(type_url=ECHO_TYPE, value=unknown))
+        raise fault
+
+    return echo
+
+
+def echo_over_rest(code: grpc.StatusCode) -> Any:
+    async def echo(request: web.Request) -> web.Response:
+        said = echo_of(request.headers["Authorization"], await request.text())
+        details: list[dict[str, Any]] = [
+            {
+                "@type": f"type.googleapis.com/{d.DESCRIPTOR.full_name}",
+                **json_format.MessageToDict(d),
+            }
+            for d in echo_details(said, code)
+        ]
+        details.append({"@type": ECHO_TYPE, "echo": said})
+        error = {"code": 400, "message": said, "status": code.name, "details": details}
+        return web.json_response({"error": error}, status=400)
+
+    return echo
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND])
+@pytest.mark.parametrize("method", ["acquire", "store"])
+async def test_a_server_echoing_the_request_puts_no_secret_in_the_exception(
+    servers: Servers, transport: str, method: str, code: grpc.StatusCode
+) -> None:
+    """The bearer token, the redirect URI and its code come back in the message, ErrorInfo, a
+    known and an unknown detail type: none of it survives, anywhere along the chain."""
+    for name in ("AcquireAccessToken", "AcquireAndStoreRefreshToken"):
+        servers.service.on(name, echo_over_grpc(code))
+    servers.service.rest_hook = echo_over_rest(code)
+    async with DataConnectorClient(
+        credentials=ECHO_TOKEN, retry=None, **servers.client_kwargs(transport)
+    ) as client:
+        call = (
+            client.acquire_access_token(CONNECTOR)
+            if method == "acquire"
+            else client.store_refresh_token(CONNECTOR, ECHO_URI)
+        )
+        with pytest.raises(DataConnectorError) as caught:
+            await call
+    error = caught.value
+    if code == grpc.StatusCode.NOT_FOUND and method == "acquire":
+        assert isinstance(error, AuthorizationRequired)
+        assert error.principal is not None
+        assert REDACTED in error.principal
+    else:
+        assert error.code == code
+    text = exposed(error)
+    assert CANARY not in text
+    # What the server said is kept, with the secrets cut out; the unknown type is dropped.
+    assert error.message.startswith(f"you sent: {REDACTED}")
+    assert error.metadata["request"].startswith(f"you sent: {REDACTED}")
+    assert [type(d).__name__ for d in error.details] == ["ErrorInfo", "LocalizedMessage"]
+    assert error.__cause__ is None
+    assert error.__context__ is None
+
+
+async def test_an_undecodable_rest_answer_keeps_its_body_out_of_the_exception_chain(
+    servers: Servers,
+) -> None:
+    """JSON decoders keep the whole document (``JSONDecodeError.doc``): here, a token."""
+
+    async def cut_answer(request: web.Request) -> web.Response:
+        body = json.dumps({"accessToken": "CANARY-answered-token", "refreshTokenInfo": {}})
+        return web.Response(body=body[:-5], content_type="application/json")
+
+    servers.service.rest_hook = cut_answer
+    async with DataConnectorClient(
+        credentials=STATIC_TOKEN, retry=None, **servers.client_kwargs("rest")
+    ) as client:
+        with pytest.raises(Internal) as caught:
+            await client.acquire_access_token(CONNECTOR)
+    assert "not valid JSON" in caught.value.message
+    assert CANARY not in exposed(caught.value)
+
+
+async def test_an_echo_cut_short_by_a_length_limit_leaves_no_part_of_the_token() -> None:
+    """A malformed header line echoing the request is quoted up to a length limit: wherever
+    the cut falls in the token, the part before it goes too."""
+    token = "ya29.CANARY-" + "t" * 60
+    padding = [0]
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        # "X... authorization: Bearer ...": a header name with a space, which aiohttp refuses.
+        line = b"X" * padding[0] + b" " + head[head.lower().index(b"authorization") :]
+        writer.write(b"HTTP/1.1 200 OK\r\n" + line + b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    messages = []
+    try:
+        async with DataConnectorClient(
+            transport="rest",
+            rest_endpoint=f"http://127.0.0.1:{port}",
+            credentials=token,
+            retry=None,
+        ) as client:
+            for padding[0] in range(1, 200, 5):
+                with pytest.raises(DataConnectorError) as caught:
+                    await client.acquire_access_token(CONNECTOR)
+                messages.append(exposed(caught.value))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert any(REDACTED in m for m in messages)  # the echo was quoted
+    assert not [m for m in messages if token[:8] in m]

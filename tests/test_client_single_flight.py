@@ -9,7 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agentspace_grpc import AuthorizationRequired, DataConnectorClient, DeadlineExceeded
+from agentspace_grpc import (
+    AccessToken,
+    AuthorizationRequired,
+    DataConnectorClient,
+    DeadlineExceeded,
+)
 from agentspace_grpc import _proto as p
 from tests._servers import CONNECTOR, RpcFault, Seen, Servers
 
@@ -22,11 +27,13 @@ class Gate:
     def __init__(self, servers: Servers) -> None:
         self.open = asyncio.Event()
         self.entered = asyncio.Event()
+        self.arrivals: asyncio.Queue[Seen] = asyncio.Queue()  # each call, as it comes in
         self.fault: RpcFault | None = None
         servers.service.on("AcquireAccessToken", self.handle)
 
     async def handle(self, seen: Seen) -> p.AcquireAccessTokenResponse:
         self.entered.set()
+        self.arrivals.put_nowait(seen)
         await self.open.wait()
         if self.fault is not None:
             raise self.fault
@@ -234,3 +241,96 @@ async def test_single_flight_is_not_a_cache(servers: Servers, transport: str) ->
         second = await client.acquire_access_token(CONNECTOR)
     assert first.access_token != second.access_token
     assert len(servers.service.seen) == 2
+
+
+# ---- each waiter keeps its own deadline --------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["short-first", "long-first"])
+async def test_a_waiter_never_gets_another_waiters_deadline(
+    servers: Servers, transport: str, order: str
+) -> None:
+    """A 0.3 s caller and three 5-7 s callers share an acquire the server holds: only the short
+    one fails. When it started the call, the three share one new call when it runs out."""
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+
+        def acquire(timeout: float) -> asyncio.Future[AccessToken]:
+            return asyncio.ensure_future(client.acquire_access_token(CONNECTOR, timeout=timeout))
+
+        if order == "short-first":
+            short = acquire(0.3)
+            await gate.arrivals.get()
+            longs = [acquire(timeout) for timeout in (5, 6, 7)]
+        else:
+            longs = [acquire(timeout) for timeout in (5, 6, 7)]
+            await gate.arrivals.get()
+            short = acquire(0.3)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await short
+        assert time.monotonic() - started < 1.5
+        gate.open.set()
+        tokens = await asyncio.gather(*longs)
+    assert len({t.access_token for t in tokens}) == 1
+    assert len(servers.service.seen) == (2 if order == "short-first" else 1)
+
+
+async def test_the_new_call_runs_with_the_later_waiters_deadline(
+    servers: Servers, transport: str
+) -> None:
+    """The call the later waiter gets stops at its own deadline, not before."""
+    gate = Gate(servers)  # never opens
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        short = asyncio.ensure_future(client.acquire_access_token(CONNECTOR, timeout=0.3))
+        await gate.arrivals.get()
+        long_started = time.monotonic()
+        long = asyncio.ensure_future(client.acquire_access_token(CONNECTOR, timeout=1.0))
+        with pytest.raises(DeadlineExceeded):
+            await short
+        with pytest.raises(DeadlineExceeded):
+            await long
+        assert 0.9 <= time.monotonic() - long_started < 2.5
+    assert len(servers.service.seen) == 2
+
+
+async def test_the_call_made_for_later_waiters_is_cancelled_when_they_leave(
+    servers: Servers, transport: str
+) -> None:
+    gate = Gate(servers)  # never opens
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        short = asyncio.ensure_future(client.acquire_access_token(CONNECTOR, timeout=0.3))
+        await gate.arrivals.get()
+        long = asyncio.ensure_future(client.acquire_access_token(CONNECTOR, timeout=30))
+        with pytest.raises(DeadlineExceeded):
+            await short
+        await asyncio.wait_for(gate.arrivals.get(), 10)  # the long waiter's own call
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        assert own_pending_tasks() == []  # the shared task stopped with its last waiter
+
+
+async def test_callers_with_equal_timeouts_started_apart_share_one_rpc(
+    servers: Servers, transport: str
+) -> None:
+    """Equal timeouts, deadlines a millisecond apart: still one RPC, counted at the server."""
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        calls = []
+        for _ in range(50):
+            calls.append(asyncio.ensure_future(client.acquire_access_token(CONNECTOR, timeout=5)))
+            await asyncio.sleep(0.001)  # spacing the callers, not waiting for a state
+        await gate.entered.wait()
+        gate.open.set()
+        tokens = await asyncio.gather(*calls)
+    assert len(servers.service.seen) == 1
+    assert len({t.access_token for t in tokens}) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -186,7 +187,9 @@ def test_the_pytest_plugin_imports_nothing_heavy() -> None:
     assert not [m for m in added if m.split(".")[0] in EXTRA_ONLY or "emulator" in m], added
 
 
-def _run_pytest(directory: Path, *, block_extra: bool = False) -> subprocess.CompletedProcess[str]:
+def _run_pytest(
+    directory: Path, *, block_extra: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     blocker = "".join(f"sys.modules[{name!r}] = None; " for name in EXTRA_ONLY)
     script = (
         f"import sys; {blocker if block_extra else ''}import pytest; "
@@ -200,6 +203,8 @@ def _run_pytest(directory: Path, *, block_extra: bool = False) -> subprocess.Com
         timeout=120,
         check=False,
         cwd=directory,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AGENTSPACE_EMULATOR")}
+        | (env or {}),
     )
 
 
@@ -210,24 +215,71 @@ def test_the_pytest_plugin_gives_working_fixtures(tmp_path: Path) -> None:
             import pytest
 
             @pytest.fixture
-            def emulator_config():
+            def agentspace_emulator_config():
                 return {"provider": {"access_token_lifetime": 120}}
 
-            def test_sync_use(emulator):
-                assert emulator.grpc_target.startswith("127.0.0.1:")
-                assert emulator.user_token("a@example.com")
+            def test_sync_use(agentspace_emulator):
+                assert agentspace_emulator.grpc_target.startswith("127.0.0.1:")
+                assert agentspace_emulator.user_token("a@example.com")
 
-            async def test_client_fixture(emulator, client, emulator_user):
-                redirect = await emulator.consent(emulator_user)
-                await client.store_refresh_token(emulator.connector, redirect)
-                token = await client.acquire_access_token(emulator.connector)
+            async def test_client_fixture(agentspace_emulator, agentspace_client, agentspace_user):
+                redirect = await agentspace_emulator.consent(agentspace_user)
+                await agentspace_client.store_refresh_token(agentspace_emulator.connector, redirect)
+                token = await agentspace_client.acquire_access_token(agentspace_emulator.connector)
                 assert token.access_token
+
+            OLD = ["emulator", "emulator_config", "emulator_user", "client"]
+
+            @pytest.mark.parametrize("old", OLD)
+            def test_the_old_names_are_gone(request, old):
+                with pytest.raises(pytest.FixtureLookupError):
+                    request.getfixturevalue(old)
             """
         )
     )
     done = _run_pytest(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout
+    assert "6 passed" in done.stdout
+
+
+async def test_with_the_emulator_variables_the_fixtures_use_that_emulator(tmp_path: Path) -> None:
+    (tmp_path / "test_user_code.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+
+            import pytest
+
+            USERS = []
+
+            @pytest.mark.parametrize("run", [1, 2])
+            async def test_each_test_has_its_own_user(
+                agentspace_emulator, agentspace_client, agentspace_user, run
+            ):
+                assert agentspace_emulator.grpc_target == os.environ["AGENTSPACE_EMULATOR_HOST"]
+                assert agentspace_emulator.http_url == os.environ["AGENTSPACE_EMULATOR_REST"]
+                USERS.append(agentspace_user)
+                assert len(set(USERS)) == run  # a new user: nothing stored for them yet
+                with pytest.raises(Exception, match="has not authorized"):
+                    await agentspace_client.acquire_access_token(agentspace_emulator.connector)
+                redirect = await agentspace_emulator.consent(agentspace_user)
+                await agentspace_client.store_refresh_token(agentspace_emulator.connector, redirect)
+                token = await agentspace_client.acquire_access_token(agentspace_emulator.connector)
+                assert token.access_token
+            """
+        )
+    )
+    emu = await start_process(None, log_dir=tmp_path)
+    try:
+        before = await provider_stats(emu.http)
+        env = {"AGENTSPACE_EMULATOR_HOST": emu.grpc, "AGENTSPACE_EMULATOR_REST": emu.http}
+        done = await asyncio.to_thread(_run_pytest, tmp_path, block_extra=True, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "2 passed" in done.stdout
+        after = await provider_stats(emu.http)
+        assert after["code_exchanges"] == before["code_exchanges"] + 2  # both ran on it
+    finally:
+        assert await emu.stop() == 0
 
 
 def test_without_the_emulator_extra_only_emulator_tests_fail(tmp_path: Path) -> None:
@@ -237,7 +289,7 @@ def test_without_the_emulator_extra_only_emulator_tests_fail(tmp_path: Path) -> 
             def test_plain():
                 assert True
 
-            def test_wants_the_emulator(emulator):
+            def test_wants_the_emulator(agentspace_emulator):
                 pass
             """
         )

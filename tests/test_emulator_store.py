@@ -9,6 +9,7 @@ import secrets
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import grpc
@@ -104,6 +105,7 @@ async def test_pitfall_21_the_raw_database_files_hold_no_token(tmp_path: Path) -
 async def test_pitfall_21_a_key_rotation_keeps_old_rows_readable(tmp_path: Path) -> None:
     old, new = base64.b64encode(secrets.token_bytes(32)), base64.b64encode(secrets.token_bytes(32))
     key_file = tmp_path / "keys"
+    key_file.touch(mode=0o600)  # a key file must be private
     key_file.write_bytes(old + b"\n")
     data = tmp_path / "data"
     async with Emulator(data_dir=data, key_file=key_file) as emu:
@@ -271,6 +273,7 @@ GRACE_CLIENT = {
     "client_id": "grace-client",
     "client_secret": "grace-secret",
     "default_scopes": ["read"],
+    "pkce": False,  # the test redeems the code itself, without the emulator's verifier
 }
 
 
@@ -287,17 +290,8 @@ async def test_pitfall_19_previous_token_within_grace_is_harmless_older_revokes(
     config = {"connectors": [GRACE_CLIENT], "provider": {"grace_seconds": grace}}
     async with Emulator(data_dir=tmp_path, config=config) as emu, aiohttp.ClientSession() as s:
         http = emu.http_url
-        params = {
-            "response_type": "code",
-            "client_id": "grace-client",
-            "redirect_uri": REDIRECT,
-            "state": "xyz",
-            "login_hint": ALICE,
-        }
-        async with s.get(f"{http}/provider/authorize", params=params, allow_redirects=False) as r:
-            location = r.headers["Location"]
-        assert "state=xyz" in location
-        code = location.split("code=")[1].split("&")[0]
+        redirect = await emu.consent(ALICE, GRACE_CLIENT["name"])
+        code = parse_qs(urlsplit(redirect).query)["code"][0]
         status, body = await _token(
             s, http, grant_type="authorization_code", code=code, redirect_uri=REDIRECT
         )

@@ -45,11 +45,11 @@ def load_example(name: str) -> ModuleType:
 
 
 @pytest.fixture
-def emulator_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
+def emulator_env(agentspace_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
     """The emulator, with the variables that point every client at it set."""
-    monkeypatch.setenv("AGENTSPACE_EMULATOR_HOST", emulator.grpc_target)
-    monkeypatch.setenv("AGENTSPACE_EMULATOR_REST", emulator.http_url)
-    return emulator
+    monkeypatch.setenv("AGENTSPACE_EMULATOR_HOST", agentspace_emulator.grpc_target)
+    monkeypatch.setenv("AGENTSPACE_EMULATOR_REST", agentspace_emulator.http_url)
+    return agentspace_emulator
 
 
 @pytest.fixture

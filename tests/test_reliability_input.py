@@ -13,8 +13,11 @@ internal function raise) still yields INTERNAL, so validation never swallows rea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,10 +38,12 @@ from agentspace_grpc import (
     Internal,
     InvalidArgument,
     NotFound,
+    UndecodableAnswer,
     UsageError,
+    _token,
 )
 from agentspace_grpc import _proto as p
-from agentspace_grpc import _transcode as t
+from agentspace_grpc import _wire as w
 from agentspace_grpc.emulator import Emulator
 from tests._emulator_helpers import (
     CONNECTOR,
@@ -238,45 +243,44 @@ def names_the_problem(message: str, words: set[str]) -> bool:
 @PROPERTY
 @given(name=names(), method=st.sampled_from(sorted(PATHS)))
 def test_transcoder_to_http_takes_any_name(name: str, method: str) -> None:
-    route = t.ROUTES[method]
-    request, error = attempt(route.to_http, route.request_class(name=name))
+    row = w.ROWS[method]
+    request, error = attempt(row.to_http, row.request_class(name=name))
     if request is None:
-        assert isinstance(error, t.TranscodingError), repr(error)
+        assert isinstance(error, w.TranscodingError), repr(error)
         assert "name" in str(error)
         assert "projects/*/locations/*/collections/*/dataConnector" in str(error)
     else:
-        assert request.path.startswith("/v1alpha/projects/")
-        assert request.path.isascii()
+        assert request[1].startswith("/v1alpha/projects/")
+        assert request[1].isascii()
 
 
 @PROPERTY
 @given(verb=st.sampled_from(["GET", "POST", "PUT", "DELETE"]) | header_text, path=any_text)
 @example(verb="POST", path="/v1alpha/" + CONNECTOR + ":acquireAccessToken")
 def test_transcoder_match_takes_any_path(verb: str, path: str) -> None:
-    matched, error = attempt(t.ROUTES.match, verb, path)
+    matched, error = attempt(w.match, verb, path)
     if matched is None:
-        assert isinstance(error, t.RouteNotFound | t.MethodNotAllowed), repr(error)
+        assert isinstance(error, w.RouteNotFound | w.MethodNotAllowed), repr(error)
         assert str(error)
     else:
-        route, params, binding = matched
-        assert route.name in PATHS
-        assert binding == 0
-        assert set(params) == {"name"}
+        row, value = matched
+        assert row.name in PATHS
+        assert value.startswith("projects/")
 
 
 @PROPERTY
 @given(data=st.data(), method=st.sampled_from(sorted(FIELDS)))
 @example(data=None, method="AcquireAccessToken")
 def test_transcoder_from_http_takes_any_body(data: st.DataObject | None, method: str) -> None:
-    route = t.ROUTES[method]
+    row = w.ROWS[method]
     raw_bodies = [b"[" * 100_000 + b"]" * 100_000, b'{"scope": "\\ud800"}', b"\xff{"]
     if data is not None:
         body = data.draw(bodies(method))
         raw_bodies = [json.dumps(body).encode(), data.draw(st.binary(max_size=40))]
     for raw in raw_bodies:
-        _, error = attempt(route.from_http, {"name": CONNECTOR}, [], raw)
+        _, error = attempt(row.from_http, CONNECTOR, [], raw)
         if error is not None:
-            assert isinstance(error, t.TranscodingError), repr(error)
+            assert isinstance(error, w.TranscodingError), repr(error)
             assert str(error)
 
 
@@ -290,7 +294,7 @@ def test_transcoder_from_http_takes_any_body(data: st.DataObject | None, method:
 @example(status=400, body=b'{"error": {"message": "\\ud800"}}', content_type="application/json")
 def test_transcoder_reads_any_error_answer(status: int, body: bytes, content_type: str) -> None:
     """What the client does with any non-2xx answer: a Status, never an exception."""
-    described = t.status_from_http(status, body, content_type)
+    described = w.status_from_http(status, body, content_type)
     assert isinstance(described, status_pb2.Status)
     assert described.code != 0
     assert described.message
@@ -302,11 +306,9 @@ def test_transcoder_reads_any_error_answer(status: int, body: bytes, content_typ
 @example(body=b'{"accessToken": "\\udfff"}')
 def test_transcoder_reads_any_success_answer(body: bytes) -> None:
     """What the client does with any 2xx answer: a message, or a ValueError to classify."""
-    _, error = attempt(
-        lambda: t.message_from_json(body, p.AcquireAccessTokenResponse, ignore_unknown=True)
-    )
+    _, error = attempt(lambda: _token.answer_from_json(body, p.AcquireAccessTokenResponse))
     if error is not None:
-        assert isinstance(error, t.TranscodingError), repr(error)
+        assert isinstance(error, ValueError), repr(error)
         assert str(error)
 
 
@@ -458,6 +460,10 @@ async def test_rest_front_takes_any_authorization_header(
 
 @PROPERTY
 @given(uri=redirect_uris(), scopes=st.lists(any_text, max_size=2))
+@example(  # a non-ASCII consent state: hmac.compare_digest raised, HTTP 500
+    uri="https://vertexaisearch.cloud.google.com/oauth-redirect?code=c&state=st1.%C3%A9.%C3%A9",
+    scopes=[],
+)
 async def test_rest_front_takes_any_redirect_uri(
     unchanged: Emulator, uri: str, scopes: list[str]
 ) -> None:
@@ -537,7 +543,7 @@ async def test_grpc_front_rejects_malformed_protobuf_as_invalid_argument(
 ) -> None:
     """Bytes that are not the request message: INVALID_ARGUMENT, like a bad JSON body."""
     async with grpc.aio.insecure_channel(unchanged.grpc_target) as channel:
-        call = channel.unary_unary(p.method_path(p.SERVICE.methods_by_name[method]))
+        call = channel.unary_unary(w.ROWS[method].grpc_path)
         _, error = await attempt_async(call(raw, metadata=bearer(unchanged.user_token(ALICE))))
     if error is not None:
         failure = rpc_error(error)
@@ -668,7 +674,7 @@ async def test_client_takes_any_grpc_answer(answering: dict[str, Any], raw: byte
         assert token is not None
         assert token.access_token
     else:
-        assert isinstance(error, Internal), repr(error)  # not the message the client expects
+        assert isinstance(error, UndecodableAnswer), repr(error)  # not the expected message
         assert error.transport == "grpc"
 
 
@@ -680,7 +686,7 @@ async def test_client_takes_any_grpc_answer(answering: dict[str, Any], raw: byte
     [
         ("agentspace_grpc.emulator._store.Store", "cached", RuntimeError("injected")),
         ("agentspace_grpc.emulator._identity.Identity", "user_from_authorization", KeyError("x")),
-        ("agentspace_grpc._transcode.Route", "from_http", ValueError("injected, not validation")),
+        ("agentspace_grpc._wire.Row", "_merge", ValueError("injected, not validation")),
     ],
     ids=["store", "identity", "transcoder"],
 )
@@ -700,7 +706,7 @@ async def test_an_injected_internal_bug_is_internal(
     assert body["error"]["status"] == "INTERNAL"
     assert "incident" in body["error"]["message"]
     wires = ["rest"]
-    if attribute != "from_http":  # the gRPC front does not transcode
+    if attribute != "_merge":  # the gRPC front does not transcode
         wires.append("grpc")
         async with channel_to(emu.grpc_target) as stub:
             _, error = await attempt_async(
@@ -713,3 +719,234 @@ async def test_an_injected_internal_bug_is_internal(
         async with emu.client(transport=transport, credentials=token) as client:
             with pytest.raises(Internal, match="incident"):
                 await client.acquire_access_token(CONNECTOR)
+
+
+# ---- every HTTP endpoint: shaped 4xx, never 5xx -------------------------------------------------
+
+ENDPOINTS = (
+    ("POST", "/oauth2/token"),
+    ("POST", "/emulator/v1/users/{email}/token"),
+    ("GET", "/emulator/v1/consent"),
+    ("GET", "/emulator/v1/stats"),
+    ("GET", "/healthz"),
+    ("GET", "/provider/authorize"),
+    ("POST", "/provider/token"),
+    ("GET", "/provider/userinfo"),
+    ("GET", "/provider/stats"),
+    ("POST", f"/v1alpha/{CONNECTOR}:acquireAccessToken"),
+    ("GET", f"/v1alpha/{CONNECTOR}:checkRefreshToken"),
+)
+OAUTH_ROUTES = ("/oauth2/", "/provider/")
+# What an HTTP client can put in a header value: any character but controls and surrogates.
+unicode_header = st.text(st.characters(codec=None, exclude_categories=("Cc", "Cs")), max_size=30)
+unicode_text = st.text(st.characters(codec=None, exclude_categories=("Cs",)), max_size=20)
+FORM_KEYS = (
+    "grant_type",
+    "refresh_token",
+    "code",
+    "code_verifier",
+    "redirect_uri",
+    "client_id",
+    "client_secret",
+)
+QUERY_KEYS = (
+    "connector",
+    "scope",
+    "instance_uri",
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "state",
+    "login_hint",
+    "code_challenge",
+    "code_challenge_method",
+)
+CONTENT_TYPES = (
+    "application/x-www-form-urlencoded",
+    "application/x-www-form-urlencoded; charset=latin-1",
+    "application/json",
+    "multipart/form-data",
+    "text/plain",
+)
+
+
+def fields(keys: tuple[str, ...]) -> st.SearchStrategy[dict[str, str]]:
+    return st.dictionaries(st.sampled_from(keys) | unicode_text, unicode_text, max_size=4)
+
+
+@st.composite
+def form_bodies(draw: st.DrawFn) -> bytes:
+    """Form bodies with the OAuth fields (any text), or any bytes."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=40))
+    form = draw(fields(FORM_KEYS))
+    return urlencode({k: v.encode() for k, v in form.items()}).encode()
+
+
+def assert_shaped(path: str, status: int, location: str | None, raw: bytes) -> None:
+    """Never 5xx; an error in the endpoint's shape; a redirect that says what happened."""
+    assert status < 500, (status, raw[:300])
+    if 300 <= status < 400:
+        assert location, status
+        if path.startswith("/provider/authorize"):
+            assert "error=" in location, location
+        return
+    body = json.loads(raw)
+    if status < 400:
+        assert isinstance(body, dict), body
+    elif path.startswith(OAUTH_ROUTES):
+        assert isinstance(body["error"], str), body
+        assert isinstance(body["error_description"], str), body
+    else:
+        assert_google_error(status, body, {code for code in CODE_NAMES if code != "INTERNAL"})
+
+
+CODE_NAMES = {
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "FAILED_PRECONDITION",
+    "UNAUTHENTICATED",
+    "UNIMPLEMENTED",
+    "PERMISSION_DENIED",
+    "INTERNAL",
+}
+
+
+@settings(PROPERTY, max_examples=80)
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    segment=st.none() | unicode_text,
+    query=fields(QUERY_KEYS),
+    authorization=st.none() | authorizations(unicode_header) | st.just("ALICE"),
+    basic=st.none() | unicode_header.map(lambda v: "Basic " + v),
+    content_type=st.none() | st.sampled_from(CONTENT_TYPES),
+    body=form_bodies(),
+)
+@example(  # a non-ASCII bearer token: hmac.compare_digest raised, HTTP 500
+    endpoint=ENDPOINTS[9],
+    segment=None,
+    query={},
+    authorization="Bearer aea1.é.é",
+    basic=None,
+    content_type="application/json",
+    body=b"{}",
+)
+@example(
+    endpoint=ENDPOINTS[2],
+    segment=None,
+    query={},
+    authorization="Bearer aea1.x.\u00e9",
+    basic=None,
+    content_type=None,
+    body=b"",
+)
+@example(  # a form that is not UTF-8: HTTP 500 on both token endpoints
+    endpoint=ENDPOINTS[0],
+    segment=None,
+    query={},
+    authorization=None,
+    basic=None,
+    content_type=CONTENT_TYPES[0],
+    body=b"grant_type=%FF",
+)
+@example(  # multipart without a boundary
+    endpoint=ENDPOINTS[6],
+    segment=None,
+    query={},
+    authorization=None,
+    basic="Basic é",
+    content_type=CONTENT_TYPES[3],
+    body=b"--x",
+)
+async def test_every_http_endpoint_takes_any_request(
+    unchanged: Emulator,
+    endpoint: tuple[str, str],
+    segment: str | None,
+    query: dict[str, str],
+    authorization: str | None,
+    basic: str | None,
+    content_type: str | None,
+    body: bytes,
+) -> None:
+    emu = unchanged
+    method, path = endpoint
+    email = quote(segment if segment is not None else ALICE, safe="")
+    path = path.replace("{email}", email)
+    if segment is not None and "{email}" not in endpoint[1]:
+        path += "/" + quote(segment, safe="")  # an unknown route under a known one
+    headers = {}
+    if authorization == "ALICE":
+        authorization = f"Bearer {emu.user_token(ALICE)}"
+    if authorization is not None or basic is not None:
+        headers["Authorization"] = basic if basic is not None else str(authorization)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method,
+            f"{emu.http_url}{path}",
+            params=query,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+        ) as response,
+    ):
+        raw = await response.read()
+        assert_shaped(path, response.status, response.headers.get("Location"), raw)
+
+
+PARSER_TARGETS = [path.replace("{email}", ALICE).encode() for _, path in ENDPOINTS]
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    """Sends ``request`` as is and reads until the server closes (bounded: no hang)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def final_status(answer: bytes) -> int:
+    """The status of the last response head (after any ``100 Continue``)."""
+    statuses = re.findall(rb"(?:^|\r\n)HTTP/1\.[01] (\d{3}) ", answer)
+    assert statuses, answer[:200]
+    return int(statuses[-1]) if int(statuses[0]) == 100 else int(statuses[0])
+
+
+@settings(PROPERTY, max_examples=60)
+@given(
+    verb=st.sampled_from([b"GET", b"POST", b"PUT"]) | st.binary(min_size=1, max_size=8),
+    target=st.tuples(st.sampled_from(PARSER_TARGETS), st.binary(max_size=20)).map(
+        lambda parts: parts[0] + parts[1]
+    ),
+    header=st.binary(max_size=40),
+    body=st.binary(max_size=40),
+)
+@example(verb=b"GET", target=b"/\xff", header=b"", body=b"")
+@example(verb=b"POST", target=PARSER_TARGETS[9], header=b"Bearer aea1.\xff.\xfe", body=b"{}")
+@example(verb=b"GET", target=PARSER_TARGETS[7], header=b"Bearer \xed\xa0\x80", body=b"")
+@example(verb=b"GET", target=PARSER_TARGETS[2], header=b"Bearer " + b"a" * 9000, body=b"")
+async def test_raw_requests_get_a_4xx_never_a_5xx_or_a_hang(
+    unchanged: Emulator, verb: bytes, target: bytes, header: bytes, body: bytes
+) -> None:
+    """What an HTTP client cannot send (raw bytes in the request line and headers)."""
+    port = int(unchanged.http_url.rsplit(":", 1)[1])
+    request = (
+        verb
+        + b" "
+        + target
+        + b" HTTP/1.1\r\nHost: emulator\r\nConnection: close\r\nAuthorization: "
+        + header
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    answer = await raw_exchange(port, request)
+    assert 200 <= final_status(answer) < 500, answer[:300]

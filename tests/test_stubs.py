@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from agentspace_grpc import _proto as p
+from agentspace_grpc._wire import ROWS
 
 NAME = "projects/p/locations/global/collections/default_collection/dataConnector"
 
@@ -76,7 +77,7 @@ async def test_check_refresh_token(stub: p.DataConnectorServiceStub) -> None:
 
 
 def test_method_paths_are_the_hosted_service_paths() -> None:
-    paths = sorted(p.method_path(m) for m in p.SERVICE.methods)
+    paths = sorted(row.grpc_path for row in ROWS.values())
     prefix = "/google.cloud.discoveryengine.v1alpha.DataConnectorService/"
     assert paths == [
         prefix + "AcquireAccessToken",

@@ -14,8 +14,10 @@ The exit status says what the caller should do next, so scripts can branch on it
 130   interrupted (Ctrl-C)
 ====  =================================================================================
 
-Secrets never reach the terminal: tokens are shown as a SHA-256 fingerprint unless the user
-asks for them (``acquire --show-token``), and error messages are built from the service's
+What a server says is printed through :func:`inert` (control characters escaped). Secrets
+never reach the terminal: tokens, and the secret-looking fields of a third party's
+answer (:func:`conceal`), are shown as a SHA-256 fingerprint unless the user asks for them
+(``--show-token``), and error messages are built from the service's
 status, the connector name and the user's email, never from a token or a redirect URI.
 """
 
@@ -31,6 +33,7 @@ import re
 import stat
 import sys
 import textwrap
+import unicodedata
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -63,6 +66,7 @@ exit status:
 environment:
   AGENTSPACE_EMULATOR_HOST  gRPC host:port of a running emulator (used when no --endpoint)
   AGENTSPACE_EMULATOR_REST  its REST base URL, e.g. http://127.0.0.1:8081
+  AGENTSPACE_EMULATOR_INSECURE=1  allow those two to name a non-loopback host
 """
 
 CONNECTOR_HELP: Final = (
@@ -72,6 +76,9 @@ CONNECTOR_HELP: Final = (
 _MAX_TOKEN_FILE: Final = 64 * 1024
 _EMAIL: Final = re.compile(r"[^@\s/]+@[^@\s/]+")
 _FINGERPRINT_HEX: Final = 8
+_SECRET_KEY: Final = re.compile(r"token$|secret|password|code", re.IGNORECASE)
+# Controls, invisible format characters (bidi overrides), line separators, lone surrogates.
+_NOT_INERT: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _HELP_WIDTH: Final = 79
 
 
@@ -161,8 +168,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument(
         "--token-file",
         metavar="FILE",
-        help="file holding the end user's Google access token ('-': read stdin); it must not "
-        "be world-readable; its content is never printed",
+        help="file holding the end user's Google access token ('-': read stdin; a pipe such "
+        "as <(gcloud auth print-access-token) works too); a regular file must be yours, "
+        "with no group or other access (chmod 600); its content is never printed",
     )
     exclusive.add_argument(
         "--emulator-user",
@@ -186,8 +194,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 def read_token_file(path: str) -> str:
     """The access token held in ``path`` ('-': stdin); never echoes the content.
 
-    A regular file readable by every user is refused (``chmod 600`` fixes it): the token
-    grants access to the user's data, like a private key.
+    The token grants access to the user's data, like a private key: a regular file (symlinks
+    followed) must belong to the user and grant no access to group or others (``chmod 600``).
+    Pipes such as ``<(gcloud auth print-access-token)`` have no such mode and are accepted.
     """
     if path == "-":
         data = sys.stdin.buffer.read(_MAX_TOKEN_FILE + 1)
@@ -196,12 +205,19 @@ def read_token_file(path: str) -> str:
         where = f"token file {path}"
         try:
             with open(path, "rb") as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                if os.name == "posix" and stat.S_ISREG(mode) and mode & stat.S_IROTH:
-                    raise CommandError(
-                        f"{where} is readable by every user on this machine (mode "
-                        f"{stat.S_IMODE(mode):04o}); restrict it first: chmod 600 {path}"
-                    )
+                info = os.fstat(handle.fileno())
+                if os.name == "posix" and stat.S_ISREG(info.st_mode):
+                    if info.st_uid != os.geteuid():
+                        raise CommandError(
+                            f"{where} belongs to another user (uid {info.st_uid}); a token "
+                            "file must be your own"
+                        )
+                    if info.st_mode & 0o077:
+                        raise CommandError(
+                            f"{where} is open to other users (mode "
+                            f"{stat.S_IMODE(info.st_mode):04o}); restrict it first: "
+                            f"chmod 600 {path}"
+                        )
                 data = handle.read(_MAX_TOKEN_FILE + 1)
         except FileNotFoundError:
             raise CommandError(f"{where} does not exist") from None
@@ -306,6 +322,21 @@ def make_client(args: argparse.Namespace, credentials: str | None) -> DataConnec
     )
 
 
+# ---- printing what a server said ---------------------------------------------------------
+
+
+def inert(text: str) -> str:
+    """``text`` made safe for a terminal: control and invisible characters escaped (``\\x1b``).
+
+    Whatever a server (or a redirect's ``error=``) says would otherwise reach the terminal as
+    is: escape sequences that move the cursor, retitle the window or hide text, bidi overrides,
+    and newlines that fake a line of this command's own output.
+    """
+    return "".join(
+        ascii(char)[1:-1] if unicodedata.category(char) in _NOT_INERT else char for char in text
+    )
+
+
 # ---- which wire answered -----------------------------------------------------------------
 
 
@@ -319,7 +350,7 @@ class ClientLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Print the record if it is a warning (or anything with ``--verbose``)."""
         if self.verbose or record.levelno >= logging.WARNING:
-            message = record.getMessage()
+            message = inert(record.getMessage())
             print(f"agentspace-grpc: {record.levelname.lower()}: {message}", file=sys.stderr)
 
 
@@ -340,6 +371,36 @@ def answered_by(client: DataConnectorClient, token: AccessToken | None = None) -
 def fingerprint(token: str) -> str:
     """A short, one-way label of a token: the first hex digits of its SHA-256."""
     return hashlib.sha256(token.encode()).hexdigest()[:_FINGERPRINT_HEX]
+
+
+def conceal(value: Any) -> Any:
+    """``value`` with every secret-looking key's value shown as ``sha256:<fingerprint>``.
+
+    A third party's answer can hold the user's own tokens (Slack's ``authed_user`` carries an
+    access and a refresh token, as JSON text). A key is secret-looking when it ends in
+    ``token`` or contains ``secret``, ``password`` or ``code`` (any case); mappings and lists
+    are searched at any depth, and so are strings that hold a JSON object or array.
+    """
+    if isinstance(value, Mapping):
+        return {
+            key: _fingerprinted(item) if _SECRET_KEY.search(str(key)) else conceal(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [conceal(item) for item in value]
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        concealed = conceal(parsed)
+        return value if concealed == parsed else json.dumps(concealed)
+    return value
+
+
+def _fingerprinted(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return f"sha256:{fingerprint(text)}"
 
 
 def _who(exc: Any, args: argparse.Namespace | None) -> str | None:
@@ -500,13 +561,14 @@ def run(
         return EXIT_INTERRUPTED
     except Exception as exc:
         status, message = describe_error(exc, args.name, args)
-        print(f"agentspace-grpc {command}: error: {message}", file=sys.stderr)
+        print(f"agentspace-grpc {command}: error: {inert(message)}", file=sys.stderr)
         if args.json:
             print_json(error_json(exc, status, message))
         if args.verbose and status == EXIT_ERROR:
             import traceback
 
-            traceback.print_exc()
+            for line in traceback.format_exc().splitlines():
+                print(inert(line), file=sys.stderr)
         return status
     finally:
         logger.removeHandler(log)

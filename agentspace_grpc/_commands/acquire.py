@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             return _common.EXIT_OK
         details = sys.stderr if args.show_token else sys.stdout
         print(f"connector  {token.connector}", file=details)
-        print(f"scopes     {' '.join(token.scopes) or '(none reported)'}", file=details)
+        scopes = _common.inert(" ".join(token.scopes)) or "(none reported)"
+        print(f"scopes     {scopes}", file=details)
         print(f"transport  {transport}", file=details)
         hint = "" if args.show_token else " (--show-token prints the token)"
         print(f"token      sha256:{_common.fingerprint(token.access_token)}{hint}", file=details)

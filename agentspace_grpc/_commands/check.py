@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             return _common.EXIT_OK
         print(f"connector  {args.name}")
         print("stored     yes")
-        print(f"scopes     {' '.join(scopes) or '(none reported)'}")
+        print(f"scopes     {_common.inert(' '.join(scopes)) or '(none reported)'}")
         print(f"transport  {transport}")
         return _common.EXIT_OK
 

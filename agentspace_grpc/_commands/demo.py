@@ -72,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_Walkthrough(args.access_token_lifetime).run())
     except DemoFailed as exc:
-        _say(f"\ndemo FAILED: {exc}")
+        _say(f"\ndemo FAILED: {_common.inert(str(exc))}")
         return _common.EXIT_ERROR
     except KeyboardInterrupt:
         _say("\ndemo interrupted")
         return _common.EXIT_INTERRUPTED
     except Exception as exc:
         status, message = _common.describe_error(exc, "the demo connector", None)
-        _say(f"\ndemo FAILED: {message}")
+        _say(f"\ndemo FAILED: {_common.inert(message)}")
         return _common.EXIT_ERROR if status == _common.EXIT_OK else status
     return _common.EXIT_OK
 
@@ -200,7 +200,9 @@ class _Walkthrough:
             extra = await self.grpc.store_refresh_token(
                 self.emu.connector, redirects[user], credentials=self.credentials[user]
             )
-            fields = ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) or "nothing"
+            shown = _common.conceal(extra)
+            fields = ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "nothing"
+            fields = _common.inert(fields)
             _say(f"   {user}: refresh token stored; the third party also said: {fields}")
         stats = await self.emu.provider_stats()
         _say(
@@ -291,11 +293,10 @@ class _Walkthrough:
             await self.acquire(self.grpc, CAROL)
         except AuthorizationRequired as exc:
             _, message = _common.describe_error(exc, self.emu.connector, None)
-            _say(
-                f"   {CAROL}: {type(exc).__name__} ({exc.code.name}, reason {exc.reason}, "
-                f"over {_WIRE.get(exc.transport or '', exc.transport)})"
-            )
-            _say(f"   message: {message}")
+            wire = _WIRE.get(exc.transport or "", exc.transport)
+            said = f"{type(exc).__name__} ({exc.code.name}, reason {exc.reason}, over {wire})"
+            _say(f"   {CAROL}: {_common.inert(said)}")
+            _say(f"   message: {_common.inert(message)}")
             _say("   (`agentspace-grpc acquire` exits with status 3 for this)")
             return
         raise DemoFailed(f"{CAROL} got a token without consenting")

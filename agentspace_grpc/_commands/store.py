@@ -3,7 +3,8 @@
 After the user consented at the third party, the browser lands on the connector's redirect URI
 with ``code=...&state=...``; the service exchanges that code and files the refresh token under
 the caller's identity, so this must run with the end user's own credentials. The redirect URI
-holds a secret (the code): it is never printed.
+holds a secret (the code): it is never printed. The third party's extra answer fields are
+printed with their tokens and secrets as fingerprints, unless ``--show-token`` asks for them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the scopes the user consented to (space-separated or repeated)",
     )
     parser.add_argument("--instance-uri", metavar="URI", help="the third party's instance URI")
+    parser.add_argument(
+        "--show-token",
+        action="store_true",
+        help="print the third party's extra answer fields as they are; by default the values "
+        "of tokens, secrets, passwords and codes among them are shown as fingerprints",
+    )
     _common.add_connection_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -88,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
             )
         transport = _common.answered_by(client)
+        if not args.show_token:
+            extra = _common.conceal(extra)
         if args.json:
             data: dict[str, Any] = {
                 "connector": args.name,
@@ -100,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         who = f" of {args.emulator_user}" if args.emulator_user else ""
         print(f"stored the refresh token{who} for {args.name} (transport {transport})")
         for key in sorted(extra):
-            print(f"  {key}: {extra[key]}")
+            print(f"  {_common.inert(key)}: {_common.inert(str(extra[key]))}")
         return _common.EXIT_OK
 
     return _common.run("store", args, main)

@@ -1,8 +1,9 @@
-"""The transport interface: one async method per RPC, plus ``aclose``.
+"""The transport interface: one async ``call`` for any RPC of the table, plus ``aclose``.
 
 A transport lives on one event loop. It raises only :class:`~agentspace_grpc.DataConnectorError`
-subclasses (or ``asyncio.CancelledError``); lower-layer exceptions are translated in one place
-per transport and chained with ``from``.
+subclasses (or ``asyncio.CancelledError``); its library's exceptions are translated in one place
+per transport, where a failure below the service becomes :class:`~agentspace_grpc.ConnectFailed`,
+:class:`~agentspace_grpc.ConnectionBroken` or :class:`~agentspace_grpc.UndecodableAnswer`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import abc
 import ipaddress
 import urllib.request
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
+from google.protobuf import message
 
-from agentspace_grpc import _proto
 from agentspace_grpc._errors import Transport as TransportName
 from agentspace_grpc._headers import Headers
-from agentspace_grpc._token import AccessToken
+from agentspace_grpc._wire import Row
 
 __all__ = ["Endpoint", "Transport", "format_host_port", "is_loopback", "proxy_for"]
 
@@ -47,9 +48,13 @@ class Endpoint:
 
 
 def is_loopback(host: str) -> bool:
-    """True for a loopback host name or address (never proxied; plaintext allowed)."""
+    """True for a literal loopback address or ``localhost`` itself (never proxied; plaintext).
+
+    Names under ``.localhost`` are not loopback: nothing guarantees that every resolver on the
+    way (a proxy's, a container's) keeps them on this machine.
+    """
     host = host.strip("[]").lower()
-    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+    if host in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -80,39 +85,20 @@ def proxy_for(scheme: str, host: str, port: int) -> str | None:
 
 
 class Transport(abc.ABC):
-    """One wire. Methods take the request, the headers and the remaining time in seconds."""
+    """One wire."""
 
     kind: ClassVar[TransportName]
 
     @abc.abstractmethod
-    async def acquire_access_token(
+    async def call(
         self,
+        row: Row,
         endpoint: Endpoint,
-        request: _proto.AcquireAccessTokenRequest,
+        request: message.Message,
         headers: Headers,
         time_left: float,
-    ) -> AccessToken:
-        """AcquireAccessToken, answered as the client's result."""
-
-    @abc.abstractmethod
-    async def acquire_and_store_refresh_token(
-        self,
-        endpoint: Endpoint,
-        request: _proto.AcquireAndStoreRefreshTokenRequest,
-        headers: Headers,
-        time_left: float,
-    ) -> _proto.AcquireAndStoreRefreshTokenResponse:
-        """AcquireAndStoreRefreshToken."""
-
-    @abc.abstractmethod
-    async def check_refresh_token(
-        self,
-        endpoint: Endpoint,
-        request: _proto.CheckRefreshTokenRequest,
-        headers: Headers,
-        time_left: float,
-    ) -> _proto.CheckRefreshTokenResponse:
-        """CheckRefreshToken."""
+    ) -> Any:
+        """One attempt of ``row``'s RPC within ``time_left`` seconds: the row's result."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

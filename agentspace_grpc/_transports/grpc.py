@@ -1,42 +1,35 @@
 """The gRPC wire over ``grpc.aio``: one lazily opened channel per target on this event loop.
 
-The multicallables are built once per channel, so a call costs what a generated-stub call
-costs plus the error translation in :func:`_error_from_rpc`. Headers (``authorization``
-included) travel as call metadata, never as grpc call credentials, which grpc drops on
-plaintext channels.
+The multicallables are built once per channel, one per row of the table, so a call costs what
+a generated-stub call costs plus the error translation in :func:`_error_from_rpc`. Headers
+(``authorization`` included) travel as call metadata, never as grpc call credentials, which grpc
+drops on plaintext channels.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import grpc
 import grpc.aio
 from google.protobuf import message
 from google.rpc import status_pb2
 
-from agentspace_grpc import _proto
 from agentspace_grpc._errors import (
     Cancelled,
+    ConnectFailed,
+    ConnectionBroken,
     DataConnectorError,
-    Failure,
-    Internal,
+    UndecodableAnswer,
     UsageError,
     from_status,
-    wire_failure,
 )
-from agentspace_grpc._errors import error_class as _error_class
 from agentspace_grpc._headers import Headers
-from agentspace_grpc._token import AccessToken, token_from_response
 from agentspace_grpc._transports.base import Endpoint, Transport
+from agentspace_grpc._wire import ROWS, Row
 
 __all__ = ["GrpcTransport"]
-
-_M = TypeVar("_M", bound=message.Message)
-_Q = TypeVar("_Q", bound=message.Message)
-_T = TypeVar("_T")
 
 _DETAILS_KEY: Final = "grpc-status-details-bin"
 _UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE
@@ -68,19 +61,10 @@ _AFTER_CONNECT: Final = (
 )
 
 
-def _path(name: str) -> str:
-    return _proto.method_path(_proto.SERVICE.methods_by_name[name])
-
-
-_ACQUIRE_PATH: Final = _path("AcquireAccessToken")
-_STORE_PATH: Final = _path("AcquireAndStoreRefreshToken")
-_CHECK_PATH: Final = _path("CheckRefreshToken")
-
-
 class _Channel:
-    """A channel and its three multicallables."""
+    """A channel and a multicallable per row."""
 
-    __slots__ = ("acquire", "channel", "check", "store")
+    __slots__ = ("calls", "channel")
 
     def __init__(self, endpoint: Endpoint) -> None:
         target = endpoint.grpc_target
@@ -93,21 +77,14 @@ class _Channel:
             self.channel = grpc.aio.secure_channel(
                 target, endpoint.grpc_credentials, options=options
             )
-        self.acquire = self.channel.unary_unary(
-            _ACQUIRE_PATH,
-            request_serializer=_proto.AcquireAccessTokenRequest.SerializeToString,
-            response_deserializer=_proto.AcquireAccessTokenResponse.FromString,
-        )
-        self.store = self.channel.unary_unary(
-            _STORE_PATH,
-            request_serializer=_proto.AcquireAndStoreRefreshTokenRequest.SerializeToString,
-            response_deserializer=_proto.AcquireAndStoreRefreshTokenResponse.FromString,
-        )
-        self.check = self.channel.unary_unary(
-            _CHECK_PATH,
-            request_serializer=_proto.CheckRefreshTokenRequest.SerializeToString,
-            response_deserializer=_proto.CheckRefreshTokenResponse.FromString,
-        )
+        self.calls: dict[Row, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {
+            row: self.channel.unary_unary(
+                row.grpc_path,
+                request_serializer=row.request_class.SerializeToString,
+                response_deserializer=row.response_class.FromString,
+            )
+            for row in ROWS.values()
+        }
 
 
 class GrpcTransport(Transport):
@@ -123,9 +100,7 @@ class GrpcTransport(Transport):
         channel = self._channels.get(endpoint.grpc_target)
         if channel is None:
             if self._closed:
-                raise wire_failure(
-                    Cancelled, "the client is closed", transport="grpc", failure=None
-                )
+                raise Cancelled("the client is closed", transport="grpc")
             channel = self._channels[endpoint.grpc_target] = _Channel(endpoint)
         return channel
 
@@ -144,85 +119,32 @@ class GrpcTransport(Transport):
             del self._channels[endpoint.grpc_target]
             await channel.channel.close(grace=None)
 
-    def acquire_access_token(
+    async def call(
         self,
+        row: Row,
         endpoint: Endpoint,
-        request: _proto.AcquireAccessTokenRequest,
+        request: message.Message,
         headers: Headers,
         time_left: float,
-    ) -> Coroutine[Any, Any, AccessToken]:
-        """AcquireAccessToken over gRPC."""
-        call = self._channel(endpoint).acquire
-        return self._unary(
-            call,
-            request,
-            headers,
-            time_left,
-            request.name,
-            _proto.AcquireAccessTokenResponse,
-            _token,
-        )
-
-    def acquire_and_store_refresh_token(
-        self,
-        endpoint: Endpoint,
-        request: _proto.AcquireAndStoreRefreshTokenRequest,
-        headers: Headers,
-        time_left: float,
-    ) -> Coroutine[Any, Any, _proto.AcquireAndStoreRefreshTokenResponse]:
-        """AcquireAndStoreRefreshToken over gRPC."""
-        call = self._channel(endpoint).store
-        return self._unary(
-            call,
-            request,
-            headers,
-            time_left,
-            None,
-            _proto.AcquireAndStoreRefreshTokenResponse,
-            _decoded,
-        )
-
-    def check_refresh_token(
-        self,
-        endpoint: Endpoint,
-        request: _proto.CheckRefreshTokenRequest,
-        headers: Headers,
-        time_left: float,
-    ) -> Coroutine[Any, Any, _proto.CheckRefreshTokenResponse]:
-        """CheckRefreshToken over gRPC."""
-        call = self._channel(endpoint).check
-        return self._unary(
-            call,
-            request,
-            headers,
-            time_left,
-            request.name,
-            _proto.CheckRefreshTokenResponse,
-            _decoded,
-        )
-
-    async def _unary(
-        self,
-        call: grpc.aio.UnaryUnaryMultiCallable[_Q, _M],
-        request: _Q,
-        headers: Headers,
-        time_left: float,
-        connector: str | None,
-        response_class: type[_M],
-        finish: Callable[[_M | None, type[_M], str], _T],
-    ) -> _T:
-        """One unary call; the per-RPC methods hand back this coroutine (no extra frame).
-
-        ``finish`` makes the result of the response (None when grpc could not decode it).
-        """
+    ) -> Any:
+        """One unary call of ``row``'s RPC; the answer read by ``row.from_message``."""
+        name: str = getattr(request, row.field)
         try:
-            response = await call(request, timeout=time_left, metadata=headers)
+            response = await self._channel(endpoint).calls[row](
+                request, timeout=time_left, metadata=headers
+            )
         except grpc.aio.AioRpcError as exc:
-            raise _error_from_rpc(exc, connector=connector) from exc
+            raise _error_from_rpc(exc, name if row.reads_grant else None) from exc
         except asyncio.CancelledError:
             self._closed_under_call()
             raise
-        return finish(response, response_class, connector or "")
+        if response is None:  # grpc.aio logs the decoding error and returns None
+            raise UndecodableAnswer(
+                f"the gRPC answer is not a valid {row.response_class.__name__} message "
+                "(it could not be decoded)",
+                transport="grpc",
+            )
+        return row.from_message(response, name)
 
     def _closed_under_call(self) -> None:
         """grpc ends calls with CancelledError when their channel closes: say why instead.
@@ -231,11 +153,8 @@ class GrpcTransport(Transport):
         """
         task = asyncio.current_task()
         if self._closed and (task is None or not task.cancelling()):
-            raise wire_failure(
-                Cancelled,
-                "the client was closed while the call was in flight",
-                transport="grpc",
-                failure=None,
+            raise Cancelled(
+                "the client was closed while the call was in flight", transport="grpc"
             ) from None
 
     async def aclose(self) -> None:
@@ -246,30 +165,12 @@ class GrpcTransport(Transport):
             await asyncio.gather(*(c.channel.close(grace=None) for c in channels))
 
 
-def _decoded(response: _M | None, cls: type[_M], connector: str = "") -> _M:
-    """The response, or Internal when grpc could not decode it: grpc.aio logs the decoding
-    error and returns None instead of raising. (``connector`` only fits ``_unary``'s
-    ``finish``.)"""
-    if response is None:
-        raise wire_failure(
-            Internal,
-            f"the gRPC answer is not a valid {cls.__name__} message (it could not be decoded)",
-            transport="grpc",
-            failure="decode",
-        )
-    return response
+def _error_from_rpc(exc: grpc.aio.AioRpcError, connector: str | None) -> DataConnectorError:
+    """Translate a grpc.aio error; the one place where grpc exceptions are mapped.
 
-
-def _token(
-    response: _proto.AcquireAccessTokenResponse | None,
-    cls: type[_proto.AcquireAccessTokenResponse],
-    connector: str,
-) -> AccessToken:
-    return token_from_response(_decoded(response, cls), connector, "grpc")
-
-
-def _error_from_rpc(exc: grpc.aio.AioRpcError, *, connector: str | None) -> DataConnectorError:
-    """Translate a grpc.aio error; the one place where grpc exceptions are mapped."""
+    grpc reports its own failures below the service as UNAVAILABLE with a text: the connection
+    phase ones become :class:`ConnectFailed`, the broken connections :class:`ConnectionBroken`.
+    """
     code = exc.code()
     text = exc.details() or ""
     for key, value in exc.trailing_metadata() or ():
@@ -282,16 +183,11 @@ def _error_from_rpc(exc: grpc.aio.AioRpcError, *, connector: str | None) -> Data
             if status.code == code.value[0]:
                 return from_status(status, transport="grpc", connector=connector)
             break
-    failure: Failure | None = None
     if code == _UNAVAILABLE:
-        if text.startswith(_CONNECT_PHASE) or any(p in text for p in _CONNECT_PHASE):
-            failure = "connect"
-        elif any(p in text for p in _AFTER_CONNECT):
-            failure = "io"
-    if failure is not None:
-        return wire_failure(
-            _error_class(code), text or code.name, transport="grpc", failure=failure
-        )
+        if any(phrase in text for phrase in _CONNECT_PHASE):
+            return ConnectFailed(text, transport="grpc")
+        if any(phrase in text for phrase in _AFTER_CONNECT):
+            return ConnectionBroken(text, transport="grpc")
     return from_status(
         status_pb2.Status(code=code.value[0], message=text), transport="grpc", connector=connector
     )

@@ -1,54 +1,43 @@
-"""The REST wire over aiohttp, with the HTTP request derived from ``google.api.http``.
+"""The REST wire over aiohttp, with the HTTP request derived from the row's HTTP rule.
 
 One ``aiohttp.ClientSession`` per event loop (this transport is made per loop). Each call is
-``Route.to_http`` (method, encoded path, query, JSON body), one request, and on success the
-answer decoded (AcquireAccessToken's straight into an ``AccessToken``, the others with
-``message_from_json``), or ``status_from_http`` otherwise, so REST errors are classified by
-the JSON ``error.status`` first and by the HTTP status only when the body is not a Google
-error. aiohttp's exceptions are translated in :func:`_translate`.
+``Row.to_http`` (method, encoded path, JSON body), one request, and on success the answer read
+by ``Row.from_json``, or ``status_from_http`` otherwise, so REST errors are classified by the
+JSON ``error.status`` first and by the HTTP status only when the body is not a Google error.
+aiohttp's exceptions are translated in :func:`_translate`.
 """
 
 from __future__ import annotations
 
-import functools
 import ssl
-from collections.abc import Callable, Coroutine
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final
 
 import aiohttp
 from google.protobuf import message
 from google.rpc import status_pb2
 from yarl import URL
 
-from agentspace_grpc import _proto
 from agentspace_grpc._errors import (
     Cancelled,
+    ConnectFailed,
+    ConnectionBroken,
     DataConnectorError,
     DeadlineExceeded,
-    Internal,
     ResourceExhausted,
-    Unavailable,
+    UndecodableAnswer,
     UsageError,
     from_status,
-    wire_failure,
 )
 from agentspace_grpc._headers import Headers
-from agentspace_grpc._token import AccessToken, token_from_json
-from agentspace_grpc._transcode import ROUTES, Route, TranscodingError, message_from_json
-from agentspace_grpc._transcode import status_from_http as _status_from_http
 from agentspace_grpc._transports.base import Endpoint, Transport
+from agentspace_grpc._wire import Row, TranscodingError
+from agentspace_grpc._wire import status_from_http as _status_from_http
 
 __all__ = ["MAX_RESPONSE_BYTES", "RestTransport"]
 
 #: The largest response body read (gRPC's default receive limit).
 MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
 
-_M = TypeVar("_M", bound=message.Message)
-_T = TypeVar("_T")
-
-_ACQUIRE: Final = ROUTES["AcquireAccessToken"]
-_STORE: Final = ROUTES["AcquireAndStoreRefreshToken"]
-_CHECK: Final = ROUTES["CheckRefreshToken"]
 _JSON_BODY: Final = (("content-type", "application/json"),)
 _CACHE_SIZE: Final = 1024
 
@@ -74,19 +63,16 @@ class RestTransport(Transport):
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._max = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
-        # Transcoded acquire requests by id(request): the client builds one request per name,
-        # scope and action and reuses it, so a repeated acquire costs a dict lookup instead of
-        # a transcoding. An entry holds its request, so the id is not reused while it exists.
-        self._prepared: dict[int, tuple[message.Message, str, _HttpForm]] = {}
+        # Transcoded requests of the RPCs that read a grant (they repeat), by what they depend
+        # on (row, base URL, the request's bytes): a repeat costs a dict lookup.
+        self._prepared: dict[tuple[Row, str, bytes], _HttpForm] = {}
         self._closed = False
 
     def _get_session(self) -> aiohttp.ClientSession:
         session = self._session
         if session is None:
             if self._closed:
-                raise wire_failure(
-                    Cancelled, "the client is closed", transport="rest", failure=None
-                )
+                raise Cancelled("the client is closed", transport="rest")
             session = self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
                 # Proxies are chosen by the client per endpoint (loopback is never proxied).
@@ -95,85 +81,26 @@ class RestTransport(Transport):
             )
         return session
 
-    def acquire_access_token(
+    async def call(
         self,
-        endpoint: Endpoint,
-        request: _proto.AcquireAccessTokenRequest,
-        headers: Headers,
-        time_left: float,
-    ) -> Coroutine[Any, Any, AccessToken]:
-        """AcquireAccessToken over REST."""
-        return self._call(
-            _ACQUIRE,
-            token_from_json,
-            _proto.AcquireAccessTokenResponse,
-            endpoint,
-            request,
-            headers,
-            time_left,
-            connector=request.name,
-        )
-
-    def acquire_and_store_refresh_token(
-        self,
-        endpoint: Endpoint,
-        request: _proto.AcquireAndStoreRefreshTokenRequest,
-        headers: Headers,
-        time_left: float,
-    ) -> Coroutine[Any, Any, _proto.AcquireAndStoreRefreshTokenResponse]:
-        """AcquireAndStoreRefreshToken over REST."""
-        return self._call(
-            _STORE,
-            _STORE_ANSWER,
-            _proto.AcquireAndStoreRefreshTokenResponse,
-            endpoint,
-            request,
-            headers,
-            time_left,
-            connector=None,
-        )
-
-    def check_refresh_token(
-        self,
-        endpoint: Endpoint,
-        request: _proto.CheckRefreshTokenRequest,
-        headers: Headers,
-        time_left: float,
-    ) -> Coroutine[Any, Any, _proto.CheckRefreshTokenResponse]:
-        """CheckRefreshToken over REST."""
-        return self._call(
-            _CHECK,
-            _CHECK_ANSWER,
-            _proto.CheckRefreshTokenResponse,
-            endpoint,
-            request,
-            headers,
-            time_left,
-            connector=request.name,
-        )
-
-    async def _call(
-        self,
-        route: Route,
-        decode: Callable[[bytes, str], _T],
-        response_class: type[message.Message],
+        row: Row,
         endpoint: Endpoint,
         request: message.Message,
         headers: Headers,
         time_left: float,
-        *,
-        connector: str | None,
-    ) -> _T:
-        base = endpoint.rest_base
-        cached = self._prepared.get(id(request))
-        if cached is not None and cached[0] is request and cached[1] == base:
-            method, url, body = cached[2]
-        else:
-            method, url, body = form = self._prepare(route, base, request)
-            if route is _ACQUIRE:
+    ) -> Any:
+        """One HTTP request for ``row``'s RPC; a 2xx answer read by ``row.from_json``."""
+        if row.reads_grant:
+            key = (row, endpoint.rest_base, request.SerializeToString())
+            form = self._prepared.get(key)
+            if form is None:
+                form = self._prepare(row, endpoint.rest_base, request)
                 if len(self._prepared) >= _CACHE_SIZE:
                     self._prepared.clear()
-                self._prepared[id(request)] = (request, base, form)
+                self._prepared[key] = form
+        else:  # a store: its one-time authorization code is never kept
+            form = self._prepare(row, endpoint.rest_base, request)
+        method, url, body = form
         if body is not None:
             headers = (*headers, *_JSON_BODY)
         session = self._session or self._get_session()
@@ -203,27 +130,24 @@ class RestTransport(Transport):
             failure = _translate(exc, time_left)
         if failure is not None:
             raise failure
+        name: str = getattr(request, row.field)
         if 200 <= status < 300 and not oversize:
             try:
-                return decode(answer, connector or "")
+                return row.from_json(answer, name)
             except (ValueError, TypeError) as exc:
-                raise wire_failure(
-                    Internal,
-                    f"the HTTP {status} answer is not a valid {response_class.__name__} JSON "
+                raise UndecodableAnswer(
+                    f"the HTTP {status} answer is not a valid {row.response_class.__name__} JSON "
                     f"document ({len(answer)} bytes of {content_type or 'no content type'}): "
                     f"{_first_line(exc)}",
                     transport="rest",
-                    failure=None,
                     http_status=status,
                 ) from exc
         if oversize:
             limit = f"the {self._max}-byte limit"
             if 200 <= status < 300:
-                raise wire_failure(
-                    ResourceExhausted,
+                raise ResourceExhausted(
                     f"the HTTP {status} answer is larger than {limit}",
                     transport="rest",
-                    failure=None,
                     http_status=status,
                 )
             classified = _status_from_http(status, b"", content_type).code
@@ -236,19 +160,15 @@ class RestTransport(Transport):
                 transport="rest",
                 http_status=status,
                 from_service=False,
-                failure="io",
             )
-        google_error = _looks_like_google_error(content_type, answer)
-        described = _status_from_http(status, answer, content_type)
         # A proxy's or gateway's page (not a Google error): whether the service saw the request
-        # is unknown, which the retry policy must know.
+        # is unknown, so its UNAVAILABLE is a ConnectionBroken.
         raise from_status(
-            described,
+            _status_from_http(status, answer, content_type),
             transport="rest",
             http_status=status,
-            connector=connector,
-            from_service=google_error,
-            failure=None if google_error else "io",
+            connector=name if row.reads_grant else None,
+            from_service=_looks_like_google_error(content_type, answer),
         )
 
     async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
@@ -268,16 +188,13 @@ class RestTransport(Transport):
         return b"".join(chunks), False
 
     @staticmethod
-    def _prepare(route: Route, base: str, request: message.Message) -> _HttpForm:
-        """Method, URL and body of a request (an acquire request's are kept: see _prepared)."""
+    def _prepare(row: Row, base: str, request: message.Message) -> _HttpForm:
+        """Method, URL and body of a request (kept: see _prepared)."""
         try:
-            http = route.to_http(request)
+            method, path, body = row.to_http(request)
         except TranscodingError as exc:
             raise UsageError(str(exc)) from exc
-        url = URL(base + http.path, encoded=True)
-        if http.query:
-            url = url.with_query(list(http.query))
-        return http.method, url, http.body
+        return method, URL(base + path, encoded=True), body
 
     async def aclose(self) -> None:
         """Close the session; requests in flight fail and end promptly."""
@@ -285,17 +202,6 @@ class RestTransport(Transport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-def _message_from_json(cls: type[_M], body: bytes, connector: str) -> _M:
-    return cast(_M, message_from_json(body, cls, ignore_unknown=True))
-
-
-# The answers' decoders, as _call takes them: (body, connector) -> result.
-_STORE_ANSWER: Final = functools.partial(
-    _message_from_json, _proto.AcquireAndStoreRefreshTokenResponse
-)
-_CHECK_ANSWER: Final = functools.partial(_message_from_json, _proto.CheckRefreshTokenResponse)
 
 
 def _looks_like_google_error(content_type: str | None, body: bytes) -> bool:
@@ -312,27 +218,14 @@ def _first_line(exc: BaseException) -> str:
 def _translate(exc: BaseException, time_left: float) -> DataConnectorError:
     """Translate aiohttp's and the socket layer's exceptions; the one place that does it."""
     if isinstance(exc, TimeoutError):
-        return wire_failure(
-            DeadlineExceeded,
-            f"no answer within the {time_left:.3g} s left of the deadline",
-            transport="rest",
-            failure=None,
+        return DeadlineExceeded(
+            f"no answer within the {time_left:.3g} s left of the deadline", transport="rest"
         )
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError):
         # The connection (TCP, TLS or the proxy's CONNECT) was never established.
-        return wire_failure(
-            Unavailable, f"cannot connect: {_first_line(exc)}", transport="rest", failure="connect"
-        )
+        return ConnectFailed(f"cannot connect: {_first_line(exc)}", transport="rest")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return wire_failure(
-            Unavailable,
-            f"the answer was cut off: {_first_line(exc)}",
-            transport="rest",
-            failure="io",
-        )
-    return wire_failure(
-        Unavailable,
-        f"the connection failed during the call: {_first_line(exc)}",
-        transport="rest",
-        failure="io",
+        return ConnectionBroken(f"the answer was cut off: {_first_line(exc)}", transport="rest")
+    return ConnectionBroken(
+        f"the connection failed during the call: {_first_line(exc)}", transport="rest"
     )

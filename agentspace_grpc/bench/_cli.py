@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and google-api-python-client",
         description="Start constant-answer servers and the emulator in separate processes on "
         "127.0.0.1, measure every stack sequentially and with 64 calls in flight, and write "
-        f"a table (stdout and {TABLE_NAME}), {JSON_NAME} and {CHART_NAME}. About 2.5 minutes; "
+        f"a table (stdout and {TABLE_NAME}), {JSON_NAME} and {CHART_NAME}. About 3.5 minutes; "
         "--quick: under 30 s.",
     )
     parser.add_argument(
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--budget",
         type=_positive_float,
         metavar="SECONDS",
-        help="time shared by the alternated samples (default 110; quick 9)",
+        help="time shared by the alternated samples (default 170; quick 12)",
     )
     parser.add_argument(
         "--inflight", type=_positive_int, default=64, help="calls in flight (default 64)"

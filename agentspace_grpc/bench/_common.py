@@ -22,3 +22,17 @@ API_CLIENT: Final = (
 ROUTING_HEADER: Final = "x-goog-request-params"
 REQUIRED_HEADERS: Final = ("authorization", ROUTING_HEADER, "x-goog-api-client")
 INFLIGHT: Final = 64
+# The "many users" and "many connectors" workloads (see _run.WORKLOADS).
+USERS: Final = 1000
+CONNECTORS: Final = 100
+
+
+def user_tokens(count: int) -> tuple[str, ...]:
+    """Distinct made-up bearer tokens, about as long as Google's access tokens (~200 chars)."""
+    return tuple(f"bench-user-{i:05d}-{'x' * 180}" for i in range(count))
+
+
+def connector_names(count: int) -> tuple[str, ...]:
+    """Distinct data connector resource names."""
+    prefix = CONNECTOR.rsplit("/", 2)[0]  # projects/.../collections
+    return tuple(f"{prefix}/connector-{i:04d}/dataConnector" for i in range(count))

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentspace_grpc.bench import _measure
+from agentspace_grpc.bench import _measure, _stacks
 
 MODE_LABELS = {"sequential": "sequential", "concurrent": "64 in flight"}
 
@@ -81,6 +81,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "agentspace REST or raw aiohttp did not run",
             )
         )
+    for workload, about in results.get("workloads", {}).items():
+        for mode in ("sequential", "concurrent"):
+            for wire, floor, limit in (("grpc", "raw stub", 1.10), ("rest", "raw aiohttp", 1.15)):
+                base = _stacks.GRPC_FLOOR if wire == "grpc" else _stacks.REST_FLOOR
+                out.append(
+                    _target(
+                        f"{'gRPC' if wire == 'grpc' else 'REST'} CPU/call <= {limit:.2f}x "
+                        f"{floor} ({about['title']}, {MODE_LABELS[mode]}, single-flight on)",
+                        paired_ratio(
+                            results,
+                            f"agentspace_{wire}_{workload}",
+                            f"{base}_{workload}",
+                            mode,
+                            cpu,
+                        ),
+                        limit,
+                        "max",
+                        f"a {about['title']} stack did not run",
+                    )
+                )
     costs = results.get("single_flight_cost", {})
     for wire, floor, limit in (("grpc", "raw stub", 1.10), ("rest", "raw aiohttp", 1.15)):
         cost = costs.get(wire, {})
@@ -280,6 +300,31 @@ def table(results: dict[str, Any]) -> str:
             out += ["", f"Upstream refreshes per acquire: {'; '.join(refreshes)}."]
     else:
         out.append(f"Not run: {results['emulator']}")
+    out += [
+        "",
+        "## Many users, many connectors (constant-answer servers; single-flight on, the "
+        "default; every cache warm)",
+        "",
+    ]
+    out += [f"- {about['title']}: {about['what']}." for about in results["workloads"].values()]
+    out += [
+        "- Each base (raw stub, raw aiohttp) sends the same users' headers and connectors' "
+        "names, one per call.",
+        "",
+        *_stack_table(results, "workload", "vs base"),
+    ]
+    shared = [
+        f"{stack['title']} ({MODE_LABELS[mode]}) {figures['rpcs_per_call']:.3f}"
+        for _, stack in _rows(results, "workload")
+        for mode, figures in stack["modes"].items()
+        if figures.get("rpcs_per_call", 1.0) != 1.0
+    ]
+    out += [
+        "",
+        f"RPCs at the server per call: {'; '.join(shared)}."
+        if shared
+        else "Every call of every stack above reached the server as an RPC of its own.",
+    ]
     out += ["", "## Single-flight (1000 concurrent identical acquires, one client)", ""]
     out += ["| wire | single-flight | RPCs at the server | wall ms |", "|---|---|--:|--:|"]
     for key, entry in results.get("single_flight", {}).items():

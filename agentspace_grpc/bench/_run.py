@@ -20,13 +20,115 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from agentspace_grpc.bench import _measure, _stacks
-from agentspace_grpc.bench._common import BENCH_TOKEN, CONNECTOR
+from agentspace_grpc.bench._common import (
+    BENCH_TOKEN,
+    CONNECTOR,
+    CONNECTORS,
+    USERS,
+    connector_names,
+    user_tokens,
+)
 from agentspace_grpc.bench._procs import ServerProcess, ServerProcessError, server_cpus
 from agentspace_grpc.bench._progress import Progress
 
 MODES: Final = ("sequential", "concurrent")
 SINGLE_FLIGHT_CALLS: Final = 1000
+ONE_USER: Final = "one_user"
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What a service sees beyond one user and one connector: every call a different one.
+
+    The floors and agentspace-grpc cycle through ``users`` (bearer tokens; the client gets
+    each as the call's ``credentials=``, as a service passes on its caller's token) or
+    ``names`` (connectors), so every stack sends the same distinct headers and names.
+    """
+
+    key: str
+    label: str
+    what: str
+    users: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+
+    @property
+    def distinct(self) -> int:
+        """Calls that visit every user or connector once (the warm-up makes at least these)."""
+        return max(len(self.users), len(self.names), 1)
+
+
+WORKLOADS: Final = (
+    Workload(
+        "many_users",
+        f"{USERS:,} users",
+        f"one client and connector; each call passes the next of {USERS:,} users' bearer "
+        "tokens (distinct strings of about 200 characters) as its credentials=",
+        users=user_tokens(USERS),
+    ),
+    Workload(
+        "many_connectors",
+        f"{CONNECTORS} connectors",
+        f"one client and user (its default credentials); each call names the next of "
+        f"{CONNECTORS} connectors",
+        names=connector_names(CONNECTORS),
+    ),
+)
+
+
+def workload_stacks(grpc_target: str, http_url: str) -> list[tuple[Workload, _stacks.Stack]]:
+    """Per workload and wire: the floor and the client in its default configuration.
+
+    Single-flight is on (the default): with a different user or connector on every call,
+    nothing is shared, and the run counts the RPCs served to show it.
+    """
+    g, h, t, n = grpc_target, http_url, BENCH_TOKEN, CONNECTOR
+    out: list[tuple[Workload, _stacks.Stack]] = []
+    for w in WORKLOADS:
+        grpc_floor = f"{_stacks.GRPC_FLOOR}_{w.key}"
+        rest_floor = f"{_stacks.REST_FLOOR}_{w.key}"
+        stacks: list[_stacks.Stack] = [
+            _stacks.RawStub(
+                g,
+                t,
+                n,
+                users=w.users,
+                names=w.names,
+                key=grpc_floor,
+                title=f"raw grpc.aio stub, {w.label}",
+            ),
+            _stacks.RawAiohttp(
+                h,
+                t,
+                n,
+                users=w.users,
+                names=w.names,
+                key=rest_floor,
+                title=f"raw aiohttp + json.loads, {w.label}",
+            ),
+        ]
+        wires: tuple[tuple[_stacks.Wire, str, str], ...] = (
+            ("grpc", "gRPC", grpc_floor),
+            ("rest", "REST", rest_floor),
+        )
+        for wire, label, floor in wires:
+            stacks.append(
+                _stacks.Agentspace(
+                    key=f"agentspace_{wire}_{w.key}",
+                    title=f"agentspace-grpc {label}, {w.label}",
+                    wire=wire,
+                    baseline=floor,
+                    grpc_target=g,
+                    http_url=h,
+                    token=t,
+                    name=n,
+                    users=w.users,
+                    names=w.names,
+                    single_flight=True,
+                )
+            )
+        out += [(w, stack) for stack in stacks]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +142,14 @@ class Settings:
     size: int = 4000
     repeats: int = 9
     inflight: int = 64
-    budget_s: float = 110.0
+    budget_s: float = 170.0
     quick: bool = False
     emulator: bool = True
     pin: bool = True
     out: Path = Path("bench-results")
 
 
-QUICK: Final = Settings(size=400, repeats=3, budget_s=9.0, quick=True)
+QUICK: Final = Settings(size=400, repeats=3, budget_s=12.0, quick=True)
 
 
 @dataclass(slots=True)
@@ -56,6 +158,7 @@ class StackRun:
 
     stack: _stacks.Stack
     group: str
+    workload: Workload | None = None  # None: one user, one connector
     status: str = "ok"
     reason: str = ""
     samples: dict[str, list[_measure.Sample | None]] = field(default_factory=dict)
@@ -65,6 +168,14 @@ class StackRun:
     # Per mode and sample: the server process's CPU time over the sample's wall time (1.0 is
     # one core kept busy: the server, not the client, set the pace).
     server_busy: dict[str, list[float]] = field(default_factory=dict)
+    # Workload stacks, per mode: the RPCs the server answered during the samples and the
+    # calls made in them (equal unless single-flight shared a call).
+    served: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def workload_key(self) -> str:
+        """The workload's key (``one_user`` for the one-user stacks)."""
+        return ONE_USER if self.workload is None else self.workload.key
 
     def fail(self, status: str, reason: str) -> None:
         """Stop measuring this stack."""
@@ -269,6 +380,13 @@ class Bench:
                 run.fail("skipped", self.emulator_status)
             self.runs.append(run)
 
+    def build_workload_stacks(self) -> None:
+        """The workloads' stacks, on the constant-answer servers."""
+        self.runs += [
+            StackRun(stack, "workload", workload)
+            for workload, stack in workload_stacks(self.grpc_target, self.http_url)
+        ]
+
     async def start_stacks(self) -> None:
         """Open every stack and warm it up; a stack that cannot run is marked, not fatal."""
         warm = max(1, min(50, self.settings.size // 4))
@@ -277,9 +395,11 @@ class Bench:
                 self._step(f"{run.stack.title}: {run.status}")
                 continue
             self._step(f"warming up {run.stack.title}")
+            # Every user or connector of a workload once, so that every cache is warm.
+            calls = max(warm, run.workload.distinct if run.workload else 1)
             try:
                 await _bounded(run.stack.start(), 30.0)
-                for _ in range(warm):
+                for _ in range(calls):
                     await _bounded(run.stack.call(), 30.0)
                 inflight = self.settings.inflight
                 await _bounded(
@@ -315,15 +435,25 @@ class Bench:
     def order(self, rep: int) -> list[StackRun]:
         """The stacks in the order of repetition ``rep``.
 
-        The stacks of one wire run back to back (so a stack and its base are seconds apart,
-        and see the same host), rotated within the wire from one repetition to the next;
-        the wires take turns going first.
+        The stacks of one wire and workload run back to back (so a stack and its base are
+        seconds apart, and see the same host), rotated within their group from one
+        repetition to the next, and the groups rotated within the wire; the wires take
+        turns going first.
         """
         wires: list[list[StackRun]] = []
         for wire in ("grpc", "rest"):
-            group = [run for run in self.runs if run.stack.wire == wire]
-            shift = rep % max(1, len(group))
-            wires.append(group[shift:] + group[:shift])
+            groups: list[list[StackRun]] = []
+            for workload in (ONE_USER, *(w.key for w in WORKLOADS)):
+                group = [
+                    run
+                    for run in self.runs
+                    if run.stack.wire == wire and run.workload_key == workload
+                ]
+                if group:
+                    shift = rep % len(group)
+                    groups.append(group[shift:] + group[:shift])
+            shift = rep % max(1, len(groups))
+            wires.append([run for group in groups[shift:] + groups[:shift] for run in group])
         if rep % 2:
             wires.reverse()
         return [run for group in wires for run in group]
@@ -352,6 +482,8 @@ class Bench:
             if run.group == "emulator":
                 refreshes = await self._provider_refreshes()
             server = self._server_of(run)
+            if run.group == "workload":
+                served = await server.count()
             server_cpu = server.cpu_seconds()
             if mode == "sequential":
                 coro = _measure.sequential(run.stack.call, s.size, cap)
@@ -365,6 +497,10 @@ class Bench:
             if run.group == "emulator":
                 counts = run.upstream.setdefault(mode, [0, 0])
                 counts[0] += await self._provider_refreshes() - refreshes
+                counts[1] += sample.calls
+            if run.group == "workload":
+                counts = run.served.setdefault(mode, [0, 0])
+                counts[0] += await server.count() - served
                 counts[1] += sample.calls
         except Exception as exc:
             run.fail("failed", f"{mode}: {_describe(exc)}")
@@ -597,9 +733,13 @@ class Bench:
                 refreshes, calls = run.upstream.get(mode, (0, 0))
                 if calls:
                     modes[mode]["upstream_refreshes_per_call"] = round(refreshes / calls, 3)
+                rpcs, calls = run.served.get(mode, (0, 0))
+                if calls:
+                    modes[mode]["rpcs_per_call"] = rpcs / calls
             out[run.stack.key] = {
                 "title": run.stack.title,
                 "group": run.group,
+                "workload": run.workload_key,
                 "wire": run.stack.wire,
                 "baseline": run.stack.baseline,
                 "status": run.status,
@@ -624,6 +764,7 @@ async def run(settings: Settings, progress_stream: Any = None) -> dict[str, Any]
         progress.show("starting servers")
         await bench.start_servers()
         bench.build_stacks()
+        bench.build_workload_stacks()
         progress.total = (
             1 + len(bench.runs) + bench.measurement_steps() + bench.cost_steps() + extras_steps
         )
@@ -648,6 +789,16 @@ async def run(settings: Settings, progress_stream: Any = None) -> dict[str, Any]
         "server_cpus": None if bench.server_cpus is None else sorted(bench.server_cpus),
         "argv": sys.argv,
         "emulator": bench.emulator_status,
+        "workloads": {
+            w.key: {
+                "title": w.label,
+                "what": w.what,
+                "users": len(w.users) or 1,
+                "connectors": len(w.names) or 1,
+                "single_flight": True,
+            }
+            for w in WORKLOADS
+        },
         "stacks": bench.stack_results(),
         **bench.extras,
     }

@@ -23,7 +23,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from agentspace_grpc import _proto, _transcode
+from agentspace_grpc import _proto
+from agentspace_grpc._wire import ROWS, TranscodingError, match, message_to_json
 from agentspace_grpc.bench._common import (
     ANSWER_SCOPES,
     ANSWER_TOKEN,
@@ -36,7 +37,7 @@ _ANSWER = _proto.AcquireAccessTokenResponse(
     access_token=ANSWER_TOKEN,
     refresh_token_info=_proto.RefreshTokenInfo(name=CONNECTOR, scopes=ANSWER_SCOPES),
 )
-_ROUTE = _transcode.ROUTES["AcquireAccessToken"]
+_ROW = ROWS["AcquireAccessToken"]
 
 
 def _missing(keys: Sequence[str]) -> list[str]:
@@ -53,16 +54,11 @@ class _Counter:
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class _Servicer(_proto.DataConnectorServiceServicer):
-    """Answers AcquireAccessToken with the constant response; the other methods are absent."""
-
-    def __init__(self, counter: _Counter) -> None:
-        self._counter = counter
-
-    async def AcquireAccessToken(
-        self, request: _proto.AcquireAccessTokenRequest, context: _Context
+async def _serve_grpc(counter: _Counter) -> tuple[int, grpc.aio.Server]:
+    async def acquire(
+        request: _proto.AcquireAccessTokenRequest, context: _Context
     ) -> _proto.AcquireAccessTokenResponse:
-        self._counter.calls += 1
+        counter.calls += 1
         keys = [key for key, _ in context.invocation_metadata() or ()]
         missing = _missing(keys)
         if missing or not request.name:
@@ -72,40 +68,33 @@ class _Servicer(_proto.DataConnectorServiceServicer):
             )
         return _ANSWER
 
-    async def AcquireAndStoreRefreshToken(
-        self, request: _proto.AcquireAndStoreRefreshTokenRequest, context: _Context
-    ) -> _proto.AcquireAndStoreRefreshTokenResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "bench server: not served")
-
-    async def CheckRefreshToken(
-        self, request: _proto.CheckRefreshTokenRequest, context: _Context
-    ) -> _proto.CheckRefreshTokenResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "bench server: not served")
-
-
-async def _serve_grpc(counter: _Counter) -> tuple[int, grpc.aio.Server]:
+    # Only AcquireAccessToken is served: grpc answers UNIMPLEMENTED for the others.
+    handlers = {
+        _ROW.name: grpc.unary_unary_rpc_method_handler(
+            acquire,
+            request_deserializer=_ROW.request_class.FromString,
+            response_serializer=_ROW.response_class.SerializeToString,
+        )
+    }
     server = grpc.aio.server()
-    _proto.add_DataConnectorServiceServicer_to_server(_Servicer(counter), server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_ROW.service, handlers),))
+    server.add_registered_method_handlers(_ROW.service, handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return port, server
 
 
 def _http_app(counter: _Counter) -> web.Application:
-    answer = _transcode.message_to_json(_ANSWER)
+    answer = message_to_json(_ANSWER)
 
     async def handle(request: web.Request) -> web.Response:
         counter.calls += 1
         try:
-            route, params, binding = _transcode.ROUTES.match(
-                request.method, request.raw_path.partition("?")[0]
-            )
-            if route is not _ROUTE:
-                raise web.HTTPNotFound(text=f"bench server answers only {_ROUTE.name}")
-            _ROUTE.from_http(
-                params, list(request.query.items()), await request.read(), binding=binding
-            )
-        except _transcode.TranscodingError as exc:
+            row, value = match(request.method, request.raw_path.partition("?")[0])
+            if row is not _ROW:
+                raise web.HTTPNotFound(text=f"bench server answers only {_ROW.name}")
+            _ROW.from_http(value, request.query.keys(), await request.read())
+        except TranscodingError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         missing = _missing([key.lower() for key in request.headers])
         if missing:

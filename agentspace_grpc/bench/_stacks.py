@@ -4,6 +4,10 @@ Every stack sends the same request body and the same three headers (``authorizat
 ``x-goog-request-params``, ``x-goog-api-client``), so only the client differs. The peers are
 the real libraries, used the way their own generated code or documentation uses them, at
 their lightest: a static bearer token as a header rather than google-auth credential objects.
+
+The floors and agentspace-grpc also take ``users`` (bearer tokens) and ``names`` (connectors)
+to cycle through, one of each per call, so that a workload of many users or many connectors
+makes every stack send the same distinct headers and names.
 """
 
 from __future__ import annotations
@@ -74,6 +78,18 @@ def _check(token: str) -> None:
         raise CallFailed("the answer carried no access token")
 
 
+def callers(
+    token: str, name: str, users: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The ``(bearer token, connector name)`` pairs a stack cycles through, one per call.
+
+    ``users`` and ``names`` in turn; an empty sequence stands for the one ``token`` or ``name``.
+    """
+    tokens, connectors = list(users) or [token], list(names) or [name]
+    count = max(len(tokens), len(connectors))
+    return [(tokens[i % len(tokens)], connectors[i % len(connectors)]) for i in range(count)]
+
+
 def _grpc_metadata(token: str, name: str) -> tuple[tuple[str, str], ...]:
     return (
         ("authorization", f"Bearer {token}"),
@@ -85,11 +101,20 @@ def _grpc_metadata(token: str, name: str) -> tuple[tuple[str, str], ...]:
 class RawStub(Stack):
     """The generated ``grpc.aio`` stub called directly: the floor for the gRPC stacks."""
 
-    def __init__(self, target: str, token: str, name: str) -> None:
-        super().__init__(key=GRPC_FLOOR, title="raw grpc.aio stub", wire="grpc", baseline=None)
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        name: str,
+        *,
+        users: Sequence[str] = (),
+        names: Sequence[str] = (),
+        key: str = GRPC_FLOOR,
+        title: str = "raw grpc.aio stub",
+    ) -> None:
+        super().__init__(key=key, title=title, wire="grpc", baseline=None)
         self._target = target
-        self._token = token
-        self._name = name
+        self._callers = itertools.cycle(callers(token, name, users, names))
         self._channel: grpc.aio.Channel | None = None
 
     async def start(self) -> None:
@@ -97,9 +122,9 @@ class RawStub(Stack):
         self._stub = _proto.DataConnectorServiceStub(self._channel)
 
     async def call(self) -> None:
+        token, name = next(self._callers)
         response = await self._stub.AcquireAccessToken(
-            _proto.AcquireAccessTokenRequest(name=self._name),
-            metadata=_grpc_metadata(self._token, self._name),
+            _proto.AcquireAccessTokenRequest(name=name), metadata=_grpc_metadata(token, name)
         )
         _check(response.access_token)
 
@@ -174,13 +199,26 @@ class GapicStyle(Stack):
 class RawAiohttp(Stack):
     """An aiohttp POST of the JSON body plus ``json.loads``: the floor for the REST stacks."""
 
-    def __init__(self, base_url: str, token: str, name: str) -> None:
-        super().__init__(
-            key=REST_FLOOR, title="raw aiohttp + json.loads", wire="rest", baseline=None
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        name: str,
+        *,
+        users: Sequence[str] = (),
+        names: Sequence[str] = (),
+        key: str = REST_FLOOR,
+        title: str = "raw aiohttp + json.loads",
+    ) -> None:
+        super().__init__(key=key, title=title, wire="rest", baseline=None)
+        base = base_url.rstrip("/")
+        # At its lightest: each connector's URL is built once, up front.
+        self._callers = itertools.cycle(
+            [
+                (user, connector, f"{base}/v1alpha/{connector}:acquireAccessToken")
+                for user, connector in callers(token, name, users, names)
+            ]
         )
-        self._url = f"{base_url.rstrip('/')}/v1alpha/{name}:acquireAccessToken"
-        self._token = token
-        self._name = name
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -188,13 +226,14 @@ class RawAiohttp(Stack):
 
     async def call(self) -> None:
         assert self._session is not None
+        token, name, url = next(self._callers)
         headers = {
-            "authorization": f"Bearer {self._token}",
-            ROUTING_HEADER: f"name={self._name}",
+            "authorization": f"Bearer {token}",
+            ROUTING_HEADER: f"name={name}",
             "x-goog-api-client": API_CLIENT,
             "content-type": "application/json",
         }
-        async with self._session.post(self._url, data=b"{}", headers=headers) as response:
+        async with self._session.post(url, data=b"{}", headers=headers) as response:
             body = await response.read()
             if response.status != 200:
                 raise CallFailed(f"HTTP {response.status}: {body[:200]!r}")
@@ -294,7 +333,8 @@ class Agentspace(Stack):
     Single-flight is off unless asked for: 64 identical calls in flight would otherwise
     share one RPC, and the transport runs measure what one call costs; single-flight (its
     sharing and its bookkeeping cost) is measured on its own. With ``users`` (bearer
-    tokens), the calls cycle through those end users, one per call.
+    tokens), the calls cycle through those end users, one per call, each passed as the
+    call's ``credentials=``; with ``names``, through those connectors.
     """
 
     def __init__(
@@ -309,14 +349,15 @@ class Agentspace(Stack):
         token: str,
         name: str,
         users: Sequence[str] = (),
+        names: Sequence[str] = (),
         single_flight: bool = False,
     ) -> None:
         super().__init__(key=key, title=title, wire=wire, baseline=baseline)
         self._grpc_target = grpc_target
         self._http_url = http_url
         self._token = token
-        self._name = name
-        self._users = itertools.cycle(users) if users else None
+        self._callers = itertools.cycle(callers(token, name, users, names))
+        self._per_user = bool(users)
         self._single_flight = single_flight
         self._client: Any = None
 
@@ -332,13 +373,12 @@ class Agentspace(Stack):
         await self._client.__aenter__()
 
     async def call(self) -> None:
-        if self._users is None:
-            token = await self._client.acquire_access_token(self._name)
-        else:
+        user, name = next(self._callers)
+        if self._per_user:
             # One client, many end users: each call passes its user's credentials.
-            token = await self._client.acquire_access_token(
-                self._name, credentials=next(self._users)
-            )
+            token = await self._client.acquire_access_token(name, credentials=user)
+        else:
+            token = await self._client.acquire_access_token(name)
         _check(token.access_token)
 
     async def aclose(self) -> None:

@@ -30,7 +30,11 @@ passes silently. The schema::
     [[connectors]]                  # zero or more; the default connector always exists
     name = "projects/p/locations/global/collections/c/dataConnector"
     authorize_url = "https://..."   # both URLs omitted: the built-in provider serves it
-    token_url = "https://..."       # may contain {instance_uri}
+    token_url = "https://..."       # may start with {instance_uri}
+    instance_hosts = ["acme.example.com", ".service-now.com"]
+                                    # required when a URL uses {instance_uri}: the hosts a
+                                    # request's instance_uri may name (".x": any subdomain of x)
+    pkce = true                     # PKCE (S256) towards the provider; false if it cannot
     client_id = "..."
     client_secret = "..."           # or client_secret_env = "VARIABLE"
     auth_method = "client_secret_basic"   # or "client_secret_post"
@@ -68,6 +72,10 @@ CONNECTOR_PATTERN: Final = re.compile(
 )
 _AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post")
 _GRANTS: Final = ("authorization_code", "refresh_token")
+INSTANCE_PLACEHOLDER: Final = "{instance_uri}"
+_HOST: Final = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
 
 
 class ConfigError(ValueError):
@@ -117,6 +125,47 @@ class Connector:
     timeout_seconds: float = 10.0
     expiry_margin_seconds: float = 60.0
     default_expires_in: float = 0.0
+    instance_hosts: tuple[str, ...] = ()
+    pkce: bool = True
+
+    @property
+    def uses_instance(self) -> bool:
+        """Whether a URL of this connector takes the request's ``instance_uri``."""
+        return INSTANCE_PLACEHOLDER in self.token_url + self.authorize_url
+
+    def instance_base(self, instance_uri: str) -> str:
+        """``https://HOST`` for a request's ``instance_uri`` (``HOST`` or ``https://HOST``).
+
+        The host must be in ``instance_hosts``: the connector's client secret and the user's
+        authorization code go to that host, so no caller may pick it. Connectors whose URLs do
+        not use the placeholder ignore the value (``""``).
+
+        Raises:
+            ValueError: the value is not an allowed host; the message names the rule.
+        """
+        if not self.uses_instance:
+            return ""
+        if not instance_uri:
+            raise ValueError(
+                f"instance_uri is required for {self.name} (one of its hosts: "
+                f"{', '.join(self.instance_hosts)})"
+            )
+        host = instance_uri
+        if host[:8].lower() == "https://":
+            host = host[8:]
+        host = host.removesuffix("/").lower()
+        if not host.isascii() or not _HOST.fullmatch(host):
+            raise ValueError(
+                f"instance_uri {instance_uri!r} must be HOST or https://HOST (no user info, "
+                "port, path, query or fragment)"
+            )
+        for allowed in self.instance_hosts:
+            if host == allowed or (allowed.startswith(".") and host.endswith(allowed)):
+                return f"https://{host}"
+        raise ValueError(
+            f"instance_uri host {host} is not allowed for {self.name} (instance_hosts: "
+            f"{', '.join(self.instance_hosts)})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +318,8 @@ def _connector(item: Any, where: str) -> Connector:
             "expiry_margin_seconds",
             "default_expires_in",
             "actions",
+            "instance_hosts",
+            "pkce",
         },
     )
     name = _string(item, "name", where, None)
@@ -282,8 +333,23 @@ def _connector(item: Any, where: str) -> Connector:
     if bool(authorize_url) != bool(token_url):
         raise ConfigError(f"{where}: give both authorize_url and token_url, or neither")
     for key, url in (("authorize_url", authorize_url), ("token_url", token_url)):
-        if url and not re.match(r"https?://", url):
+        if INSTANCE_PLACEHOLDER in url:
+            rest = url.removeprefix(INSTANCE_PLACEHOLDER)
+            if INSTANCE_PLACEHOLDER in rest or rest[:1] not in ("", "/", "?"):
+                raise ConfigError(
+                    f"{where}.{key}: {INSTANCE_PLACEHOLDER} may only stand at the start, for "
+                    'https://HOST (e.g. "{instance_uri}/oauth/token")'
+                )
+        elif url and not re.match(r"https?://", url):
             raise ConfigError(f"{where}.{key} must be an http(s) URL")
+    instance_hosts = _hosts(item, where)
+    if INSTANCE_PLACEHOLDER in authorize_url + token_url and not instance_hosts:
+        raise ConfigError(
+            f"{where}: a URL uses {INSTANCE_PLACEHOLDER}, so instance_hosts must list the hosts "
+            'a request may name (e.g. instance_hosts = [".service-now.com"])'
+        )
+    if instance_hosts and INSTANCE_PLACEHOLDER not in authorize_url + token_url:
+        raise ConfigError(f"{where}.instance_hosts is set but no URL uses {INSTANCE_PLACEHOLDER}")
     builtin = not token_url
     if "client_secret" in item and "client_secret_env" in item:
         raise ConfigError(f"{where}: give client_secret or client_secret_env, not both")
@@ -325,7 +391,22 @@ def _connector(item: Any, where: str) -> Connector:
         timeout_seconds=_number(item, "timeout_seconds", where, 10.0, 0.1),
         expiry_margin_seconds=_number(item, "expiry_margin_seconds", where, 60.0, 0.0),
         default_expires_in=_number(item, "default_expires_in", where, 0.0, 0.0),
+        instance_hosts=instance_hosts,
+        pkce=_bool(item, "pkce", where, True),
     )
+
+
+def _hosts(item: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    value = item.get("instance_hosts", [])
+    if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+        raise ConfigError(f"{where}.instance_hosts must be a list of host names")
+    for host in value:
+        if not host.isascii() or not _HOST.fullmatch(host.lower().removeprefix(".")):
+            raise ConfigError(
+                f'{where}.instance_hosts: {host!r} is not a host name ("acme.example.com", or '
+                '".example.com" for any subdomain)'
+            )
+    return tuple(host.lower() for host in value)
 
 
 def _only(data: Mapping[str, Any], where: str, allowed: set[str]) -> None:

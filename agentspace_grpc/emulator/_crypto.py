@@ -13,6 +13,10 @@ Where the key comes from, first match wins:
 
 With several keys the first encrypts and all decrypt: a key rotation keeps old rows readable
 (they are re-encrypted with the new key on their next write).
+
+A key file must belong to the user running the emulator and give no access to group or others
+(mode 0600 or stricter); any other is refused, so a key that others can read or replace is
+never used.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -129,11 +134,28 @@ def _parse_keys(text: str, source: str) -> list[bytes]:
     return keys
 
 
-def _read_key_file(path: Path) -> list[bytes]:
+def _read_private(path: Path) -> bytes:
+    """The bytes of ``path``, if the file is this user's and private (checked on the open file)."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_uid != os.getuid():
+                raise KeyMaterialError(
+                    f"key file {path} belongs to uid {info.st_uid}, not to this user "
+                    f"(uid {os.getuid()}): refusing a key that someone else controls"
+                )
+            if info.st_mode & 0o077:
+                raise KeyMaterialError(
+                    f"key file {path} is open to group or others (mode "
+                    f"{stat.S_IMODE(info.st_mode):04o}): run chmod 600 on it"
+                )
+            return handle.read()
     except OSError as exc:
         raise KeyMaterialError(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+def _read_key_file(path: Path) -> list[bytes]:
+    raw = _read_private(path)
     if len(raw) == _KEY_BYTES:
         try:
             return _parse_keys(raw.decode("ascii"), str(path))

@@ -5,12 +5,14 @@ executor; coroutines hand it functions with :meth:`Database.run`. Files are in W
 ``synchronous=FULL`` (a committed rotation survives a crash of the process or the machine) and
 a busy timeout, so several emulator processes can share one data directory. The schema is
 versioned with ``PRAGMA user_version`` and migrated forward inside one write transaction.
+A new database file is created with mode 0600.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import sqlite3
 import time
@@ -91,6 +93,8 @@ class Database:
         return fn(self._conn)
 
     def _connect(self) -> sqlite3.Connection:
+        # Created private: SQLite gives its -wal and -shm files the database's permissions.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(
             self.path, timeout=_BUSY_SECONDS, isolation_level=None, check_same_thread=False
         )

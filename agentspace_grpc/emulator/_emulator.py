@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from agentspace_grpc.emulator._grpc import start_grpc
 from agentspace_grpc.emulator._identity import (
     IDENTITY_CLIENT_ID,
     IDENTITY_CLIENT_SECRET,
+    ConsentStates,
     Identity,
     check_email,
 )
@@ -66,6 +68,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _url_host(host: str) -> str:
     host = "127.0.0.1" if host in _WILDCARDS else host
+    return _bracketed(host)
+
+
+def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
@@ -133,6 +139,7 @@ class Emulator:
         self._identity: Identity | None = None
         self._grpc_port = 0
         self._http_port = 0
+        self._bound = ""  # the address both servers are bound to (an IP literal)
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
 
@@ -181,12 +188,15 @@ class Emulator:
         return self._data_dir
 
     def ready_info(self) -> dict[str, str]:
-        """What the process prints as its ready line."""
+        """What the process prints as its ready line: the addresses it is really bound to
+        (``0.0.0.0`` stays ``0.0.0.0``, so nobody mistakes it for loopback)."""
+        self._need_started()
+        http = f"http://{_bracketed(self._bound)}:{self._http_port}"
         return {
-            "grpc": self.grpc_target,
-            "http": self.http_url,
-            "token_uri": self.token_uri,
-            "authorize_uri": self.authorize_uri,
+            "grpc": f"{_bracketed(self._bound)}:{self._grpc_port}",
+            "http": http,
+            "token_uri": f"{http}/oauth2/token",
+            "authorize_uri": f"{http}/provider/authorize",
             "connector": self.connector,
         }
 
@@ -202,6 +212,12 @@ class Emulator:
             await self.stop()
             raise
         self._started = True
+        if not ipaddress.ip_address(self._bound.split("%", 1)[0]).is_loopback:
+            log.warning(
+                "the emulator listens on %s, not on loopback: anyone who can reach its ports "
+                "can mint end-user identities and act as any user (it is a test server)",
+                self._bound,
+            )
         log.info("emulator ready: grpc %s, http %s", self.grpc_target, self.http_url)
 
     async def _start(self) -> None:
@@ -210,18 +226,22 @@ class Emulator:
             self._data_dir = self._temp_dir
         else:
             self._data_dir = self._data_dir_arg
-            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = load_keyring(self._data_dir, self._key_file, os.environ)
         sock = _bind(self._host, self._ports[1])
-        self._http_port = sock.getsockname()[1]
+        self._bound, self._http_port = sock.getsockname()[:2]
         http_url = f"http://{_url_host(self._host)}:{self._http_port}"
         connectors = _resolve(self._config.connectors, http_url, keys)
         clients = {
-            c.client_id: Client(c.client_id, c.client_secret, c.redirect_uri, c.default_scopes)
+            c.client_id: Client(
+                c.client_id, c.client_secret, c.redirect_uri, c.default_scopes, c.pkce
+            )
             for c in connectors.values()
             if c.builtin
         }
-        self._provider = Provider(self._data_dir, self._config.provider, clients)
+        self._provider = Provider(
+            self._data_dir, self._config.provider, clients, ConsentStates(keys)
+        )
         await self._provider.open()
         self._store = Store(self._data_dir, keys)
         await self._store.open()
@@ -243,9 +263,7 @@ class Emulator:
         site = web.SockSite(self._runner, sock)
         await site.start()
         self._grpc_server, self._grpc_port = await start_grpc(
-            self._service,
-            self._host or "::",
-            self._ports[0],
+            self._service, self._bound, self._ports[0]
         )
 
     async def stop(self) -> None:

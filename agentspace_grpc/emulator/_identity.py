@@ -11,6 +11,11 @@ emulator process on that directory accepts them and a restart keeps them valid:
 
 The identity OAuth client is public (RFC 6749 section 2.1): its id is checked when sent, its
 "secret" is a fixed placeholder that google-auth insists on and nobody verifies.
+
+Consent states (``st1.<b64 json>.<mac>``) bind a consent to the connector and the user who
+started it, and expire. Each state implies a PKCE code verifier (RFC 7636), a MAC of the state
+under a key of its own: it never leaves the emulator before the code exchange, and every
+process on the data directory derives the same one, so nothing needs storing.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import re
+import secrets
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from agentspace_grpc.emulator._crypto import Keyring
@@ -30,6 +39,7 @@ IDENTITY_CLIENT_SECRET: Final = "public-client-no-secret"  # noqa: S105 - a publ
 _EMAIL: Final = re.compile(r"[^@\s/]+@[^@\s/]+")
 _MAC_BYTES: Final = 16
 _CACHE_LIMIT: Final = 10_000
+STATE_LIFETIME: Final = 600.0
 
 
 class IdentityError(Exception):
@@ -38,9 +48,28 @@ class IdentityError(Exception):
 
 def check_email(email: str) -> str:
     """Validates an end-user email (the identity key); returns it unchanged."""
-    if not isinstance(email, str) or len(email) > 254 or not _EMAIL.fullmatch(email):
+    if (
+        not isinstance(email, str)
+        or len(email) > 254
+        or not email.isprintable()
+        or not _EMAIL.fullmatch(email)
+        or not _encodable(email)
+    ):
         raise ValueError(f"not an email address: {email!r}")
     return email
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def same_text(given: str, expected: str) -> bool:
+    """Constant-time comparison that is simply False for text no MAC holds (non-ASCII)."""
+    return given.isascii() and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def b64url(data: bytes) -> str:
@@ -117,11 +146,13 @@ class Identity:
         return email
 
     def _verify(self, token: str, kind: str) -> bytes:
+        if not token.isascii():  # every token issued here is ASCII
+            raise IdentityError("the bearer token was not issued by this emulator")
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != kind:
             raise IdentityError("the bearer token was not issued by this emulator")
         _, body, mac = parts
-        if not hmac.compare_digest(mac, self._mac(kind, body)):
+        if not same_text(mac, self._mac(kind, body)):
             raise IdentityError(
                 "the bearer token was not issued by this emulator (or by one with another key)"
             )
@@ -129,3 +160,72 @@ class Identity:
             return unb64url(body)
         except (binascii.Error, ValueError):
             raise IdentityError("the bearer token was not issued by this emulator") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """What a valid consent state names."""
+
+    connector: str
+    user: str
+    scopes: tuple[str, ...]
+
+
+class ConsentStates:
+    """Issues and reads signed consent states and derives their PKCE verifiers."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._key = keyring.mac_key("consent-state")
+        self._pkce_key = keyring.mac_key("pkce-verifier")
+
+    def __repr__(self) -> str:
+        return "ConsentStates()"
+
+    def _mac(self, body: str) -> str:
+        return b64url(hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:16])
+
+    def issue(self, connector: str, user: str, scopes: Sequence[str]) -> str:
+        """A state for ``user``'s consent to ``connector``, valid for ``STATE_LIFETIME``."""
+        payload = {
+            "c": connector,
+            "u": user,
+            "s": list(scopes),
+            "e": int(time.time() + STATE_LIFETIME),
+            "n": secrets.token_hex(4),
+        }
+        body = b64url(json.dumps(payload, separators=(",", ":")).encode())
+        return f"st1.{body}.{self._mac(body)}"
+
+    def read(self, state: str) -> Consent:
+        """The consent a state names.
+
+        Raises:
+            ValueError: the state was not issued here, is malformed or expired (the message
+                says which, and is phrased to follow "the state ").
+        """
+        parts = state.split(".")
+        if (
+            not state.isascii()
+            or len(parts) != 3
+            or parts[0] != "st1"
+            or not same_text(parts[2], self._mac(parts[1]))
+        ):
+            raise ValueError("was not issued by this emulator")
+        try:
+            payload = json.loads(unb64url(parts[1]))
+            connector, user, expiry = payload["c"], payload["u"], payload["e"]
+            scopes = tuple(s for s in payload.get("s", []) if isinstance(s, str))
+        except (binascii.Error, ValueError, KeyError, TypeError):
+            raise ValueError("is malformed") from None
+        if expiry < time.time():
+            raise ValueError("expired: start the consent again")
+        return Consent(str(connector), str(user), scopes)
+
+    def verifier(self, state: str) -> str:
+        """The PKCE code verifier of ``state`` (43 characters of base64url)."""
+        return b64url(hmac.new(self._pkce_key, state.encode(), hashlib.sha256).digest())
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 code challenge of a PKCE code verifier."""
+    return b64url(hashlib.sha256(verifier.encode()).digest())

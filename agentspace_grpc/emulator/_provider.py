@@ -2,8 +2,10 @@
 
 Served over HTTP on the emulator's HTTP port:
 
-- ``GET /provider/authorize``: auto-consent for the user named by ``login_hint``; redirects to
-  ``redirect_uri`` with ``code`` and ``state`` (RFC 6749 4.1).
+- ``GET /provider/authorize``: auto-consent for the user that the emulator's consent ``state``
+  names (a ``login_hint`` naming someone else is refused); redirects to ``redirect_uri`` with
+  ``code`` and ``state`` (RFC 6749 4.1). PKCE (RFC 7636, S256 only) is required from clients
+  registered with it, and a code issued with a challenge is redeemed only with its verifier.
 - ``POST /provider/token``: ``authorization_code`` and ``refresh_token`` grants, client
   authentication by HTTP Basic or form fields.
 - ``GET /provider/userinfo``: the third party's "API": who an access token belongs to (401 if
@@ -26,6 +28,7 @@ import binascii
 import hashlib
 import logging
 import random
+import re
 import secrets
 import sqlite3
 import time
@@ -33,12 +36,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from aiohttp import web
 
 from agentspace_grpc.emulator._config import ProviderConfig
 from agentspace_grpc.emulator._db import Database, write_transaction
+from agentspace_grpc.emulator._identity import ConsentStates, pkce_challenge, same_text
 
 DB_FILE_NAME: Final = "provider.sqlite3"
 log = logging.getLogger("agentspace_grpc.emulator.provider")
@@ -77,7 +81,10 @@ _MIGRATIONS: Final = (
         ) WITHOUT ROWID""",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     ),
+    ("ALTER TABLE codes ADD COLUMN code_challenge TEXT",),
 )
+_VERIFIER: Final = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 
 #: Every counter that /provider/stats reports (zero until it first happens).
 COUNTERS: Final = (
@@ -102,6 +109,7 @@ class Client:
     client_secret: str = field(repr=False)
     redirect_uri: str
     default_scopes: tuple[str, ...]
+    pkce: bool = True
 
 
 class OAuthError(Exception):
@@ -130,8 +138,26 @@ class OAuthError(Exception):
 
 
 def token_hash(token: str) -> str:
-    """How the provider keeps a token: its SHA-256."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """How the provider keeps a token: its SHA-256 (of any text a request can carry)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The fields of an OAuth token request (RFC 6749: UTF-8 form encoding, each field once).
+
+    Raises:
+        OAuthError: ``invalid_request`` naming what is wrong with the body.
+    """
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+    try:
+        pairs = parse_qsl((await request.read()).decode(), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise OAuthError("invalid_request", "the form is not valid UTF-8") from None
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise OAuthError("invalid_request", "a form field is given more than once")
+    return fields
 
 
 def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
@@ -146,11 +172,16 @@ class Provider:
     """The provider's logic and its HTTP handlers."""
 
     def __init__(
-        self, data_dir: Path, config: ProviderConfig, clients: Mapping[str, Client]
+        self,
+        data_dir: Path,
+        config: ProviderConfig,
+        clients: Mapping[str, Client],
+        states: ConsentStates,
     ) -> None:
         self._db = Database(data_dir / DB_FILE_NAME, _MIGRATIONS, "provider")
         self.config = config
         self.clients = dict(clients)
+        self._states = states
         self._random = random.Random()
 
     def __repr__(self) -> str:
@@ -174,7 +205,7 @@ class Provider:
     # ---- authorize -------------------------------------------------------------------------
 
     async def handle_authorize(self, request: web.Request) -> web.StreamResponse:
-        """Auto-consent for ``login_hint`` and redirect back with a code."""
+        """Auto-consent for the user the consent state names; redirect back with a code."""
         query = request.query
         client = self.clients.get(query.get("client_id", ""))
         if client is None:
@@ -193,14 +224,35 @@ class Provider:
         state = query.get("state")
         if query.get("response_type") != "code":
             return _redirect(redirect_uri, error="unsupported_response_type", state=state)
-        user = query.get("login_hint", "").strip()
-        if not user:
-            return web.json_response(
-                {
-                    "error": "invalid_request",
-                    "error_description": "login_hint (the user who consents) is required",
-                },
-                status=400,
+        try:
+            user = self._states.read(state or "").user
+        except ValueError as exc:
+            return _redirect(
+                redirect_uri, error="access_denied", error_description=f"the state {exc}"
+            )
+        hint = query.get("login_hint")
+        if hint is not None and hint != user:
+            return _redirect(
+                redirect_uri,
+                error="access_denied",
+                error_description="login_hint names another user than the consent",
+                state=state,
+            )
+        challenge = query.get("code_challenge")
+        method = query.get("code_challenge_method", "plain")
+        if challenge is None and client.pkce:
+            return _redirect(
+                redirect_uri,
+                error="invalid_request",
+                error_description="code_challenge is required (PKCE, S256)",
+                state=state,
+            )
+        if challenge is not None and (method != "S256" or not _CHALLENGE.fullmatch(challenge)):
+            return _redirect(
+                redirect_uri,
+                error="invalid_request",
+                error_description="code_challenge must be an S256 challenge",
+                state=state,
             )
         scopes = tuple(query.get("scope", "").split()) or client.default_scopes
         code = "emuac_" + secrets.token_urlsafe(24)
@@ -210,7 +262,7 @@ class Provider:
             with write_transaction(conn):
                 conn.execute(
                     "INSERT INTO codes (code_hash, client_id, user, scopes, redirect_uri, "
-                    "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "expires_at, code_challenge) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         token_hash(code),
                         client.client_id,
@@ -218,6 +270,7 @@ class Provider:
                         " ".join(scopes),
                         redirect_uri,
                         now + self.config.code_lifetime,
+                        challenge,
                     ),
                 )
                 _bump(conn, "authorizations")
@@ -230,8 +283,7 @@ class Provider:
     async def handle_token(self, request: web.Request) -> web.Response:
         """The token endpoint (``application/x-www-form-urlencoded``)."""
         try:
-            form = await request.post()
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            fields = await read_form(request)
             client = self._authenticate(request.headers.get("Authorization"), fields)
             grant_type = fields.get("grant_type", "")
             await self._inject_faults(grant_type)
@@ -258,7 +310,7 @@ class Provider:
         if header and header.lower().startswith("basic "):
             try:
                 decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except (binascii.Error, ValueError):  # not base64, not ASCII, not UTF-8
                 raise OAuthError("invalid_client", "malformed Basic credentials", 401) from None
             raw_id, _, raw_secret = decoded.partition(":")
             client_id, secret = unquote(raw_id), unquote(raw_secret)
@@ -297,8 +349,11 @@ class Provider:
     async def _exchange_code(self, client: Client, fields: dict[str, str]) -> dict[str, Any]:
         code = fields.get("code", "")
         redirect_uri = fields.get("redirect_uri", "")
+        verifier = fields.get("code_verifier")
         if not code:
             raise OAuthError("invalid_request", "code is required")
+        if verifier is not None and not _VERIFIER.fullmatch(verifier):
+            raise OAuthError("invalid_request", "code_verifier is malformed (RFC 7636)")
         now = time.time()
         access, refresh = _new_access(), _new_refresh()
         life = self.config.access_token_lifetime
@@ -318,6 +373,15 @@ class Provider:
                     return OAuthError("invalid_grant", "authorization code expired")
                 if redirect_uri != row["redirect_uri"]:
                     return OAuthError("invalid_grant", "redirect_uri does not match the request")
+                # Checked before the code is spent: someone else's wrong verifier must not
+                # burn the code of the user it was issued to.
+                expected = row["code_challenge"]
+                if (verifier is None) != (expected is None) or (
+                    verifier is not None and not same_text(pkce_challenge(verifier), expected)
+                ):
+                    return OAuthError(
+                        "invalid_grant", "code_verifier does not match the code's challenge"
+                    )
                 cursor = conn.execute(
                     "INSERT INTO families (client_id, user, scopes, current_seq, current_at) "
                     "VALUES (?, ?, ?, 1, ?)",

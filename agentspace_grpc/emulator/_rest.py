@@ -1,4 +1,4 @@
-"""The HTTP front: the REST API (through :mod:`agentspace_grpc._transcode`), end-user identity,
+"""The HTTP front: the REST API (rows of :mod:`agentspace_grpc._wire`), end-user identity,
 consent, the built-in provider and stats, all on one aiohttp port.
 
 Endpoints:
@@ -9,41 +9,55 @@ Endpoints:
   ``google.oauth2.credentials.Credentials(token_uri=...)`` here.
 - ``POST /emulator/v1/users/{email}/token``: mints an end user's identity (refresh token,
   access token and the fields google-auth needs).
-- ``GET /emulator/v1/consent?connector=NAME&scope=A+B`` with the user's bearer token: redirects
-  to the connector's authorize URL with a state bound to that user.
+- ``GET /emulator/v1/consent?connector=NAME&scope=A+B[&instance_uri=HOST]`` with the user's
+  bearer token: redirects to the connector's authorize URL with a state bound to that user.
 - ``GET /emulator/v1/stats``: the emulator's counters; ``GET /healthz``.
 - ``/provider/...``: the built-in provider (see :mod:`._provider`).
+
+Whatever a request holds, the answer is never a bare 500: one middleware gives every error the
+shape of its endpoint, Google's JSON error on the API and emulator routes and RFC 6749's
+``{"error", "error_description"}`` on ``/oauth2/`` and ``/provider/`` (aiohttp's own 404, 405
+and 413 included); an unexpected failure is INTERNAL / ``server_error`` with an incident id.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 from aiohttp import web
 from google.rpc import code_pb2
 
-from agentspace_grpc._transcode import (
-    ROUTES,
+from agentspace_grpc._wire import (
     MethodNotAllowed,
     RouteNotFound,
     TranscodingError,
+    code_for_http_status,
     http_status_for_code,
+    match,
     message_to_json,
     status_to_json,
 )
-from agentspace_grpc.emulator._errors import ServiceError, internal, unauthenticated
+from agentspace_grpc.emulator._errors import (
+    ServiceError,
+    internal,
+    invalid_argument,
+    unauthenticated,
+)
 from agentspace_grpc.emulator._identity import (
     IDENTITY_CLIENT_ID,
     IDENTITY_CLIENT_SECRET,
     IdentityError,
     check_email,
 )
-from agentspace_grpc.emulator._provider import Provider
+from agentspace_grpc.emulator._provider import OAuthError, Provider, read_form
 from agentspace_grpc.emulator._service import Service
 
 log = logging.getLogger("agentspace_grpc.emulator")
+_OAUTH_PREFIXES: Final = ("/oauth2/", "/provider/")
+_KEPT_HEADERS: Final = ("Allow", "WWW-Authenticate", "Retry-After")
 
 
 def _error(exc: ServiceError) -> web.Response:
@@ -56,6 +70,49 @@ def _error(exc: ServiceError) -> web.Response:
         content_type="application/json",
         headers=headers,
     )
+
+
+def _shaped_error(
+    path: str, status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An error in the shape of the endpoint at ``path`` (OAuth or Google)."""
+    if path.startswith(_OAUTH_PREFIXES):
+        error = "server_error" if status >= 500 else "invalid_request"
+        return web.json_response(
+            {"error": error, "error_description": message},
+            status=status,
+            headers={"Cache-Control": "no-store", **(headers or {})},
+        )
+    code = code_for_http_status(status)
+    if code == code_pb2.UNKNOWN:
+        code = code_pb2.INVALID_ARGUMENT if status < 500 else code_pb2.INTERNAL
+    body = {
+        "error": {
+            "code": status,
+            "message": message,
+            "status": code_pb2.Code.Name(code),
+            "details": [],
+        }
+    }
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Shapes aiohttp's own errors and unexpected failures for the endpoint they hit."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
+        return _shaped_error(request.path, exc.status, exc.text or exc.reason, headers)
+    except Exception:
+        incident = secrets.token_hex(4)
+        log.exception("internal error on the HTTP port (incident %s)", incident)
+        return _shaped_error(request.path, 500, internal(incident).message)
 
 
 def _oauth_error(error: str, description: str, status: int = 400) -> web.Response:
@@ -79,7 +136,7 @@ class RestFront:
 
     def application(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application()
+        app = web.Application(middlewares=[_errors])
         # Any character, newlines included: a decoded %0A still gets the API's JSON errors.
         app.router.add_route("*", "/v1alpha/{tail:[\\s\\S]*}", self.handle_api)
         app.router.add_post("/oauth2/token", self.handle_identity_token)
@@ -106,7 +163,7 @@ class RestFront:
     async def _api(self, request: web.Request) -> web.Response:
         raw_path = request.raw_path.split("?", 1)[0]
         try:
-            route, params, binding = ROUTES.match(request.method, raw_path)
+            row, value = match(request.method, raw_path)
         except MethodNotAllowed as exc:
             error = {"code": 405, "message": str(exc), "status": "UNIMPLEMENTED", "details": []}
             return web.json_response({"error": error}, status=405)
@@ -119,24 +176,27 @@ class RestFront:
             raise unauthenticated(str(exc)) from None
         body = await request.read()
         try:
-            message = route.from_http(params, list(request.query.items()), body, binding=binding)
+            message = row.from_http(value, request.query.keys(), body)
         except TranscodingError as exc:
             raise ServiceError(code_pb2.INVALID_ARGUMENT, f"invalid request: {exc}") from None
-        answer = await self._service.handle(route.name, authorization, message)
+        answer = await self._service.handle(row.name, authorization, message)
         return web.Response(body=message_to_json(answer), content_type="application/json")
 
     # ---- identity and consent ------------------------------------------------------------------
 
     async def handle_identity_token(self, request: web.Request) -> web.Response:
         """``grant_type=refresh_token`` with an identity refresh token -> a bearer token."""
-        form = await request.post()
+        try:
+            form = await read_form(request)
+        except OAuthError as exc:
+            return exc.response()
         if form.get("grant_type") != "refresh_token":
             return _oauth_error("unsupported_grant_type", "only grant_type=refresh_token")
         client_id = form.get("client_id")
         if client_id is not None and client_id != IDENTITY_CLIENT_ID:
             return _oauth_error("invalid_client", "unknown client_id", 401)
         token = form.get("refresh_token")
-        if not isinstance(token, str) or not token:
+        if not token:
             return _oauth_error("invalid_request", "refresh_token is required")
         identity = self._service.identity
         try:
@@ -159,7 +219,7 @@ class RestFront:
         try:
             email = check_email(request.match_info["email"])
         except ValueError as exc:
-            return _oauth_error("invalid_request", str(exc))
+            return _error(invalid_argument(str(exc)))
         identity = self._service.identity
         access, lifetime = identity.access_token_for(email)
         answer: dict[str, Any] = {
@@ -183,7 +243,7 @@ class RestFront:
                 )
             except IdentityError as exc:
                 raise unauthenticated(str(exc)) from None
-            unknown = sorted(set(request.query) - {"connector", "scope"})
+            unknown = sorted(set(request.query) - {"connector", "scope", "instance_uri"})
             if unknown:
                 raise ServiceError(
                     code_pb2.INVALID_ARGUMENT, f"unknown query parameter {unknown[0]!r}"
@@ -191,7 +251,9 @@ class RestFront:
             name = request.query.get("connector") or next(iter(self._service.connectors))
             connector = self._service.connector(name)
             scopes = request.query.get("scope", "").split()
-            location = self._service.authorize_url(user, connector, scopes)
+            location = self._service.authorize_url(
+                user, connector, scopes, request.query.get("instance_uri", "")
+            )
         except ServiceError as exc:
             return _error(exc)
         return web.Response(status=302, headers={"Location": location})

@@ -14,10 +14,7 @@ lease (see :mod:`._store`).
 from __future__ import annotations
 
 import asyncio
-import binascii
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -34,7 +31,12 @@ from google.protobuf import message
 from google.rpc import code_pb2
 
 from agentspace_grpc import _proto
-from agentspace_grpc.emulator._config import CONNECTOR_PATTERN, Config, Connector
+from agentspace_grpc.emulator._config import (
+    CONNECTOR_PATTERN,
+    INSTANCE_PLACEHOLDER,
+    Config,
+    Connector,
+)
 from agentspace_grpc.emulator._crypto import Keyring
 from agentspace_grpc.emulator._errors import (
     CONNECTOR_NOT_FOUND,
@@ -46,7 +48,13 @@ from agentspace_grpc.emulator._errors import (
     invalid_argument,
     unauthenticated,
 )
-from agentspace_grpc.emulator._identity import Identity, IdentityError, b64url, unb64url
+from agentspace_grpc.emulator._identity import (
+    Consent,
+    ConsentStates,
+    Identity,
+    IdentityError,
+    pkce_challenge,
+)
 from agentspace_grpc.emulator._store import (
     Busy,
     CachedToken,
@@ -61,7 +69,6 @@ from agentspace_grpc.emulator._upstream import InvalidGrant, TokenAnswer, token_
 log = logging.getLogger("agentspace_grpc.emulator")
 
 CRASH_POINTS: Final = ("after-upstream-refresh",)
-STATE_LIFETIME: Final = 600.0
 _STANDARD_FIELDS: Final = frozenset(
     {"access_token", "refresh_token", "id_token", "token_type", "expires_in", "scope"}
 )
@@ -96,7 +103,7 @@ class Service:
         self.identity = identity
         self._session = session
         self._owner = owner
-        self._state_key = keyring.mac_key("consent-state")
+        self.states = ConsentStates(keyring)
         self._crash_at = crash_at
         self._memory: dict[tuple[str, str, str], _Memory] = {}
         self._flights: dict[tuple[str, str, str], asyncio.Task[CachedToken]] = {}
@@ -380,67 +387,56 @@ class Service:
 
     # ---- AcquireAndStoreRefreshToken ---------------------------------------------------------
 
-    def authorize_url(self, user: str, connector: Connector, scopes: Sequence[str]) -> str:
+    def authorize_url(
+        self, user: str, connector: Connector, scopes: Sequence[str], instance_uri: str = ""
+    ) -> str:
         """The third party's authorize URL for ``user``, with a state bound to them."""
+        base = ""
+        if INSTANCE_PLACEHOLDER in connector.authorize_url:
+            try:
+                base = connector.instance_base(instance_uri)
+            except ValueError as exc:
+                raise invalid_argument(str(exc)) from None
         scopes = tuple(scopes) or connector.default_scopes
-        payload = {
-            "c": connector.name,
-            "u": user,
-            "s": list(scopes),
-            "e": int(time.time() + STATE_LIFETIME),
-            "n": secrets.token_hex(4),
+        state = self.states.issue(connector.name, user, scopes)
+        params = {
+            "response_type": "code",
+            "client_id": connector.client_id,
+            "redirect_uri": connector.redirect_uri,
+            "scope": " ".join(scopes),
+            "state": state,
+            "login_hint": user,
+            "access_type": "offline",
+            "prompt": "consent",
         }
-        body = b64url(json.dumps(payload, separators=(",", ":")).encode())
-        state = f"st1.{body}.{self._state_mac(body)}"
-        query = urlencode(
-            {
-                "response_type": "code",
-                "client_id": connector.client_id,
-                "redirect_uri": connector.redirect_uri,
-                "scope": " ".join(scopes),
-                "state": state,
-                "login_hint": user,
-                "access_type": "offline",
-                "prompt": "consent",
-            }
-        )
-        separator = "&" if "?" in connector.authorize_url else "?"
-        return f"{connector.authorize_url}{separator}{query}"
+        if connector.pkce:
+            params["code_challenge"] = pkce_challenge(self.states.verifier(state))
+            params["code_challenge_method"] = "S256"
+        url = connector.authorize_url.replace(INSTANCE_PLACEHOLDER, base)
+        separator = "&" if "?" in url else "?"
+        return f"{url}{separator}{urlencode(params)}"
 
-    def _state_mac(self, body: str) -> str:
-        return b64url(hmac.new(self._state_key, body.encode(), hashlib.sha256).digest()[:16])
-
-    def _check_state(self, state: str | None, connector: Connector, user: str) -> list[str]:
+    def _check_state(self, state: str | None, connector: Connector, user: str) -> Consent:
         if not state:
             raise invalid_argument(
                 "full_redirect_uri has no state parameter: start the consent from the "
                 "emulator's consent endpoint"
             )
-        parts = state.split(".")
-        if (
-            len(parts) != 3
-            or parts[0] != "st1"
-            or not hmac.compare_digest(parts[2], self._state_mac(parts[1]))
-        ):
-            raise invalid_argument("the state in full_redirect_uri was not issued by this emulator")
         try:
-            payload = json.loads(unb64url(parts[1]))
-        except (binascii.Error, ValueError):
-            raise invalid_argument("the state in full_redirect_uri is malformed") from None
-        if payload.get("c") != connector.name:
+            consent = self.states.read(state)
+        except ValueError as exc:
+            raise invalid_argument(f"the state in full_redirect_uri {exc}") from None
+        if consent.connector != connector.name:
             raise invalid_argument(
-                f"the consent in full_redirect_uri was started for connector {payload.get('c')}, "
-                f"not {connector.name}"
+                f"the consent in full_redirect_uri was started for connector "
+                f"{consent.connector}, not {connector.name}"
             )
-        if payload.get("u") != user:
+        if consent.user != user:
             raise invalid_argument(
-                f"the consent in full_redirect_uri was started by {payload.get('u')}, but the "
+                f"the consent in full_redirect_uri was started by {consent.user}, but the "
                 f"caller is {user}: store the token with that end user's credentials"
             )
-        if payload.get("e", 0) < time.time():
-            raise invalid_argument("the consent in full_redirect_uri expired: start it again")
-        scopes = payload.get("s", [])
-        return [s for s in scopes if isinstance(s, str)]
+        return consent
 
     async def acquire_and_store_refresh_token(
         self, user: str, request: _proto.AcquireAndStoreRefreshTokenRequest
@@ -459,24 +455,27 @@ class Service:
         codes = params.get("code")
         if not codes or not codes[0]:
             raise invalid_argument("full_redirect_uri has no code parameter")
+        try:
+            instance = connector.instance_base(request.instance_uri)
+        except ValueError as exc:
+            raise invalid_argument(str(exc)) from None
         base = f"{parts.scheme}://{parts.netloc}{parts.path}"
         if base != connector.redirect_uri:
             raise invalid_argument(
                 f"full_redirect_uri does not start with the redirect URI of {connector.name} "
                 f"({connector.redirect_uri})"
             )
-        state_scopes = self._check_state(params.get("state", [None])[0], connector, user)
+        state = params.get("state", [None])[0]
+        consent = self._check_state(state, connector, user)
+        form = {
+            "grant_type": "authorization_code",
+            "code": codes[0],
+            "redirect_uri": connector.redirect_uri,
+        }
+        if connector.pkce and state:
+            form["code_verifier"] = self.states.verifier(state)
         try:
-            answer = await token_request(
-                self._session,
-                connector,
-                {
-                    "grant_type": "authorization_code",
-                    "code": codes[0],
-                    "redirect_uri": connector.redirect_uri,
-                },
-                request.instance_uri,
-            )
+            answer = await token_request(self._session, connector, form, instance)
         except InvalidGrant:
             raise invalid_argument(
                 "the third party rejected the authorization code in full_redirect_uri "
@@ -489,10 +488,7 @@ class Service:
                 "access not granted?)",
             )
         scopes = (
-            answer.scopes
-            or tuple(request.scopes)
-            or tuple(state_scopes)
-            or connector.default_scopes
+            answer.scopes or tuple(request.scopes) or consent.scopes or connector.default_scopes
         )
         now = time.time()
         access = self._cacheable(connector, answer, scopes, now)
@@ -502,7 +498,7 @@ class Service:
                 user,
                 scopes=scopes,
                 refresh_token=answer.refresh_token,
-                instance_uri=request.instance_uri,
+                instance_uri=instance,
                 access=access,
                 now=now,
             )

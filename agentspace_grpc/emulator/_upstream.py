@@ -21,11 +21,12 @@ import aiohttp
 from google.rpc import code_pb2
 
 from agentspace_grpc._transports.base import proxy_for
-from agentspace_grpc.emulator._config import Connector
+from agentspace_grpc.emulator._config import INSTANCE_PLACEHOLDER, Connector
 from agentspace_grpc.emulator._errors import (
     SCOPES_MISSING,
     UPSTREAM_UNAVAILABLE,
     ServiceError,
+    invalid_argument,
 )
 
 _ERROR_CODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -71,8 +72,17 @@ async def token_request(
     form: dict[str, str],
     instance_uri: str = "",
 ) -> TokenAnswer:
-    """POSTs ``form`` to the connector's token endpoint with its client authentication."""
-    url = connector.token_url.replace("{instance_uri}", instance_uri.rstrip("/"))
+    """POSTs ``form`` to the connector's token endpoint with its client authentication.
+
+    The client secret goes only to the configured endpoint: an ``instance_uri`` whose host is
+    not in the connector's ``instance_hosts`` is INVALID_ARGUMENT before any I/O.
+    """
+    url = connector.token_url
+    if INSTANCE_PLACEHOLDER in url:
+        try:
+            url = url.replace(INSTANCE_PLACEHOLDER, connector.instance_base(instance_uri))
+        except ValueError as exc:
+            raise invalid_argument(str(exc)) from None
     host = urlsplit(url).netloc
     headers = {"Accept": "application/json"}
     body = dict(form)

@@ -247,7 +247,9 @@ def compile_row(method: descriptor.MethodDescriptor) -> Row:
 
 #: Every RPC of the package, by method name.
 ROWS: Final[Mapping[str, Row]] = {
-    m.name: compile_row(m) for s in _proto.FILE.services_by_name.values() for m in s.methods
+    m.name: compile_row(m)
+    for s in (_proto.SERVICE, _proto.AUTHORIZATION_SERVICE)
+    for m in s.methods
 }
 
 

@@ -25,6 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from agentspace_grpc import _proto
 
 CONNECTOR = "projects/demo/locations/global/collections/default_collection/dataConnector"
+AUTHORIZATION = "projects/demo/locations/global/authorizations/default_authorization"
 DETAILS_KEY = "grpc-status-details-bin"
 
 

@@ -47,6 +47,16 @@ def test_one_row_per_rpc_from_the_descriptors() -> None:
             "GET",
             True,
         ),
+        "AcquireUserAuthorization": (
+            "/google.cloud.discoveryengine.v1alpha.AuthorizationService/AcquireUserAuthorization",
+            "POST",
+            False,
+        ),
+        "StoreUserAuthorization": (
+            "/google.cloud.discoveryengine.v1alpha.AuthorizationService/StoreUserAuthorization",
+            "POST",
+            False,
+        ),
     }
     assert (ACQUIRE.request_class, ACQUIRE.response_class) == (
         p.AcquireAccessTokenRequest,

@@ -35,6 +35,7 @@ from tests._emulator_helpers import (
     AUTHORIZATION,
     CONNECTOR,
     REDIRECT,
+    CanaryProvider,
     bearer,
     failure_of,
     follow_like_a_browser,
@@ -167,6 +168,33 @@ async def test_grpc_through_reflection_with_a_client_from_the_served_descriptors
         health = health_pb2_grpc.HealthStub(channel)
         checked = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
         assert checked.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_configured_authorization_with_its_own_provider(tmp_path: Path) -> None:
+    name = "projects/acme/locations/global/authorizations/canary"
+    async with CanaryProvider().serve() as canary:
+        config = {
+            "authorizations": [
+                canary.connector_config(name, display_name="Canary", pkce=False),
+            ]
+        }
+        async with Emulator(data_dir=tmp_path, config=config) as emu:
+            token = emu.user_token(ALICE)
+            answer = await acquire_over_rest(emu.http_url, token, name)
+            redirect = (await follow_like_a_browser(answer["authorizationUri"]))[-1]
+            status, body = await rest(
+                emu.http_url,
+                "POST",
+                f"/v1alpha/{name}:storeUserAuthorization",
+                token,
+                {"fullRedirectUri": redirect},
+            )
+            assert (status, body) == (200, {})
+            answer = await acquire_over_rest(emu.http_url, token, name)
+    assert answer == {
+        "accessToken": canary.issued_access[0],
+        "refreshTokenInfo": {"scopes": ["read"]},
+    }
 
 
 # ---- when the user must (re)authorize ----------------------------------------------------------

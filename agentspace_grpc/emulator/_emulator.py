@@ -105,7 +105,8 @@ def _resolve(
 
 
 class Emulator:
-    """A local DataConnectorService: ``async with Emulator() as emu:`` (or ``with`` on a thread).
+    """A local DataConnectorService and AuthorizationService: ``async with Emulator() as emu:``
+    (or ``with`` on a thread).
 
     Args:
         data_dir: where the store, the provider's state and the key live; None: a temporary

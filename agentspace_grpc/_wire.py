@@ -260,8 +260,7 @@ def compile_row(method: descriptor.MethodDescriptor) -> Row:
 #: Every RPC of the package, by method name.
 ROWS: Final[Mapping[str, Row]] = {
     m.name: compile_row(m)
-    for f in (_proto.FILE, _proto.AUTHORIZATION_FILE)
-    for s in f.services_by_name.values()
+    for s in (_proto.SERVICE, _proto.AUTHORIZATION_SERVICE)
     for m in s.methods
 }
 

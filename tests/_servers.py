@@ -1,9 +1,9 @@
 """Servers that answer like the service, on 127.0.0.1 (port 0 everywhere), for client tests.
 
-- :class:`FakeService`: a scriptable DataConnectorService, a handler of the emulator's own
-  fronts: :func:`serve` puts it behind the emulator's gRPC front and REST front (both dispatch
-  on the rows of ``agentspace_grpc._wire``), so both wires reach the same in-memory state and
-  record what they saw.
+- :class:`FakeService`: a scriptable DataConnectorService and AuthorizationService, a handler
+  of the emulator's own fronts: :func:`serve` puts it behind the emulator's gRPC front and REST
+  front (both dispatch on the rows of ``agentspace_grpc._wire``), so both wires reach the same
+  in-memory state and record what they saw.
 - :class:`TokenEndpoint`: an OAuth 2.0 token endpoint for google-auth user credentials; the
   tokens it mints are known to a FakeService as that user's identity.
 
@@ -44,6 +44,7 @@ from agentspace_grpc.emulator._rest import api_application
 from tests._tls import TlsMaterial
 
 __all__ = [
+    "AUTHORIZATION",
     "CONNECTOR",
     "AioUserCredentials",
     "FakeService",
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 CONNECTOR = "projects/demo/locations/global/collections/default_collection/dataConnector"
+AUTHORIZATION = "projects/demo/locations/global/authorizations/default_authorization"
 DOMAIN = "discoveryengine.googleapis.com"
 
 
@@ -114,14 +116,14 @@ RestHook = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 @dataclass
 class FakeService:
-    """An in-memory DataConnectorService shared by both fronts.
+    """An in-memory DataConnectorService and AuthorizationService shared by both fronts.
 
     Identity comes from the bearer token: a token in ``users`` maps to that user, any other
     token is its own identity unless ``strict`` is set; a missing token, or one in
     ``rejected``, is UNAUTHENTICATED. By default AcquireAccessToken answers
-    ``tp:<identity>:<n>``; :meth:`on` replaces a method's behaviour and :meth:`fail_next`
-    queues faults for the next calls; :meth:`wait_cancelled` waits for calls cancelled on the
-    server side.
+    ``tp:<identity>:<n>`` and AcquireUserAuthorization ``ua:<identity>:<n>``; :meth:`on`
+    replaces a method's behaviour and :meth:`fail_next` queues faults for the next calls;
+    :meth:`wait_cancelled` waits for calls cancelled on the server side.
     """
 
     users: dict[str, str] = field(default_factory=dict)
@@ -199,6 +201,15 @@ class FakeService:
                     name=request.name, scopes=[request.scope or "default"]
                 ),
             )
+        if seen.method == "AcquireUserAuthorization":
+            count = len(self.calls("AcquireUserAuthorization"))
+            answer = _proto.AcquireUserAuthorizationResponse(
+                access_token=f"ua:{seen.identity}:{count}"
+            )
+            answer.refresh_token_info.scopes.append("default")
+            return answer
+        if seen.method == "StoreUserAuthorization":
+            return _proto.StoreUserAuthorizationResponse()
         if seen.method == "AcquireAndStoreRefreshToken":
             return _proto.AcquireAndStoreRefreshTokenResponse(
                 additional_oauth_responses=[

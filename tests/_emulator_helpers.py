@@ -1,5 +1,7 @@
-"""Helpers for the emulator tests: raw gRPC / REST calls, emulator subprocesses, and a small
-third-party OAuth provider whose tokens the tests know (to search for them in files and logs).
+"""Helpers for the emulator tests, one for each need: raw gRPC / REST calls; the emulator's own
+endpoints over HTTP (mint, consent, stats); emulator subprocesses (:func:`start_emulator`); and a
+small third-party OAuth provider whose tokens the tests know (to search for them in files and
+logs).
 """
 
 from __future__ import annotations
@@ -8,7 +10,9 @@ import asyncio
 import json
 import os
 import secrets
+import selectors
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import google.oauth2.credentials
 import grpc
 from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
@@ -96,35 +101,78 @@ async def channel_to(target: str) -> AsyncIterator[Any]:
 # ---- HTTP ----------------------------------------------------------------------------------
 
 
-async def mint(http: str, email: str) -> str:
-    """An end-user bearer token from the emulator's mint endpoint."""
+@dataclass(frozen=True)
+class Identity:
+    """What the emulator's mint endpoint answers for an end user (secrets all)."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    token_uri: str
+    client_id: str
+    client_secret: str = field(repr=False)
+
+    def credentials(self) -> google.oauth2.credentials.Credentials:
+        """google-auth credentials with no token yet: refreshed (at the emulator's token
+        endpoint) before the first call, so that exchange is exercised too."""
+        return google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
+            token=None,
+            refresh_token=self.refresh_token,
+            token_uri=self.token_uri,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+        )
+
+
+async def mint_identity(http: str, email: str) -> Identity:
+    """``email``'s identity from the emulator's mint endpoint."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{http}/emulator/v1/users/{email}/token") as response,
     ):
         assert response.status == 200, await response.text()
-        return str((await response.json())["access_token"])
+        minted = await response.json()
+    return Identity(
+        minted["access_token"],
+        minted["refresh_token"],
+        minted["token_uri"],
+        minted["client_id"],
+        minted["client_secret"],
+    )
+
+
+async def mint(http: str, email: str) -> str:
+    """An end-user bearer token from the emulator's mint endpoint."""
+    return (await mint_identity(http, email)).access_token
+
+
+async def consent_location(http: str, token: str, **params: str) -> str:
+    """Where the consent endpoint sends the user with bearer ``token`` (not followed): the
+    third party's authorize URL. ``params``: connector, scope, instance_uri."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{http}/emulator/v1/consent",
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            allow_redirects=False,
+        ) as response,
+    ):
+        assert response.status == 302, await response.text()
+        return response.headers["Location"]
 
 
 async def consent_over_http(
     http: str, token: str, connector: str = CONNECTOR, scopes: Sequence[str] = ()
 ) -> str:
     """The full redirect URI after consent, driven over HTTP like a browser would."""
-    params = {"connector": connector}
-    if scopes:
-        params["scope"] = " ".join(scopes)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            f"{http}/emulator/v1/consent",
-            params=params,
-            headers={"Authorization": f"Bearer {token}"},
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 302, await response.text()
-            authorize = response.headers["Location"]
-        async with session.get(authorize, allow_redirects=False) as response:
-            assert response.status == 302, await response.text()
-            return response.headers["Location"]
+    params = {"connector": connector} | ({"scope": " ".join(scopes)} if scopes else {})
+    authorize = await consent_location(http, token, **params)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(authorize, allow_redirects=False) as response,
+    ):
+        assert response.status == 302, await response.text()
+        return response.headers["Location"]
 
 
 async def follow_like_a_browser(uri: str, stop_at: str = REDIRECT) -> list[str]:
@@ -172,9 +220,20 @@ async def store_over_rest(http: str, token: str, redirect: str, connector: str =
     return body
 
 
+async def _counters(url: str) -> dict[str, int]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200, await response.text()
+        return {str(k): int(v) for k, v in (await response.json()).items()}
+
+
 async def provider_stats(http: str) -> dict[str, int]:
-    async with aiohttp.ClientSession() as session, session.get(f"{http}/provider/stats") as r:
-        return dict(await r.json())
+    """The built-in provider's counters (``GET /provider/stats``), shared by the processes."""
+    return await _counters(f"{http}/provider/stats")
+
+
+async def emulator_stats(http: str) -> dict[str, int]:
+    """The emulator's own counters (``GET /emulator/v1/stats``), shared by its processes."""
+    return await _counters(f"{http}/emulator/v1/stats")
 
 
 async def userinfo(http: str, access_token: str) -> tuple[int, Any]:
@@ -201,34 +260,58 @@ async def connect_user(http: str, email: str, connector: str = CONNECTOR) -> str
 
 @dataclass
 class EmulatorProcess:
-    process: asyncio.subprocess.Process
+    """An ``agentspace-grpc emulator`` process. A plain ``Popen``, waited for in a thread: it
+    may outlive an event loop (a module-scoped fixture), and waiting never blocks one."""
+
+    process: subprocess.Popen[bytes]
     ready: dict[str, str]
     stderr_path: Path
+    #: What the process wrote on stdout after its ready line (read when it has exited).
+    stdout_after_ready: bytes = b""
 
     @property
     def grpc(self) -> str:
+        """``HOST:PORT`` of the gRPC front."""
         return self.ready["grpc"]
 
     @property
     def http(self) -> str:
+        """Base URL of the HTTP front."""
         return self.ready["http"]
 
+    @property
+    def grpc_port(self) -> int:
+        """The gRPC port."""
+        return int(self.grpc.rsplit(":", 1)[1])
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP port."""
+        return int(self.http.rsplit(":", 1)[1])
+
+    async def wait(self) -> int:
+        """The exit status, once the process has ended (20 s at most)."""
+        code = await asyncio.to_thread(self.process.wait, 20)
+        stdout = self.process.stdout
+        if stdout is not None and not stdout.closed:
+            self.stdout_after_ready = await asyncio.to_thread(stdout.read)
+            stdout.close()
+        return code
+
     async def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.process.returncode is None:
+        """Signal the process and wait for its exit status."""
+        if self.process.poll() is None:
             self.process.send_signal(signum)
-        return await asyncio.wait_for(self.process.wait(), 20)
+        return await self.wait()
 
     def stderr(self) -> str:
+        """Everything the process logged."""
         return self.stderr_path.read_text()
 
 
-async def start_process(
-    data_dir: Path | None,
-    *args: str,
-    env: Mapping[str, str] | None = None,
-    log_dir: Path,
+def _spawn(
+    data_dir: Path | None, args: Sequence[str], env: Mapping[str, str] | None, log_dir: Path
 ) -> EmulatorProcess:
-    """``agentspace-grpc emulator`` as a subprocess; waits for its ready line."""
     command = [sys.executable, "-m", "agentspace_grpc.cli", "emulator", *args]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
@@ -236,23 +319,30 @@ async def start_process(
     full_env.update(env or {})
     stderr_path = log_dir / f"emulator-{secrets.token_hex(3)}.stderr"
     with stderr_path.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            env=full_env,
-        )
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=full_env)
     assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), 30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"no ready line; stderr: {stderr_path.read_text()}") from None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        ready = selector.select(30)
+    line = process.stdout.readline() if ready else b""
     if not line:
-        await process.wait()
-        raise AssertionError(f"emulator exited: {stderr_path.read_text()}")
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise AssertionError(f"the emulator did not start: {stderr_path.read_text()}")
     return EmulatorProcess(process, json.loads(line), stderr_path)
+
+
+async def start_emulator(
+    data_dir: Path | None,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    log_dir: Path,
+) -> EmulatorProcess:
+    """``agentspace-grpc emulator`` as a subprocess (``args``: its flags), once it printed its
+    ready line (30 s at most). From a synchronous fixture: ``asyncio.run(start_emulator(...))``.
+    """
+    return await asyncio.to_thread(_spawn, data_dir, args, env, log_dir)
 
 
 # ---- a third-party provider whose tokens the test knows -------------------------------------

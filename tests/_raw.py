@@ -69,7 +69,7 @@ async def grpc_bytes_server(method: str, reply: Callable[[bytes], bytes]) -> Asy
     async def answer(request: bytes, context: Any) -> bytes:
         return reply(request)
 
-    handlers = {method: grpc.unary_unary_rpc_method_handler(answer)}
+    handlers: dict[str, Any] = {method: grpc.unary_unary_rpc_method_handler(answer)}
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(row.service, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")

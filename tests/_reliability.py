@@ -7,9 +7,9 @@
 - :class:`LogCapture`: every log record of every library at DEBUG, formatted with tracebacks
   and extra attributes, for secret searches.
 - :func:`write_config`: a TOML configuration for an emulator process.
-- :func:`emulator_stats` / :func:`rss_bytes`: counters and memory figures.
+- :func:`rss_bytes`: memory figures.
 
-Scenarios use the servers of :mod:`tests._servers` and the emulator helpers of
+Scenarios use the servers of :mod:`tests._servers` and :mod:`tests._raw` and the helpers of
 :mod:`tests._emulator_helpers`; nothing here reaches into private state of the package.
 """
 
@@ -21,20 +21,12 @@ import gc
 import json
 import logging
 import os
-import secrets
-import selectors
-import signal
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-
-import aiohttp
-import google.oauth2.credentials
 
 from agentspace_grpc import DataConnectorError
 
@@ -271,108 +263,6 @@ def write_config(
         lines += [f"{k} = {_toml_value(v)}" for k, v in connector.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-async def emulator_stats(http: str) -> dict[str, int]:
-    """The emulator's own counters (``GET /emulator/v1/stats``), shared by its processes."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{http}/emulator/v1/stats") as response,
-    ):
-        assert response.status == 200, await response.text()
-        return {str(k): int(v) for k, v in (await response.json()).items()}
-
-
-async def identity(
-    http: str, email: str
-) -> tuple[google.oauth2.credentials.Credentials, list[str]]:
-    """google-auth credentials for ``email`` from an emulator's mint endpoint (they refresh
-    at its token endpoint), and the identity tokens that came with them (secrets)."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{http}/emulator/v1/users/{email}/token") as response,
-    ):
-        assert response.status == 200, await response.text()
-        minted = await response.json()
-    credentials = google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
-        token=None,  # refreshed before the first call: that exchange is a path too
-        refresh_token=minted["refresh_token"],
-        token_uri=minted["token_uri"],
-        client_id=minted["client_id"],
-        client_secret=minted["client_secret"],
-    )
-    return credentials, [minted["access_token"], minted["refresh_token"]]
-
-
-@dataclass
-class EmulatorServer:
-    """An ``agentspace-grpc emulator`` process started without an event loop (so it can
-    outlive the per-test loops as a module-scoped fixture)."""
-
-    process: subprocess.Popen[bytes]
-    ready: dict[str, str]
-    stderr_path: Path
-    #: What the process wrote on stdout after its ready line (read by :meth:`stop`).
-    stdout_after_ready: bytes = b""
-
-    @property
-    def grpc(self) -> str:
-        """``127.0.0.1:PORT`` of the gRPC front."""
-        return self.ready["grpc"]
-
-    @property
-    def http(self) -> str:
-        """Base URL of the HTTP front."""
-        return self.ready["http"]
-
-    @property
-    def grpc_port(self) -> int:
-        """The gRPC port."""
-        return int(self.grpc.rsplit(":", 1)[1])
-
-    @property
-    def http_port(self) -> int:
-        """The HTTP port."""
-        return int(self.http.rsplit(":", 1)[1])
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        """Signal the process and wait for its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        code = self.process.wait(20)
-        if self.process.stdout is not None and not self.process.stdout.closed:
-            self.stdout_after_ready = self.process.stdout.read()
-            self.process.stdout.close()
-        return code
-
-    def stderr(self) -> str:
-        """Everything the process logged."""
-        return self.stderr_path.read_text()
-
-
-def spawn_emulator(
-    data_dir: Path | None, *args: str, log_dir: Path, env: Mapping[str, str] | None = None
-) -> EmulatorServer:
-    """Start ``agentspace-grpc emulator`` and wait (30 s at most) for its ready line."""
-    command = [sys.executable, "-m", "agentspace_grpc.cli", "emulator", *args]
-    if data_dir is not None:
-        command += ["--data-dir", str(data_dir)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSPACE_EMULATOR")}
-    full_env.update(env or {})
-    stderr_path = log_dir / f"emulator-{secrets.token_hex(3)}.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=full_env)
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        ready = selector.select(30)
-    line = process.stdout.readline() if ready else b""
-    if not line:
-        process.kill()
-        process.wait()
-        process.stdout.close()
-        raise AssertionError(f"the emulator did not start: {stderr_path.read_text()}")
-    return EmulatorServer(process, json.loads(line), stderr_path)
 
 
 @dataclass

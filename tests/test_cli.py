@@ -27,7 +27,14 @@ import grpc
 import pytest
 
 from agentspace_grpc import _proto, cli
-from tests._emulator_helpers import CONNECTOR, connect_user, consent_over_http, mint, userinfo
+from tests._emulator_helpers import (
+    CONNECTOR,
+    connect_user,
+    consent_over_http,
+    mint,
+    start_emulator,
+    userinfo,
+)
 from tests._raw import closed_port
 from tests._servers import FakeService, RpcFault, Seen, ServersThread
 
@@ -74,29 +81,15 @@ class Emu:
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
     """``agentspace-grpc emulator`` as a process; alice has connected her account."""
-    logs = tmp_path_factory.mktemp("emulator")
-    with (logs / "stderr").open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agentspace_grpc.cli", "emulator"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env={k: v for k, v in os.environ.items() if not k.startswith("AGENTSPACE_EMULATOR")},
-        )
+    process = run_async(start_emulator(None, log_dir=tmp_path_factory.mktemp("emulator")))
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line, (logs / "stderr").read_text()
-        ready = json.loads(line)
         home = tmp_path_factory.mktemp("home")
         (home / "gcloud").mkdir()
-        found = Emu(ready["grpc"], ready["http"], home)
+        found = Emu(process.grpc, process.http, home)
         run_async(connect_user(found.http, ALICE))
         yield found
     finally:
-        process.terminate()
-        assert process.wait(20) == 0
-        if process.stdout is not None:
-            process.stdout.close()
+        assert run_async(process.stop()) == 0
 
 
 @dataclass

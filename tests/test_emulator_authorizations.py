@@ -42,7 +42,7 @@ from tests._emulator_helpers import (
     mint,
     provider_stats,
     rest,
-    start_process,
+    start_emulator,
     store_over_rest,
     userinfo,
 )
@@ -315,14 +315,14 @@ async def test_two_processes_and_both_wires_refresh_an_authorization_once(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    consenting = await start_process(data, "--access-token-lifetime", "1", log_dir=tmp_path)
+    consenting = await start_emulator(data, "--access-token-lifetime", "1", log_dir=tmp_path)
     try:
         token = await authorize(consenting.http, ALICE)
     finally:
         assert await consenting.stop() == 0
     await asyncio.sleep(1.1)  # the access token from the consent expires
     first, second = await asyncio.gather(
-        start_process(data, log_dir=tmp_path), start_process(data, log_dir=tmp_path)
+        start_emulator(data, log_dir=tmp_path), start_emulator(data, log_dir=tmp_path)
     )
     try:
         before = await provider_stats(first.http)

@@ -28,7 +28,7 @@ from tests._emulator_helpers import (
     mint,
     provider_stats,
     rest,
-    start_process,
+    start_emulator,
     userinfo,
 )
 
@@ -40,7 +40,7 @@ CANARY = "projects/canary/locations/global/collections/c/dataConnector"
 async def test_ready_line_then_exit_0_on_signal(tmp_path: Path, signum: int) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    emu = await start_process(None, env={"TMPDIR": str(scratch)}, log_dir=tmp_path)
+    emu = await start_emulator(None, env={"TMPDIR": str(scratch)}, log_dir=tmp_path)
     keys = {"grpc", "http", "token_uri", "authorize_uri", "connector", "authorization"}
     assert set(emu.ready) == keys
     assert emu.ready["grpc"].startswith("127.0.0.1:")
@@ -55,8 +55,7 @@ async def test_ready_line_then_exit_0_on_signal(tmp_path: Path, signum: int) -> 
         answer = await grpc_acquire(stub, token)
     assert (await userinfo(emu.http, answer.access_token))[1]["sub"] == ALICE
     assert await emu.stop(signum) == 0
-    assert emu.process.stdout is not None
-    assert await emu.process.stdout.read() == b""  # exactly one line on stdout
+    assert emu.stdout_after_ready == b""  # exactly one line on stdout
     assert "emulator ready" in emu.stderr()
     assert not any(scratch.iterdir())  # removed at exit
 
@@ -86,7 +85,7 @@ async def test_pitfall_15_two_processes_1000_acquires_one_refresh(tmp_path: Path
             await c.store_refresh_token(CONNECTOR, redirect)
     await asyncio.sleep(1.05)  # the cached access token expires
     first, second = await asyncio.gather(
-        start_process(data, log_dir=tmp_path), start_process(data, log_dir=tmp_path)
+        start_emulator(data, log_dir=tmp_path), start_emulator(data, log_dir=tmp_path)
     )
     try:
         token = await mint(first.http, ALICE)
@@ -114,7 +113,7 @@ async def test_pitfall_17_crash_between_upstream_rotation_and_commit(
     (without a grace window the provider sees reuse: the grant is reported revoked)."""
     data = tmp_path / "data"
     flags = ("--access-token-lifetime", "1", "--grace-seconds", str(grace))
-    crashing = await start_process(
+    crashing = await start_emulator(
         data,
         *flags,
         env={"AGENTSPACE_EMULATOR_CRASH_AT": "after-upstream-refresh"},
@@ -125,8 +124,8 @@ async def test_pitfall_17_crash_between_upstream_rotation_and_commit(
     async with channel_to(crashing.grpc) as stub:
         failure = await grpc_fail(grpc_acquire(stub, token))
     assert failure.code == grpc.StatusCode.UNAVAILABLE
-    assert await asyncio.wait_for(crashing.process.wait(), 20) == -signal.SIGKILL
-    restarted = await start_process(data, *flags, log_dir=tmp_path)
+    assert await crashing.wait() == -signal.SIGKILL
+    restarted = await start_emulator(data, *flags, log_dir=tmp_path)
     try:
         async with channel_to(restarted.grpc) as stub:
             if grace:
@@ -153,7 +152,7 @@ async def test_pitfall_22_no_secret_in_the_debug_log(tmp_path: Path) -> None:
         connector = canary.connector_config(CANARY)
         lines = [f"{key} = {json.dumps(value)}" for key, value in connector.items()]
         config.write_text("[[connectors]]\n" + "\n".join(lines) + "\n")
-        emu = await start_process(
+        emu = await start_emulator(
             tmp_path / "data", "--config", str(config), "--log-level", "DEBUG", log_dir=tmp_path
         )
         try:
@@ -272,7 +271,7 @@ async def test_with_the_emulator_variables_the_fixtures_use_that_emulator(tmp_pa
             """
         )
     )
-    emu = await start_process(None, log_dir=tmp_path)
+    emu = await start_emulator(None, log_dir=tmp_path)
     try:
         before = await provider_stats(emu.http)
         env = {"AGENTSPACE_EMULATOR_HOST": emu.grpc, "AGENTSPACE_EMULATOR_REST": emu.http}

@@ -24,7 +24,7 @@ from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._config import DEFAULT_REDIRECT_URI, ConfigError, load_config
 from agentspace_grpc.emulator._crypto import KeyMaterialError, new_key_text
 from agentspace_grpc.emulator._identity import pkce_challenge
-from tests._emulator_helpers import CanaryProvider, rest, start_process
+from tests._emulator_helpers import CanaryProvider, consent_location, rest, start_emulator
 from tests._raw import ConnectProxy, closed_port
 
 INSTANCE_CONNECTOR = "projects/acme/locations/global/collections/snow/dataConnector"
@@ -41,21 +41,6 @@ def instance_connector(**extra: Any) -> dict[str, Any]:
         "instance_hosts": ["acme.example.com", ".service-now.com"],
         **extra,
     }
-
-
-async def consent_location(http: str, token: str, **params: str) -> str:
-    """The authorize URL the consent endpoint redirects to (not followed)."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{http}/emulator/v1/consent",
-            params=params,
-            headers={"Authorization": f"Bearer {token}"},
-            allow_redirects=False,
-        ) as response,
-    ):
-        assert response.status == 302, await response.text()
-        return response.headers["Location"]
 
 
 async def store_with_instance(emu: Emulator, instance_uri: str) -> tuple[int, Any]:
@@ -336,7 +321,7 @@ async def test_pkce_towards_a_third_party_provider(tmp_path: Path, pkce: bool) -
 async def test_a_non_loopback_bind_warns_and_the_ready_line_shows_it(
     tmp_path: Path, host: str, exposed: bool
 ) -> None:
-    emu = await start_process(None, "--host", host, log_dir=tmp_path)
+    emu = await start_emulator(None, "--host", host, log_dir=tmp_path)
     try:
         assert emu.ready["grpc"].startswith(f"{host}:"), emu.ready
         assert emu.ready["http"].startswith(f"http://{host}:"), emu.ready

@@ -49,12 +49,12 @@ from tests._emulator_helpers import (
     CONNECTOR,
     bearer,
     channel_to,
+    emulator_stats,
     failure_of,
     provider_stats,
     rest,
 )
 from tests._raw import closed_port, grpc_bytes_server
-from tests._reliability import emulator_stats
 from tests._servers import FakeService, serve
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from agentspace_grpc import DataConnectorClient
-from tests._emulator_helpers import CONNECTOR, connect_user, start_process
+from tests._emulator_helpers import CONNECTOR, connect_user, start_emulator
 from tests._reliability import (
     Figures,
     Resources,
@@ -61,7 +61,7 @@ class Counts:
 async def test_cancelled_calls_leave_memory_tasks_and_fds_flat(
     tmp_path: Path, transport: str
 ) -> None:
-    emulator = await start_process(tmp_path / "data", log_dir=tmp_path)
+    emulator = await start_emulator(tmp_path / "data", log_dir=tmp_path)
     try:
         token = await connect_user(emulator.http, "memory@example.com")
         kwargs: dict[str, Any] = {

@@ -25,14 +25,19 @@ from agentspace_grpc import (
     RetryPolicy,
     Unavailable,
 )
-from tests._emulator_helpers import CONNECTOR, connect_user, provider_stats, userinfo
+from tests._emulator_helpers import (
+    CONNECTOR,
+    EmulatorProcess,
+    connect_user,
+    provider_stats,
+    start_emulator,
+    userinfo,
+)
 from tests._raw import TcpProxy
 from tests._reliability import (
-    EmulatorServer,
     Outcome,
     Resources,
     assert_released,
-    spawn_emulator,
     tally,
     timed,
     unexpected,
@@ -45,19 +50,21 @@ RETRY = RetryPolicy(max_attempts=100, initial_backoff=0.05, max_backoff=0.2)
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     root = tmp_path_factory.mktemp("network")
-    server = spawn_emulator(
-        root / "data",
-        "--no-expires-in",  # nothing cacheable: every acquire refreshes upstream
-        "--fault-latency-ms",
-        str(int(LATENCY * 1000)),
-        log_dir=root,
+    server = asyncio.run(
+        start_emulator(
+            root / "data",
+            "--no-expires-in",  # nothing cacheable: every acquire refreshes upstream
+            "--fault-latency-ms",
+            str(int(LATENCY * 1000)),
+            log_dir=root,
+        )
     )
     try:
         yield server
     finally:
-        assert server.stop() == 0
+        assert asyncio.run(server.stop()) == 0
     # Whatever the faults did to connections, the server never hit an internal error.
     log = server.stderr()
     assert "emulator ready" in log
@@ -66,7 +73,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServe
 
 
 @pytest.fixture(scope="module")
-def tokens(emulator: EmulatorServer) -> dict[str, str]:
+def tokens(emulator: EmulatorProcess) -> dict[str, str]:
     """Each user's end-user bearer token, after consent and store."""
 
     async def connect() -> dict[str, str]:
@@ -82,7 +89,7 @@ async def baseline() -> Resources:
 
 @pytest.fixture
 async def proxy(
-    emulator: EmulatorServer, transport: str, baseline: Resources
+    emulator: EmulatorProcess, transport: str, baseline: Resources
 ) -> AsyncIterator[TcpProxy]:
     port = emulator.grpc_port if transport == "grpc" else emulator.http_port
     async with TcpProxy(port) as running:
@@ -111,7 +118,7 @@ def assert_on_time(outcomes: list[Outcome[AccessToken]]) -> None:
     assert not late, [(o.tag, o.kind(), round(o.elapsed, 3)) for o in late]
 
 
-async def assert_owned(emulator: EmulatorServer, outcome: Outcome[AccessToken], user: str) -> None:
+async def assert_owned(emulator: EmulatorProcess, outcome: Outcome[AccessToken], user: str) -> None:
     assert outcome.value is not None, outcome.error
     status, info = await userinfo(emulator.http, outcome.value.access_token)
     assert status == 200
@@ -125,7 +132,7 @@ async def close_promptly(client: DataConnectorClient) -> None:
 
 
 async def test_refused_connections_fail_by_the_deadline_then_recover(
-    emulator: EmulatorServer, tokens: dict[str, str], proxy: TcpProxy, transport: str
+    emulator: EmulatorProcess, tokens: dict[str, str], proxy: TcpProxy, transport: str
 ) -> None:
     await proxy.refuse()
     client = client_for(proxy, transport, retry=RETRY)
@@ -144,7 +151,7 @@ async def test_refused_connections_fail_by_the_deadline_then_recover(
 
 
 async def test_a_reset_mid_call_is_unavailable_and_loses_no_token(
-    emulator: EmulatorServer, tokens: dict[str, str], proxy: TcpProxy, transport: str
+    emulator: EmulatorProcess, tokens: dict[str, str], proxy: TcpProxy, transport: str
 ) -> None:
     before = await provider_stats(emulator.http)
     client = client_for(proxy, transport, retry=RETRY)
@@ -172,7 +179,7 @@ async def test_a_reset_mid_call_is_unavailable_and_loses_no_token(
 
 
 async def test_a_partition_ends_calls_at_their_deadline_then_recovers(
-    emulator: EmulatorServer, tokens: dict[str, str], proxy: TcpProxy, transport: str
+    emulator: EmulatorProcess, tokens: dict[str, str], proxy: TcpProxy, transport: str
 ) -> None:
     client = client_for(proxy, transport, retry=RETRY)
     warm = await acquire(client, tokens[USERS[0]], 5.0)
@@ -191,7 +198,7 @@ async def test_a_partition_ends_calls_at_their_deadline_then_recovers(
 
 
 async def test_the_call_after_an_idle_drop_succeeds_first_time(
-    emulator: EmulatorServer, tokens: dict[str, str], transport: str, baseline: Resources
+    emulator: EmulatorProcess, tokens: dict[str, str], transport: str, baseline: Resources
 ) -> None:
     port = emulator.grpc_port if transport == "grpc" else emulator.http_port
     async with TcpProxy(port, idle_timeout=0.8) as proxy:

@@ -47,7 +47,7 @@ from tests._emulator_helpers import (
     EmulatorProcess,
     connect_user,
     provider_stats,
-    start_process,
+    start_emulator,
     userinfo,
 )
 from tests._raw import TcpProxy
@@ -75,7 +75,7 @@ class Backend:
     restarts: list[tuple[float, float, float]] = field(default_factory=list)
 
     async def start(self) -> None:
-        self.process = await start_process(self.data, *self.flags, log_dir=self.log_dir)
+        self.process = await start_emulator(self.data, *self.flags, log_dir=self.log_dir)
         self.grpc_proxy.target_port = int(self.process.grpc.rsplit(":", 1)[1])
         self.http_proxy.target_port = int(self.process.http.rsplit(":", 1)[1])
         await asyncio.gather(self.grpc_proxy.listen(), self.http_proxy.listen())
@@ -276,7 +276,7 @@ async def test_crash_point_between_rotation_and_commit(tmp_path: Path, transport
     acquires without re-consent and no family is revoked."""
     data = tmp_path / "data"
     flags = ("--access-token-lifetime", "1")
-    crashing = await start_process(
+    crashing = await start_emulator(
         data,
         *flags,
         env={"AGENTSPACE_EMULATOR_CRASH_AT": "after-upstream-refresh"},
@@ -301,11 +301,11 @@ async def test_crash_point_between_rotation_and_commit(tmp_path: Path, transport
                 for user, token in tokens.items()
             )
         )
-    assert await asyncio.wait_for(crashing.process.wait(), 20) == -signal.SIGKILL
+    assert await crashing.wait() == -signal.SIGKILL
     assert "crash point after-upstream-refresh" in crashing.stderr()
     assert not unexpected(cut, (Unavailable, DeadlineExceeded)), tally(cut)
     assert not any(o.ok for o in cut)
-    restarted = await start_process(data, *flags, log_dir=tmp_path)
+    restarted = await start_emulator(data, *flags, log_dir=tmp_path)
     try:
         async with DataConnectorClient(
             transport=transport,  # type: ignore[arg-type]

@@ -27,11 +27,13 @@ from agentspace_grpc.emulator import Emulator
 from tests._emulator_helpers import (
     CONNECTOR,
     connect_user,
+    emulator_stats,
+    mint_identity,
     provider_stats,
-    start_process,
+    start_emulator,
     userinfo,
 )
-from tests._reliability import Figures, emulator_stats, identity
+from tests._reliability import Figures
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -49,15 +51,15 @@ async def test_1000_acquires_across_two_processes_and_both_wires_refresh_once(
     # Consent where access tokens live 1 s, let that token expire, then serve with the default
     # lifetime: the one refresh under test yields a token that outlives the run, however slow
     # the machine (with 1-s tokens throughout, a slow run legitimately refreshes twice).
-    consenting = await start_process(data, "--access-token-lifetime", "1", log_dir=tmp_path)
+    consenting = await start_emulator(data, "--access-token-lifetime", "1", log_dir=tmp_path)
     try:
         token = await connect_user(consenting.http, ALICE)
     finally:
         assert await consenting.stop() == 0
     await asyncio.sleep(1.1)  # the access token from the consent expires
     first, second = await asyncio.gather(
-        start_process(data, log_dir=tmp_path),
-        start_process(data, log_dir=tmp_path),
+        start_emulator(data, log_dir=tmp_path),
+        start_emulator(data, log_dir=tmp_path),
     )
     try:
         before = await provider_stats(first.http)
@@ -168,13 +170,15 @@ async def test_users_interleaved_under_concurrent_rotations_get_their_own_tokens
 ) -> None:
     data = tmp_path / "data"
     first, second = await asyncio.gather(
-        start_process(data, "--no-expires-in", log_dir=tmp_path),
-        start_process(data, "--no-expires-in", log_dir=tmp_path),
+        start_emulator(data, "--no-expires-in", log_dir=tmp_path),
+        start_emulator(data, "--no-expires-in", log_dir=tmp_path),
     )
     try:
         tokens = {user: await connect_user(first.http, user) for user in (ALICE, BOB)}
         # Also as google-auth credentials (refreshed against the emulator's token endpoint).
-        google_auth = {user: (await identity(first.http, user))[0] for user in (ALICE, BOB)}
+        google_auth = {
+            user: (await mint_identity(first.http, user)).credentials() for user in (ALICE, BOB)
+        }
         async with (
             DataConnectorClient(transport="grpc", endpoint=first.grpc) as over_grpc,
             DataConnectorClient(transport="rest", rest_endpoint=second.http) as over_rest,

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import google.oauth2.credentials
 import pytest
 
@@ -45,7 +44,14 @@ from agentspace_grpc import (
     Unavailable,
 )
 from agentspace_grpc.emulator import Emulator
-from tests._emulator_helpers import CanaryProvider, consent_over_http, rest
+from tests._emulator_helpers import (
+    CanaryProvider,
+    consent_over_http,
+    mint,
+    mint_identity,
+    rest,
+    start_emulator,
+)
 from tests._raw import TcpProxy, closed_port
 from tests._reliability import (
     LogCapture,
@@ -53,11 +59,7 @@ from tests._reliability import (
     exception_texts,
     files_bytes,
     find_secrets,
-    spawn_emulator,
     write_config,
-)
-from tests._reliability import (
-    identity as user_identity,
 )
 
 LIVE = "projects/canary/locations/global/collections/c/dataConnector"
@@ -113,17 +115,13 @@ def connectors(canary: CanaryProvider) -> list[dict[str, Any]]:
 
 async def identity(run: Run, email: str) -> google.oauth2.credentials.Credentials:
     """The user's google-auth credentials; the identity tokens become canaries."""
-    credentials, secrets = await user_identity(run.http, email)
-    run.secrets += secrets
-    return credentials
+    minted = await mint_identity(run.http, email)
+    run.secrets += [minted.access_token, minted.refresh_token]
+    return minted.credentials()
 
 
 async def consent(run: Run, email: str, connector: str) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{run.http}/emulator/v1/users/{email}/token") as response,
-    ):
-        token = (await response.json())["access_token"]
+    token = await mint(run.http, email)
     run.secrets.append(token)
     redirect = await consent_over_http(run.http, token, connector)
     run.secrets += parse_qs(urlsplit(redirect).query).get("code", [])
@@ -265,7 +263,7 @@ async def test_no_secret_anywhere_with_the_emulator_process(
 ) -> None:
     data = tmp_path / "data"
     config = write_config(tmp_path / "emulator.toml", connectors=connectors(canary))
-    emulator = spawn_emulator(
+    emulator = await start_emulator(
         data, "--config", str(config), "--log-level", "DEBUG", log_dir=tmp_path
     )
     try:
@@ -276,7 +274,7 @@ async def test_no_secret_anywhere_with_the_emulator_process(
                 await every_path(run, transport)
             running = files_bytes(data)
     finally:
-        assert emulator.stop() == 0
+        assert await emulator.stop() == 0
     stderr = emulator.stderr()
     assert "DEBUG" in stderr
     assert "stored a refresh token" in stderr

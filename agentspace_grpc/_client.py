@@ -7,7 +7,8 @@ Per call, :meth:`DataConnectorClient._invoke` runs the attempts: resolve the ``a
 header (refreshing in a thread if needed), send over the chosen wire with the time left, and
 on failure decide between falling back to REST (``auto`` mode, when gRPC cannot reach the
 service), one credentials refresh (UNAUTHENTICATED), a retry (UNAVAILABLE, within the
-deadline) or raising. Identical concurrent acquires share one run of it (single-flight).
+deadline) or raising. Identical concurrent acquires share one run of it (single-flight); with
+a :class:`~agentspace_grpc.TokenCache`, an acquire the cache can answer sends nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import random
 import ssl
 import time
 import warnings
-from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Hashable, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, final
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +32,7 @@ import grpc
 from google.protobuf import message
 
 from agentspace_grpc import _proto
+from agentspace_grpc._cache import TokenCache, cache_key
 from agentspace_grpc._credentials import (
     DEFAULT_IDENTITY,
     PENDING,
@@ -53,6 +55,7 @@ from agentspace_grpc._errors import (
     redact,
 )
 from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._status import ConnectionStatus, status_from_error
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
 from agentspace_grpc._transports.base import format_host_port, is_loopback, proxy_for
@@ -467,6 +470,8 @@ class DataConnectorClient:
         retry: The retry policy, or None to make one attempt only.
         single_flight: Share one RPC among identical concurrent acquires.
         ssl_context: TLS trust (a custom CA bundle) for both wires.
+        token_cache: A :class:`TokenCache` to serve repeated acquires from memory (default
+            None: every acquire asks the service).
     """
 
     def __init__(
@@ -481,6 +486,7 @@ class DataConnectorClient:
         retry: RetryPolicy | None = RetryPolicy(),
         single_flight: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        token_cache: TokenCache | None = None,
     ) -> None:
         if transport not in ("auto", "grpc", "rest"):
             raise UsageError(f"transport must be 'auto', 'grpc' or 'rest', not {transport!r}")
@@ -494,6 +500,8 @@ class DataConnectorClient:
             raise UsageError("quota_project must be a non-empty string or None")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise UsageError("ssl_context must be an ssl.SSLContext or None")
+        if token_cache is not None and not isinstance(token_cache, TokenCache):
+            raise UsageError("token_cache must be a TokenCache or None")
         check_credentials(credentials)
 
         emulator_host = os.environ.get(EMULATOR_HOST_ENV) or None
@@ -507,6 +515,7 @@ class DataConnectorClient:
         self._quota_project = quota_project
         self._retry = retry
         self._single_flight = single_flight
+        self._token_cache = token_cache
         self._auth = Authorizer(credentials, use_adc=not use_emulator)
         self._plan = self._make_plan(
             endpoint,
@@ -885,19 +894,87 @@ class DataConnectorClient:
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
+        cache = self._token_cache
+        if cache is not None:
+            # Keyed by the header the call would send: refresh the credentials first if due.
+            authorization = self._auth.ready(credentials)
+            if authorization is PENDING:
+                authorization = await self._auth.authorization(credentials, deadline)
+            key = cache_key(name, scope, action, authorization)
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
         if self._single_flight:
             identity = DEFAULT_IDENTITY if credentials is None else credentials
             token: AccessToken = await state.flights.run(
-                (name, scope, action, identity, extra),
+                (name, scope, action, key if cache is not None else identity, extra),
                 deadline,
                 self._invoke,
                 (_ACQUIRE, request, name, credentials, extra, state, endpoint),
             )
-            return token
-        token = await self._invoke(
-            _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
-        )
+        else:
+            token = await self._invoke(
+                _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
+            )
+        if cache is not None:
+            cache.put(key, token)
         return token
+
+    def invalidate(self, token: AccessToken | str) -> None:
+        """Drop ``token`` from the token cache, after the third party rejected it.
+
+        The next acquire asks the service again, which may still answer with the same token
+        from its own cache: a second rejection means the user must authorize again. Without
+        a token cache this does nothing.
+        """
+        value = token.access_token if isinstance(token, AccessToken) else token
+        if not isinstance(value, str):
+            raise UsageError("invalidate() takes the AccessToken (or its token string)")
+        if self._token_cache is not None:
+            self._token_cache.discard(value)
+
+    async def connection_status(
+        self,
+        name: str,
+        *,
+        scope: str | None = None,
+        action: str | None = None,
+        credentials: CredentialsLike = None,
+        consent_uri: Callable[[str, CredentialsLike], Awaitable[str]] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+    ) -> ConnectionStatus:
+        """Whether the end user behind ``credentials`` can use connector ``name`` now.
+
+        Acquires a token and discards it (a cached one counts, as it is what the next acquire
+        returns); never calls the deprecated CheckRefreshToken.
+
+        Args:
+            consent_uri: ``async (resource, credentials) -> str`` building the URL that
+                starts the consent flow; called when the state needs consent, with the
+                credentials in effect, and its answer goes in ``authorization_uri``.
+
+        Raises:
+            DataConnectorError: An error that says nothing about the connection (bad
+                credentials, an unknown connector, ...).
+            UsageError: Bad arguments, before any I/O.
+        """
+        if consent_uri is not None and not callable(consent_uri):
+            raise UsageError("consent_uri must be an async callable (resource, credentials)")
+        try:
+            token = await self.acquire_access_token(
+                name, scope=scope, action=action, credentials=credentials, timeout=timeout
+            )
+        except DataConnectorError as exc:
+            status = status_from_error(exc)
+            if status is None:
+                raise
+            if consent_uri is None or not status.needs_consent:
+                return status
+            uri = await consent_uri(name, self._auth.effective(credentials))
+            if not isinstance(uri, str) or not uri:
+                raise UsageError("consent_uri must return the consent URL as a string") from None
+            return replace(status, authorization_uri=uri)
+        return ConnectionStatus("connected", scopes=token.scopes)
 
     async def store_refresh_token(
         self,

@@ -1,4 +1,5 @@
-"""``DataConnectorClient``: DataConnectorService's token methods, awaited from asyncio.
+"""``DataConnectorClient``: the token methods of DataConnectorService and AuthorizationService,
+awaited from asyncio.
 
 One client serves many end users: the credentials passed to a call override the client's
 default, and every call on a loop shares that loop's channel (gRPC) or session (REST).
@@ -52,9 +53,11 @@ from agentspace_grpc._errors import (
     UndecodableAnswer,
     Unimplemented,
     UsageError,
+    is_authorization_name,
     redact,
 )
-from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._headers import USER_AGENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._options import resolve as resolve_options
 from agentspace_grpc._status import ConnectionStatus, status_from_error
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
@@ -75,12 +78,10 @@ EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
 #: Set to 1 to allow emulator variables that name a non-loopback host.
 EMULATOR_INSECURE_ENV: Final = "AGENTSPACE_EMULATOR_INSECURE"
 
-_DEFAULT_HOST: Final = "discoveryengine.googleapis.com"
-# The multi-region locations have their own hosts (the service's documented endpoints).
-_REGIONAL_HOSTS: Final = {
-    "us": "us-discoveryengine.googleapis.com",
-    "eu": "eu-discoveryengine.googleapis.com",
-}
+# The service's host is <label>.<universe domain>; the multi-region locations have their own
+# labels (the service's documented endpoints).
+_DEFAULT_LABEL: Final = "discoveryengine"
+_REGIONAL_LABELS: Final = {"us": "us-discoveryengine", "eu": "eu-discoveryengine"}
 # After falling back to REST in auto mode, gRPC is tried again after this long (doubling).
 _REPROBE_FIRST: Final = 30.0
 _REPROBE_MAX: Final = 600.0
@@ -105,11 +106,11 @@ class RetryPolicy:
     The wait before retry *n* (1-based) is drawn uniformly from ``[0, min(max_backoff,
     initial_backoff * multiplier ** (n - 1))]`` ("full jitter"), and is at least the server's
     ``RetryInfo`` delay when it sends one. No retry starts with less than 10 ms of the
-    deadline left after the wait: the last error is raised instead. AcquireAccessToken and
-    AcquireAndStoreRefreshToken change server state, so they are retried only when the
-    request demonstrably did not reach the service (connection refused, TLS failure) or the
-    service answered UNAVAILABLE; a connection that breaks after the request was sent is
-    retried for CheckRefreshToken only.
+    deadline left after the wait: the last error is raised instead. Every RPC but
+    CheckRefreshToken changes server state (acquires may rotate a refresh token, stores file
+    one), so they are retried only when the request demonstrably did not reach the service
+    (connection refused, TLS failure) or the service answered UNAVAILABLE; a connection that
+    breaks after the request was sent is retried for CheckRefreshToken only.
 
     Attributes:
         max_attempts: Attempts in all, the first one included (1 disables retries).
@@ -150,6 +151,29 @@ class RetryPolicy:
 _ACQUIRE: Final = ROWS["AcquireAccessToken"]
 _STORE: Final = ROWS["AcquireAndStoreRefreshToken"]
 _CHECK: Final = ROWS["CheckRefreshToken"]
+_ACQUIRE_USER: Final = ROWS["AcquireUserAuthorization"]
+_STORE_USER: Final = ROWS["StoreUserAuthorization"]
+
+# The names each service's methods take, and for each RPC the client method that takes a name
+# of the other kind, so that a name passed to the wrong method gets an error naming the right one.
+_KIND: Final = {
+    _proto.SERVICE.full_name: "a data connector",
+    _proto.AUTHORIZATION_SERVICE.full_name: "an authorization",
+}
+_METHOD: Final = {
+    _ACQUIRE: "acquire_access_token",
+    _STORE: "store_refresh_token",
+    _CHECK: "check_refresh_token",
+    _ACQUIRE_USER: "acquire_user_authorization",
+    _STORE_USER: "store_user_authorization",
+}
+_OTHER_KIND: Final = {
+    _ACQUIRE: _ACQUIRE_USER,
+    _STORE: _STORE_USER,
+    _CHECK: _ACQUIRE_USER,
+    _ACQUIRE_USER: _ACQUIRE,
+    _STORE_USER: _STORE,
+}
 
 
 def _retryable(error: DataConnectorError, row: Row) -> bool:
@@ -157,6 +181,20 @@ def _retryable(error: DataConnectorError, row: Row) -> bool:
         # The request may have reached the service, which may have rotated a refresh token.
         return row.idempotent
     return isinstance(error, Unavailable)
+
+
+def _expand_problem(row: Row, name: str) -> str | None:
+    """Why ``name`` cannot be ``row``'s path value, or None when it can."""
+    try:
+        row.expand(name)
+    except TranscodingError as exc:
+        return str(exc)
+    return None
+
+
+def _check_redirect_uri(uri: object) -> None:
+    if not isinstance(uri, str) or not uri:
+        raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
 
 
 def _sent_secrets(request: message.Message, authorization: str | None) -> list[str]:
@@ -210,7 +248,7 @@ def _root_certificates(context: ssl.SSLContext | None) -> bytes | None:
 
 
 _BASE_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
-    ("grpc.primary_user_agent", API_CLIENT.rsplit(" ", 1)[-1]),
+    ("grpc.primary_user_agent", USER_AGENT["grpc"]),
     # Pings only while calls are in flight, rarely enough not to earn GOAWAY too_many_pings.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
@@ -452,14 +490,16 @@ async def _close_at_loop_shutdown(
 
 @final
 class DataConnectorClient:
-    """Async client of DataConnectorService's token methods, over gRPC or REST.
+    """Async client of the token methods of DataConnectorService (data connectors) and
+    AuthorizationService (authorizations), over gRPC or REST.
 
     Args:
         transport: "auto" (gRPC, falling back to REST when gRPC cannot reach the service),
             "grpc" or "rest".
-        credentials: The default credentials: a google-auth ``Credentials``, an access-token
-            string, or None for Application Default Credentials (cloud-platform scope; not
-            looked up when an emulator variable is set). Each call may pass its own.
+        credentials: The default credentials: a google-auth ``Credentials`` (synchronous or
+            ``google.auth.aio``), an access-token string, or None for Application Default
+            Credentials (cloud-platform scope; not looked up when an emulator variable is
+            set). Each call may pass its own.
         endpoint: ``host[:port]`` serving both wires (default: the emulator variables when
             set, refused for a non-loopback host unless ``AGENTSPACE_EMULATOR_INSECURE=1``;
             else Discovery Engine, with the ``us`` / ``eu`` hosts chosen from the name).
@@ -470,6 +510,12 @@ class DataConnectorClient:
         retry: The retry policy, or None to make one attempt only.
         single_flight: Share one RPC among identical concurrent acquires.
         ssl_context: TLS trust (a custom CA bundle) for both wires.
+        universe_domain: The Google Cloud universe (default: ``GOOGLE_CLOUD_UNIVERSE_DOMAIN``,
+            else googleapis.com); it names the default hosts, and credentials of another
+            universe are refused.
+        client_options: A ``google.api_core`` ``ClientOptions`` or a dict: ``api_endpoint``,
+            ``quota_project_id``, ``universe_domain``, ``scopes`` (default cloud-platform) and
+            ``credentials_file`` are honoured; any other option that is set is refused.
         token_cache: A :class:`TokenCache` to serve repeated acquires from memory (default
             None: every acquire asks the service).
     """
@@ -486,6 +532,8 @@ class DataConnectorClient:
         retry: RetryPolicy | None = RetryPolicy(),
         single_flight: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        universe_domain: str | None = None,
+        client_options: object = None,
         token_cache: TokenCache | None = None,
     ) -> None:
         if transport not in ("auto", "grpc", "rest"):
@@ -503,6 +551,15 @@ class DataConnectorClient:
         if token_cache is not None and not isinstance(token_cache, TokenCache):
             raise UsageError("token_cache must be a TokenCache or None")
         check_credentials(credentials)
+        settings = resolve_options(
+            client_options,
+            endpoint=endpoint,
+            quota_project=quota_project,
+            universe_domain=universe_domain,
+            credentials=credentials,
+        )
+        endpoint, quota_project = settings.endpoint, settings.quota_project
+        credentials = settings.credentials
 
         emulator_host = os.environ.get(EMULATOR_HOST_ENV) or None
         emulator_rest = os.environ.get(EMULATOR_REST_ENV) or None
@@ -516,7 +573,13 @@ class DataConnectorClient:
         self._retry = retry
         self._single_flight = single_flight
         self._token_cache = token_cache
-        self._auth = Authorizer(credentials, use_adc=not use_emulator)
+        self._universe = settings.universe
+        self._auth = Authorizer(
+            credentials,
+            use_adc=not use_emulator,
+            scopes=settings.scopes,
+            universe=settings.universe,
+        )
         self._plan = self._make_plan(
             endpoint,
             rest_endpoint,
@@ -533,9 +596,9 @@ class DataConnectorClient:
         self._regional: dict[str, Endpoint] = {}
         self._names: dict[tuple[str, str], Endpoint] = {}
         self._acquires: dict[
-            tuple[str, str | None, str | None], tuple[Endpoint, _proto.AcquireAccessTokenRequest]
+            tuple[Row, str, str | None, str | None], tuple[Endpoint, message.Message]
         ] = {}
-        self._headers: dict[tuple[str | None, str, Headers], Headers] = {}
+        self._headers: dict[tuple[str | None, str, Headers, str], Headers] = {}
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_loop: asyncio.AbstractEventLoop | None = None
         self._last_state: _LoopState | None = None
@@ -644,17 +707,23 @@ class DataConnectorClient:
         )
 
     def _endpoint_for(self, row: Row, name: object) -> Endpoint:
-        """Validate a connector name (no I/O) and choose its endpoint; cached per name."""
+        """Validate a resource name for ``row`` (no I/O) and choose its endpoint; cached."""
+        kind = _KIND[row.service]
         if not isinstance(name, str):
-            raise UsageError(f"name must be a data connector resource name, not {type(name)}")
+            raise UsageError(f"name must be {kind} resource name, not {type(name)}")
         key = (row.name, name)
         endpoint = self._names.get(key)
         if endpoint is not None:
             return endpoint
-        try:
-            row.expand(name)
-        except TranscodingError as exc:
-            raise UsageError(f"invalid data connector name: {exc}") from None
+        problem = _expand_problem(row, name)
+        if problem is not None:
+            other = _OTHER_KIND[row]
+            if _expand_problem(other, name) is None:
+                raise UsageError(
+                    f"{_METHOD[row]}() takes {kind} name, and {name!r} is "
+                    f"{_KIND[other.service]} name: call {_METHOD[other]}()"
+                )
+            raise UsageError(f"invalid {kind.partition(' ')[2]} name: {problem}")
         endpoint = self._plan.fixed
         if endpoint is None:
             segments = name.split("/")
@@ -666,8 +735,8 @@ class DataConnectorClient:
         return endpoint
 
     def _acquire_request(
-        self, name: str, scope: str | None, action: str | None
-    ) -> tuple[Endpoint, _proto.AcquireAccessTokenRequest]:
+        self, row: Row, name: str, scope: str | None, action: str | None
+    ) -> tuple[Endpoint, message.Message]:
         """Validate an acquire's arguments (no I/O), choose the endpoint and build the request.
 
         Cached: acquires repeat, and a request is never modified once built.
@@ -676,17 +745,21 @@ class DataConnectorClient:
             raise UsageError("scope must be a string or None")
         if action is not None and not isinstance(action, str):
             raise UsageError("action must be a string or None")
-        endpoint = self._endpoint_for(_ACQUIRE, name)
-        request = _proto.AcquireAccessTokenRequest(
-            name=name, scope=scope or "", action=action or ""
-        )
+        endpoint = self._endpoint_for(row, name)
+        request: message.Message
+        if row is _ACQUIRE:
+            request = _proto.AcquireAccessTokenRequest(
+                name=name, scope=scope or "", action=action or ""
+            )
+        else:
+            request = _proto.AcquireUserAuthorizationRequest(name=name)
         if len(self._acquires) >= _NAME_CACHE_SIZE:
             self._acquires.clear()
-        self._acquires[name, scope, action] = endpoint, request
+        self._acquires[row, name, scope, action] = endpoint, request
         return endpoint, request
 
     def _regional_endpoint(self, location: str) -> Endpoint:
-        host = _REGIONAL_HOSTS.get(location, _DEFAULT_HOST)
+        host = f"{_REGIONAL_LABELS.get(location, _DEFAULT_LABEL)}.{self._universe}"
         endpoint = self._regional.get(host)
         if endpoint is None:
             rest = self._plan.rest_override or f"https://{host}"
@@ -771,12 +844,13 @@ class DataConnectorClient:
             authorization = (
                 await self._auth.authorization(credentials, deadline) if ready is PENDING else ready
             )
-            headers_key = (authorization, name, extra)
+            headers_key = (authorization, name, extra, transport.kind)
             headers = self._headers.get(headers_key)
             if headers is None:
                 # The quota project follows the credentials; one token comes from one
                 # credentials object, so the token identifies it well enough for the cache.
                 headers = build_headers(
+                    wire=transport.kind,
                     authorization=authorization,
                     name=name,
                     quota_project=self._quota_project or self._auth.quota_project(credentials),
@@ -879,6 +953,43 @@ class DataConnectorClient:
             DataConnectorError: Any other failure (see the exception tree).
             UsageError: Bad arguments, before any I/O.
         """
+        return await self._acquire(_ACQUIRE, name, scope, action, credentials, timeout, metadata)
+
+    async def acquire_user_authorization(
+        self,
+        name: str,
+        *,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AccessToken:
+        """The end user's access token from an authorization (AuthorizationService).
+
+        Args:
+            name: The authorization, ``projects/*/locations/*/authorizations/*``.
+            credentials: The end user's credentials for this call (default: the client's).
+            timeout: Seconds for the whole call, retries included (default 60).
+            metadata: Extra ``(key, value)`` headers for this call.
+
+        Raises:
+            AuthorizationRequired: The user must (re)authorize: send them to its
+                ``authorization_uri``, then call :meth:`store_user_authorization`.
+            DataConnectorError: Any other failure (see the exception tree).
+            UsageError: Bad arguments (a data connector's name among them), before any I/O.
+        """
+        return await self._acquire(_ACQUIRE_USER, name, None, None, credentials, timeout, metadata)
+
+    async def _acquire(
+        self,
+        row: Row,
+        name: str,
+        scope: str | None,
+        action: str | None,
+        credentials: CredentialsLike,
+        timeout: float | None,  # noqa: ASYNC109 - the call's overall deadline
+        metadata: Sequence[tuple[str, str]],
+    ) -> AccessToken:
+        """Either acquire: validated before any I/O, identical concurrent ones share a call."""
         loop = asyncio.get_running_loop()
         state = self._last_state if loop is self._last_loop else None
         if state is None:
@@ -888,9 +999,9 @@ class DataConnectorClient:
         else:
             deadline = self._deadline(loop, timeout)
         try:
-            endpoint, request = self._acquires[name, scope, action]
+            endpoint, request = self._acquires[row, name, scope, action]
         except (KeyError, TypeError):  # not seen yet, or unhashable (refused there)
-            endpoint, request = self._acquire_request(name, scope, action)
+            endpoint, request = self._acquire_request(row, name, scope, action)
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
@@ -907,14 +1018,14 @@ class DataConnectorClient:
         if self._single_flight:
             identity = DEFAULT_IDENTITY if credentials is None else credentials
             token: AccessToken = await state.flights.run(
-                (name, scope, action, key if cache is not None else identity, extra),
+                (row, name, scope, action, key if cache is not None else identity, extra),
                 deadline,
                 self._invoke,
-                (_ACQUIRE, request, name, credentials, extra, state, endpoint),
+                (row, request, name, credentials, extra, state, endpoint),
             )
         else:
             token = await self._invoke(
-                _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
+                row, request, name, credentials, extra, state, endpoint, deadline
             )
         if cache is not None:
             cache.put(key, token)
@@ -943,7 +1054,8 @@ class DataConnectorClient:
         consent_uri: Callable[[str, CredentialsLike], Awaitable[str]] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
     ) -> ConnectionStatus:
-        """Whether the end user behind ``credentials`` can use connector ``name`` now.
+        """Whether the end user behind ``credentials`` can use ``name`` (a connector or an
+        authorization) now.
 
         Acquires a token and discards it (a cached one counts, as it is what the next acquire
         returns); never calls the deprecated CheckRefreshToken.
@@ -961,14 +1073,21 @@ class DataConnectorClient:
         if consent_uri is not None and not callable(consent_uri):
             raise UsageError("consent_uri must be an async callable (resource, credentials)")
         try:
-            token = await self.acquire_access_token(
-                name, scope=scope, action=action, credentials=credentials, timeout=timeout
-            )
+            if isinstance(name, str) and is_authorization_name(name):
+                if scope is not None or action is not None:
+                    raise UsageError("an authorization takes no scope or action")
+                token = await self.acquire_user_authorization(
+                    name, credentials=credentials, timeout=timeout
+                )
+            else:
+                token = await self.acquire_access_token(
+                    name, scope=scope, action=action, credentials=credentials, timeout=timeout
+                )
         except DataConnectorError as exc:
             status = status_from_error(exc)
             if status is None:
                 raise
-            if consent_uri is None or not status.needs_consent:
+            if consent_uri is None or not status.needs_consent or status.authorization_uri:
                 return status
             uri = await consent_uri(name, self._auth.effective(credentials))
             if not isinstance(uri, str) or not uri:
@@ -998,8 +1117,7 @@ class DataConnectorClient:
         state = self._state(loop)
         deadline = self._deadline(loop, timeout)
         endpoint = self._endpoint_for(_STORE, name)
-        if not isinstance(full_redirect_uri, str) or not full_redirect_uri:
-            raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
+        _check_redirect_uri(full_redirect_uri)
         if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
             raise UsageError("scopes must be a sequence of strings (not one string)")
         if instance_uri is not None and not isinstance(instance_uri, str):
@@ -1022,6 +1140,32 @@ class DataConnectorClient:
             if kind is not None:
                 extra[item.key] = getattr(item, kind)
         return extra
+
+    async def store_user_authorization(
+        self,
+        name: str,
+        full_redirect_uri: str,
+        *,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+    ) -> None:
+        """Store the end user's authorization of ``name`` (AuthorizationService).
+
+        Call it, with the credentials of the user who authorized, with the full URI the
+        authorization URI redirected them to: the service exchanges the code in it and files
+        the result under the caller's identity.
+        """
+        loop = asyncio.get_running_loop()
+        state = self._state(loop)
+        deadline = self._deadline(loop, timeout)
+        endpoint = self._endpoint_for(_STORE_USER, name)
+        _check_redirect_uri(full_redirect_uri)
+        if credentials is not None:
+            check_credentials(credentials)
+        request = _proto.StoreUserAuthorizationRequest(
+            name=name, full_redirect_uri=full_redirect_uri
+        )
+        await self._invoke(_STORE_USER, request, name, credentials, (), state, endpoint, deadline)
 
     async def check_refresh_token(
         self,

@@ -61,7 +61,10 @@ def status_from_error(error: DataConnectorError) -> ConnectionStatus | None:
     """The status an acquire's error stands for, or None when it says nothing about it."""
     reason = error.reason or error.code.name
     if isinstance(error, AuthorizationRequired):
-        return ConnectionStatus("not_connected", reason=reason)
+        # An authorization's answer says where to send the user (and not why).
+        return ConnectionStatus(
+            "not_connected", reason=reason, authorization_uri=error.authorization_uri
+        )
     if isinstance(error, FailedPrecondition) and error.reason in _REAUTHORIZE:
         missing = tuple(error.metadata.get("missing_scopes", "").split())
         return ConnectionStatus("reauthorization_required", missing_scopes=missing, reason=reason)

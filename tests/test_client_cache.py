@@ -277,7 +277,7 @@ def test_token_cache_must_be_a_token_cache() -> None:
 
 def test_token_rejected_never_shows_the_token() -> None:
     secret = "tp-SECRET-access-token-123"
-    token = AccessToken(secret, connector=CONNECTOR, scopes=("s",), transport="grpc")
+    token = AccessToken(secret, resource=CONNECTOR, scopes=("s",), transport="grpc")
     for given in (token, secret):
         error = TokenRejected(f"Jira said 401 to {secret}", token=given)
         assert error.token is given

@@ -227,3 +227,23 @@ async def test_the_status_command_exits_5_when_the_provider_is_down() -> None:
     assert code == 5, err
     assert json.loads(out)["state"] == "unavailable"
     assert json.loads(out)["reason"] == "UPSTREAM_UNAVAILABLE"
+
+
+async def test_an_authorizations_status_carries_the_services_consent_uri(
+    emulator: Emulator, transport: str
+) -> None:
+    from tests._emulator_helpers import follow_like_a_browser
+
+    async with emulator.client(transport=transport) as client:
+        carol = emulator.user_token(CAROL)
+        status = await client.connection_status(emulator.authorization, credentials=carol)
+        assert status.state == "not_connected"
+        assert status.authorization_uri is not None
+        assert status.authorization_uri.startswith(emulator.http_url)
+        with pytest.raises(UsageError, match="no scope or action"):
+            await client.connection_status(emulator.authorization, scope="x", credentials=carol)
+        redirect = (await follow_like_a_browser(status.authorization_uri))[-1]
+        await client.store_user_authorization(emulator.authorization, redirect, credentials=carol)
+        status = await client.connection_status(emulator.authorization, credentials=carol)
+        assert status.state == "connected"
+        assert status.authorization_uri is None

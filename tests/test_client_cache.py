@@ -23,6 +23,7 @@ from agentspace_grpc import (
 )
 from agentspace_grpc import _proto as p
 from agentspace_grpc.emulator import Emulator
+from agentspace_grpc.emulator._call import Call
 from tests._servers import CONNECTOR, Seen, Servers
 
 ALICE = "alice@example.com"
@@ -56,9 +57,9 @@ def count_rpcs(emulator: Emulator) -> Counter[str]:
     assert service is not None
     handle = service.handle
 
-    async def counting(method: str, authorization: str | None, request: Any) -> Any:
-        served[method] += 1
-        return await handle(method, authorization, request)
+    async def counting(call: Call) -> Any:
+        served[call.row.name] += 1
+        return await handle(call)
 
     service.handle = counting  # type: ignore[method-assign]
     return served

@@ -24,19 +24,10 @@ from agentspace_grpc import (
 from agentspace_grpc import _proto as p
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._call import Call
+from tests._clock import ManualClock
 from tests._servers import CONNECTOR, Seen, Servers
 
 ALICE = "alice@example.com"
-
-
-class Clock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def acquires(servers: Servers) -> int:
@@ -85,7 +76,7 @@ async def test_a_hit_makes_no_rpc_even_with_fresh_credentials_objects(
 
 
 async def test_entries_expire_by_the_clock(servers: Servers) -> None:
-    clock = Clock()
+    clock = ManualClock()
     cache = TokenCache(max_age=300, clock=clock)
     async with DataConnectorClient(
         credentials="alice", token_cache=cache, **servers.client_kwargs("grpc")
@@ -114,7 +105,7 @@ async def test_a_jwt_is_served_until_exp_minus_skew_only(servers: Servers) -> No
         )
 
     servers.service.on("AcquireAccessToken", answer)
-    clock = Clock()
+    clock = ManualClock()
     async with DataConnectorClient(
         credentials="alice",
         token_cache=TokenCache(max_age=300, skew=30, clock=clock),
@@ -133,7 +124,7 @@ async def test_a_jwt_is_served_until_exp_minus_skew_only(servers: Servers) -> No
 async def test_the_emulators_jwt_exp_is_honoured(transport: str) -> None:
     """The emulator's provider issues JWTs living 120 s: cached 90 s (30 s of skew), not 300."""
     config = {"provider": {"jwt_access_tokens": True, "access_token_lifetime": 120}}
-    clock = Clock()
+    clock = ManualClock()
     async with Emulator(config=config) as emulator:
         redirect = await emulator.consent(ALICE)
         alice = emulator.user_token(ALICE)

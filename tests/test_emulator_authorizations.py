@@ -31,6 +31,7 @@ from agentspace_grpc import InvalidArgument, NotFound, Unauthenticated, _proto
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._store import DB_FILE_NAME
 from agentspace_grpc.pytest_plugin import RunningEmulator
+from tests._clock import ManualClock
 from tests._emulator_helpers import (
     AUTHORIZATION,
     CONNECTOR,
@@ -216,12 +217,13 @@ async def test_missing_scopes_ask_for_consent_again(emu: Emulator) -> None:
 
 
 async def test_a_revoked_grant_asks_for_consent_again(tmp_path: Path) -> None:
-    config = {"provider": {"access_token_lifetime": 1}}
-    async with Emulator(data_dir=tmp_path, config=config) as emu:
+    clock = ManualClock()
+    config = {"provider": {"access_token_lifetime": 60}}
+    async with Emulator(data_dir=tmp_path, config=config, clock=clock) as emu:
         token = await authorize(emu.http_url, ALICE)
-    await asyncio.sleep(1.05)  # the cached access token expires: the next acquire refreshes
+    clock.advance(60)  # the cached access token expires: the next acquire refreshes
     config = {"provider": {"faults": {"invalid_grant_rate": 1.0}}}
-    async with Emulator(data_dir=tmp_path, config=config) as emu:
+    async with Emulator(data_dir=tmp_path, config=config, clock=clock) as emu:
         answer = await acquire_over_rest(emu.http_url, token)
         assert set(answer) == {"authorizationUri"}
         assert (await emu.stats())["grants_revoked"] == 1

@@ -19,6 +19,7 @@ from agentspace_grpc import _proto
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.emulator._crypto import DecryptionError, Keyring
 from agentspace_grpc.emulator._db import Database
+from tests._clock import ManualClock
 from tests._emulator_helpers import (
     CONNECTOR,
     CanaryProvider,
@@ -158,12 +159,12 @@ async def test_a_restart_keeps_every_stored_token(tmp_path: Path) -> None:
 async def test_1000_concurrent_acquires_with_an_expired_token_refresh_once(
     tmp_path: Path,
 ) -> None:
-    async with Emulator(
-        data_dir=tmp_path, config={"provider": {"access_token_lifetime": 1}}
-    ) as emu:
+    clock = ManualClock()
+    config = {"provider": {"access_token_lifetime": 60}}
+    async with Emulator(data_dir=tmp_path, config=config, clock=clock) as emu:
         await store(emu, ALICE)
-    await asyncio.sleep(1.05)  # the cached access token has expired
-    async with Emulator(data_dir=tmp_path) as emu:
+    clock.advance(60)  # the cached access token has expired
+    async with Emulator(data_dir=tmp_path, clock=clock) as emu:
         token = emu.user_token(ALICE)
         async with channel_to(emu.grpc_target) as stub:
             answers = await asyncio.gather(*(grpc_acquire(stub, token) for _ in range(1000)))

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agentspace_grpc import _proto
 from agentspace_grpc.emulator import Emulator
+from tests._clock import ManualClock
 from tests._emulator_helpers import (
     CONNECTOR,
     bearer,
@@ -166,9 +167,11 @@ async def test_missing_unknown_and_foreign_identity_is_unauthenticated(
 
 @pytest.mark.parametrize("wire", ["grpc", "rest"])
 async def test_expired_identity_is_unauthenticated(tmp_path: Path, wire: str) -> None:
-    async with Emulator(data_dir=tmp_path, config={"identity": {"token_lifetime": 1}}) as emu:
+    clock = ManualClock()
+    config = {"identity": {"token_lifetime": 60}}
+    async with Emulator(data_dir=tmp_path, config=config, clock=clock) as emu:
         token = emu.user_token(ALICE)
-        await asyncio.sleep(1.05)
+        clock.advance(60)
         if wire == "grpc":
             async with channel_to(emu.grpc_target) as stub:
                 failure = await grpc_fail(grpc_acquire(stub, token))

@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from aiohttp import web
 
 from agentspace_grpc._client import DataConnectorClient
 from agentspace_grpc._credentials import CredentialsLike
+from agentspace_grpc.emulator._clock import Clock
 from agentspace_grpc.emulator._config import (
     DEFAULT_AUTHORIZATION,
     DEFAULT_CONNECTOR,
@@ -115,6 +117,9 @@ class Emulator:
         host: the interface to bind (loopback unless told otherwise).
         grpc_port / http_port: 0 picks free ports.
         key_file: the encryption key file (else ``AGENTSPACE_EMULATOR_KEY``, else generated).
+        clock: seconds since the epoch (:func:`time.time`): read for every expiry the emulator
+            issues or checks (tokens, consents, codes, caches); a test moves its own forward
+            instead of sleeping.
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class Emulator:
         http_port: int = 0,
         key_file: str | os.PathLike[str] | None = None,
         crash_at: str | None = None,
+        clock: Clock = time.time,
     ) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"unknown crash point {crash_at!r} (known: {', '.join(CRASH_POINTS)})")
@@ -136,6 +142,7 @@ class Emulator:
         self._ports = (grpc_port, http_port)
         self._key_file = key_file
         self._crash_at = crash_at
+        self._clock = clock
         self._started = False
         self._temp_dir: Path | None = None
         self._data_dir: Path | None = None
@@ -256,23 +263,25 @@ class Emulator:
             for c in resources.values()
             if c.builtin
         }
+        states = ConsentStates(keys, self._clock)
         self._provider = Provider(
-            self._data_dir, self._config.provider, clients, ConsentStates(keys)
+            self._data_dir, self._config.provider, clients, states, self._clock
         )
         await self._provider.open()
         self._store = Store(self._data_dir, keys)
         await self._store.open()
-        self._identity = Identity(keys, self._config.identity_token_lifetime)
+        self._identity = Identity(keys, self._config.identity_token_lifetime, self._clock)
         self._session = aiohttp.ClientSession(trust_env=False)
         self._service = Service(
             self._config,
             resources,
             self._store,
             self._identity,
-            keys,
+            states,
             self._session,
             new_owner(),
             http_url=http_url,
+            clock=self._clock,
             crash_at=self._crash_at,
         )
         front = RestFront(self._service, self._provider, f"{http_url}/oauth2/token")

@@ -27,11 +27,11 @@ import hmac
 import json
 import re
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from agentspace_grpc.emulator._clock import Clock
 from agentspace_grpc.emulator._crypto import Keyring
 
 IDENTITY_CLIENT_ID: Final = "agentspace-grpc-emulator"
@@ -85,9 +85,10 @@ def unb64url(text: str) -> bytes:
 class Identity:
     """Issues and checks end-user identity tokens."""
 
-    def __init__(self, keyring: Keyring, token_lifetime: float) -> None:
+    def __init__(self, keyring: Keyring, token_lifetime: float, clock: Clock) -> None:
         self._key = keyring.mac_key("identity")
         self.token_lifetime = token_lifetime
+        self._clock = clock
         self._verified: dict[str, tuple[str, float]] = {}
 
     def __repr__(self) -> str:
@@ -102,10 +103,9 @@ class Identity:
         body = b64url(check_email(email).encode())
         return f"aer1.{body}.{self._mac('aer1', body)}"
 
-    def access_token_for(self, email: str, now: float | None = None) -> tuple[str, float]:
+    def access_token_for(self, email: str) -> tuple[str, float]:
         """A fresh bearer token for ``email`` and its lifetime in seconds."""
-        issued = time.time() if now is None else now
-        expiry_ms = int((issued + self.token_lifetime) * 1000)
+        expiry_ms = int((self._clock() + self.token_lifetime) * 1000)
         body = b64url(f"{check_email(email)}\n{expiry_ms}".encode())
         return f"aea1.{body}.{self._mac('aea1', body)}", self.token_lifetime
 
@@ -114,7 +114,7 @@ class Identity:
         body = self._verify(token, "aer1")
         return body.decode()
 
-    def user_from_authorization(self, header: str | None, now: float | None = None) -> str:
+    def user_from_authorization(self, header: str | None) -> str:
         """The caller's email from an ``authorization`` header value ("Bearer <token>")."""
         if not header:
             raise IdentityError(
@@ -125,7 +125,6 @@ class Identity:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise IdentityError("the authorization header is not a Bearer token")
-        moment = time.time() if now is None else now
         known = self._verified.get(token)
         if known is None:
             body = self._verify(token, "aea1")
@@ -138,7 +137,7 @@ class Identity:
                 self._verified.clear()
             known = self._verified[token] = (email, expiry)
         email, expiry = known
-        if moment >= expiry:
+        if self._clock() >= expiry:
             raise IdentityError(
                 f"the bearer token of {email} expired; refresh the credentials at the "
                 "emulator's token endpoint"
@@ -174,9 +173,10 @@ class Consent:
 class ConsentStates:
     """Issues and reads signed consent states and derives their PKCE verifiers."""
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, clock: Clock) -> None:
         self._key = keyring.mac_key("consent-state")
         self._pkce_key = keyring.mac_key("pkce-verifier")
+        self._clock = clock
 
     def __repr__(self) -> str:
         return "ConsentStates()"
@@ -190,7 +190,7 @@ class ConsentStates:
             "c": connector,
             "u": user,
             "s": list(scopes),
-            "e": int(time.time() + STATE_LIFETIME),
+            "e": int(self._clock() + STATE_LIFETIME),
             "n": secrets.token_hex(4),
         }
         body = b64url(json.dumps(payload, separators=(",", ":")).encode())
@@ -217,7 +217,7 @@ class ConsentStates:
             scopes = tuple(s for s in payload.get("s", []) if isinstance(s, str))
         except (binascii.Error, ValueError, KeyError, TypeError):
             raise ValueError("is malformed") from None
-        if expiry < time.time():
+        if expiry < self._clock():
             raise ValueError("expired: start the consent again")
         return Consent(str(connector), str(user), scopes)
 

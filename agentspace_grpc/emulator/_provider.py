@@ -32,7 +32,6 @@ import random
 import re
 import secrets
 import sqlite3
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 from aiohttp import web
 
+from agentspace_grpc.emulator._clock import Clock
 from agentspace_grpc.emulator._config import ProviderConfig
 from agentspace_grpc.emulator._db import Database, write_transaction
 from agentspace_grpc.emulator._identity import ConsentStates, pkce_challenge, same_text
@@ -178,11 +178,13 @@ class Provider:
         config: ProviderConfig,
         clients: Mapping[str, Client],
         states: ConsentStates,
+        clock: Clock,
     ) -> None:
         self._db = Database(data_dir / DB_FILE_NAME, _MIGRATIONS, "provider")
         self.config = config
         self.clients = dict(clients)
         self._states = states
+        self._clock = clock
         self._random = random.Random()
 
     def __repr__(self) -> str:
@@ -257,7 +259,7 @@ class Provider:
             )
         scopes = tuple(query.get("scope", "").split()) or client.default_scopes
         code = "emuac_" + secrets.token_urlsafe(24)
-        now = time.time()
+        now = self._clock()
 
         def work(conn: sqlite3.Connection) -> None:
             with write_transaction(conn):
@@ -355,7 +357,7 @@ class Provider:
             raise OAuthError("invalid_request", "code is required")
         if verifier is not None and not _VERIFIER.fullmatch(verifier):
             raise OAuthError("invalid_request", "code_verifier is malformed (RFC 7636)")
-        now = time.time()
+        now = self._clock()
         access, refresh = _new_access(self.config, now), _new_refresh()
         life = self.config.access_token_lifetime
 
@@ -420,7 +422,7 @@ class Provider:
         if not presented:
             raise OAuthError("invalid_request", "refresh_token is required")
         wanted = tuple(fields.get("scope", "").split())
-        now = time.time()
+        now = self._clock()
         access, refresh = _new_access(self.config, now), _new_refresh()
         life = self.config.access_token_lifetime
         grace = self.config.grace_seconds
@@ -493,7 +495,7 @@ class Provider:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _unauthorized("a Bearer access token is required")
-        now = time.time()
+        now = self._clock()
 
         def work(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import signal
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -41,6 +40,7 @@ from google.rpc import code_pb2
 
 from agentspace_grpc import _proto
 from agentspace_grpc.emulator._call import Call
+from agentspace_grpc.emulator._clock import Clock
 from agentspace_grpc.emulator._config import (
     AUTHORIZATION,
     AUTHORIZATION_PATTERN,
@@ -50,7 +50,6 @@ from agentspace_grpc.emulator._config import (
     Config,
     Connector,
 )
-from agentspace_grpc.emulator._crypto import Keyring
 from agentspace_grpc.emulator._errors import (
     AUTHORIZATION_NOT_FOUND,
     CONNECTOR_NOT_FOUND,
@@ -128,11 +127,12 @@ class Service:
         resources: Mapping[str, Connector],
         store: Store,
         identity: Identity,
-        keyring: Keyring,
+        states: ConsentStates,
         session: aiohttp.ClientSession,
         owner: str,
         *,
         http_url: str,
+        clock: Clock,
         crash_at: str | None = None,
     ) -> None:
         self.config = config
@@ -142,7 +142,8 @@ class Service:
         self.identity = identity
         self._session = session
         self._owner = owner
-        self.states = ConsentStates(keyring)
+        self.states = states
+        self._clock = clock
         self._crash_at = crash_at
         self._memory: dict[tuple[str, str, str], _Memory] = {}
         self._flights: dict[tuple[str, str, str], asyncio.Task[CachedToken]] = {}
@@ -291,7 +292,7 @@ class Service:
         """The answer for (resource, user, scopes): memory, store, else one refresh flight."""
         key = scope_key(wanted)
         memory_key = (connector.name, user, key)
-        now = time.time()
+        now = self._clock()
         remembered = self._memory.get(memory_key)
         if remembered is not None and now < remembered.good_until:
             self._check_scopes(connector, remembered.grant.scopes, wanted, action)
@@ -333,7 +334,9 @@ class Service:
         if self.config.memory_cache_seconds <= 0 or token.expires_at <= token.issued_at:
             return
         margin = min(connector.expiry_margin_seconds, 0.1 * (token.expires_at - token.issued_at))
-        good_until = min(token.expires_at - margin, time.time() + self.config.memory_cache_seconds)
+        good_until = min(
+            token.expires_at - margin, self._clock() + self.config.memory_cache_seconds
+        )
         self._memory[key] = _Memory(token.grant, good_until, answer)
 
     def _forget(self, connector: str, user: str) -> None:
@@ -362,7 +365,7 @@ class Service:
         async with lock:
             delay = 0.005
             while True:
-                now = time.time()
+                now = self._clock()
                 outcome = await self.store.try_lease(
                     connector.name,
                     user,
@@ -422,7 +425,7 @@ class Service:
         if self._crash_at == "after-upstream-refresh":
             log.warning("crash point after-upstream-refresh: SIGKILL before the commit")
             os.kill(os.getpid(), signal.SIGKILL)
-        now = time.time()
+        now = self._clock()
         access = self._cacheable(connector, answer, wanted or grant.scopes, now)
         await asyncio.shield(
             self.store.commit_refresh(
@@ -604,7 +607,7 @@ class Service:
                 "access not granted?)",
             )
         scopes = answer.scopes or tuple(asked_scopes) or consent.scopes or connector.default_scopes
-        now = time.time()
+        now = self._clock()
         access = self._cacheable(connector, answer, scopes, now)
         await asyncio.shield(
             self.store.store_grant(

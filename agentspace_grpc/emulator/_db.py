@@ -29,6 +29,26 @@ Migration = Sequence[str]
 _BUSY_SECONDS = 30.0
 
 
+#: The counters table both databases have: what happened, for tests and operators.
+COUNTERS_TABLE = (
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID"
+)
+
+
+def bump(conn: sqlite3.Connection, name: str) -> None:
+    """Adds one to a counter (inside the caller's write transaction)."""
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        (name,),
+    )
+
+
+def counters(conn: sqlite3.Connection) -> dict[str, int]:
+    """Every counter that has happened at least once."""
+    return {name: int(value) for name, value in conn.execute("SELECT name, value FROM counters")}
+
+
 class SchemaError(RuntimeError):
     """The database was written by a newer emulator, or cannot be migrated."""
 

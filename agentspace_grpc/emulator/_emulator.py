@@ -35,7 +35,9 @@ from agentspace_grpc.emulator._config import (
     load_config,
 )
 from agentspace_grpc.emulator._consent import request_consent_uri
+from agentspace_grpc.emulator._crash import CRASH_POINTS
 from agentspace_grpc.emulator._crypto import Keyring, load_keyring
+from agentspace_grpc.emulator._emulator_front import EmulatorFront
 from agentspace_grpc.emulator._grpc import start_grpc
 from agentspace_grpc.emulator._identity import (
     IDENTITY_CLIENT_ID,
@@ -45,8 +47,10 @@ from agentspace_grpc.emulator._identity import (
     check_email,
 )
 from agentspace_grpc.emulator._provider import Client, Provider
-from agentspace_grpc.emulator._rest import RestFront
-from agentspace_grpc.emulator._service import CRASH_POINTS, Service
+from agentspace_grpc.emulator._provider_front import ProviderFront
+from agentspace_grpc.emulator._provider_store import ProviderStore
+from agentspace_grpc.emulator._rest import api_application
+from agentspace_grpc.emulator._service import Service
 from agentspace_grpc.emulator._store import Store, new_owner
 
 if TYPE_CHECKING:
@@ -150,7 +154,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._store: Store | None = None
-        self._provider: Provider | None = None
+        self._provider_store: ProviderStore | None = None
         self._service: Service | None = None
         self._identity: Identity | None = None
         self._grpc_port = 0
@@ -264,11 +268,13 @@ class Emulator:
             if c.builtin
         }
         states = ConsentStates(keys, self._clock)
-        self._provider = Provider(
-            self._data_dir, self._config.provider, clients, states, self._clock
+        self._provider_store = ProviderStore(self._data_dir)
+        await self._provider_store.open()
+        provider = Provider(
+            self._provider_store, self._config.provider, clients, states, self._clock
         )
-        await self._provider.open()
-        self._store = Store(self._data_dir, keys)
+        store_class = Store if self._crash_at is None else CRASH_POINTS[self._crash_at]
+        self._store = store_class(self._data_dir, keys)
         await self._store.open()
         self._identity = Identity(keys, self._config.identity_token_lifetime, self._clock)
         self._session = aiohttp.ClientSession(trust_env=False)
@@ -282,10 +288,13 @@ class Emulator:
             new_owner(),
             http_url=http_url,
             clock=self._clock,
-            crash_at=self._crash_at,
         )
-        front = RestFront(self._service, self._provider, f"{http_url}/oauth2/token")
-        self._runner = web.AppRunner(front.application(), access_log=None)
+        app = api_application(self._service)
+        EmulatorFront(
+            self._identity, self._service, self._store, f"{http_url}/oauth2/token"
+        ).add_routes(app)
+        ProviderFront(provider).add_routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.SockSite(self._runner, sock)
         await site.start()
@@ -308,10 +317,10 @@ class Emulator:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        for db in (self._store, self._provider):
+        for db in (self._store, self._provider_store):
             if db is not None:
                 await db.close()
-        self._store = self._provider = None
+        self._store = self._provider_store = None
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None

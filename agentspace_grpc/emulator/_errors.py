@@ -1,4 +1,6 @@
-"""The service error that both fronts turn into a ``google.rpc.Status``."""
+"""The emulator's two kinds of error answer: :class:`ServiceError` (a ``google.rpc.Status``, on
+the API and the emulator's own endpoints) and :class:`OAuthError` (RFC 6749 section 5.2, on
+the identity token endpoint and the built-in provider)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,23 @@ class ServiceError(Exception):
             delay.FromNanoseconds(int(max(0.0, self.retry_after) * 1e9))
             status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         return status
+
+
+class OAuthError(Exception):
+    """An OAuth error answer: ``error`` code, HTTP status, description, extra headers."""
+
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        status: int = 400,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = dict(headers or {})
 
 
 def invalid_argument(message: str) -> ServiceError:

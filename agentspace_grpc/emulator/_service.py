@@ -27,8 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -80,7 +78,6 @@ from agentspace_grpc.emulator._upstream import InvalidGrant, TokenAnswer, token_
 
 log = logging.getLogger("agentspace_grpc.emulator")
 
-CRASH_POINTS: Final = ("after-upstream-refresh",)
 _STANDARD_FIELDS: Final = frozenset(
     {"access_token", "refresh_token", "id_token", "token_type", "expires_in", "scope"}
 )
@@ -133,7 +130,6 @@ class Service:
         *,
         http_url: str,
         clock: Clock,
-        crash_at: str | None = None,
     ) -> None:
         self.config = config
         self.resources = dict(resources)
@@ -144,7 +140,6 @@ class Service:
         self._owner = owner
         self.states = states
         self._clock = clock
-        self._crash_at = crash_at
         self._memory: dict[tuple[str, str, str], _Memory] = {}
         self._flights: dict[tuple[str, str, str], asyncio.Task[CachedToken]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -422,9 +417,6 @@ class Service:
         except BaseException:
             await asyncio.shield(self.store.release_lease(connector.name, user, self._owner))
             raise
-        if self._crash_at == "after-upstream-refresh":
-            log.warning("crash point after-upstream-refresh: SIGKILL before the commit")
-            os.kill(os.getpid(), signal.SIGKILL)
         now = self._clock()
         access = self._cacheable(connector, answer, wanted or grant.scopes, now)
         await asyncio.shield(

@@ -8,7 +8,8 @@ version-1 file is migrated when opened):
   ``version`` that grows with every new refresh token, a ``revoked`` flag, and the refresh
   lease (``lease_owner``, ``lease_until``).
 - ``access_tokens``: cached access tokens per (resource, user, scope key), encrypted.
-- ``counters``: what the emulator did (upstream refreshes, races), for tests and operators.
+- ``counters``: what the emulator did (upstream refreshes, races, reads that found another
+  process's refresh lease and waited), for tests and operators.
 
 Refresh protocol (one refresh at a time per (resource, user), across processes):
 
@@ -37,7 +38,13 @@ from pathlib import Path
 from typing import Final, Literal
 
 from agentspace_grpc.emulator._crypto import Keyring
-from agentspace_grpc.emulator._db import Database, write_transaction
+from agentspace_grpc.emulator._db import (
+    COUNTERS_TABLE,
+    Database,
+    bump,
+    counters,
+    write_transaction,
+)
 
 DB_FILE_NAME: Final = "emulator.sqlite3"
 
@@ -67,7 +74,7 @@ _MIGRATIONS: Final = (
             expires_at REAL NOT NULL,
             PRIMARY KEY (connector, user, scope_key)
         ) WITHOUT ROWID""",
-        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+        COUNTERS_TABLE,
     ),
     # 2: authorizations are stored like data connectors: the key column names either.
     (
@@ -213,10 +220,7 @@ class Store:
     async def counters(self) -> dict[str, int]:
         """The emulator's own counters (upstream refreshes, races, ...)."""
 
-        def work(conn: sqlite3.Connection) -> dict[str, int]:
-            return {name: value for name, value in conn.execute("SELECT * FROM counters")}
-
-        return await self._db.run(work)
+        return await self._db.run(counters)
 
     # ---- the refresh protocol --------------------------------------------------------------
 
@@ -245,6 +249,7 @@ class Store:
                     return cached
                 holder, until = row["lease_owner"], row["lease_until"]
                 if holder and holder != owner and until > now and not owner_is_dead(holder):
+                    bump(conn, "lease_waits")
                     return Busy(until=until)
                 conn.execute(
                     "UPDATE grants SET lease_owner = ?, lease_until = ? "
@@ -299,12 +304,8 @@ class Store:
                         )
                     if access is not None:
                         self._put_access(conn, resource, user, key, version, access)
-                    _bump(conn, "upstream_refreshes_committed")
-                conn.execute(
-                    "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE resource = ? AND user = ? AND lease_owner = ?",
-                    (resource, user, owner),
-                )
+                    bump(conn, "upstream_refreshes_committed")
+                _release_lease(conn, resource, user, owner)
                 return current
 
         return await self._db.run(work)
@@ -314,11 +315,7 @@ class Store:
 
         def work(conn: sqlite3.Connection) -> None:
             with write_transaction(conn):
-                conn.execute(
-                    "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE resource = ? AND user = ? AND lease_owner = ?",
-                    (resource, user, owner),
-                )
+                _release_lease(conn, resource, user, owner)
 
         await self._db.run(work)
 
@@ -333,23 +330,16 @@ class Store:
         def work(conn: sqlite3.Connection) -> Literal["race", "revoked"]:
             with write_transaction(conn):
                 grant, _ = self._grant(conn, resource, user)
-                conn.execute(
-                    "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE resource = ? AND user = ? AND lease_owner = ?",
-                    (resource, user, owner),
-                )
+                _release_lease(conn, resource, user, owner)
                 if grant is None or grant.version != used_version or grant.revoked:
-                    _bump(conn, "invalid_grant_races")
+                    bump(conn, "invalid_grant_races")
                     return "race"
                 conn.execute(
                     "UPDATE grants SET revoked = 1 WHERE resource = ? AND user = ?",
                     (resource, user),
                 )
-                conn.execute(
-                    "DELETE FROM access_tokens WHERE resource = ? AND user = ?",
-                    (resource, user),
-                )
-                _bump(conn, "grants_revoked")
+                _drop_access_tokens(conn, resource, user)
+                bump(conn, "grants_revoked")
                 return "revoked"
 
         return await self._db.run(work)
@@ -372,11 +362,8 @@ class Store:
                 refresh_token, purpose=_REFRESH, connector=resource, user=user
             )
             with write_transaction(conn):
-                row = conn.execute(
-                    "SELECT version FROM grants WHERE resource = ? AND user = ?",
-                    (resource, user),
-                ).fetchone()
-                version = (row[0] if row else 0) + 1
+                old, _ = self._grant(conn, resource, user)
+                version = (old.version if old else 0) + 1
                 conn.execute(
                     "INSERT INTO grants (resource, user, version, scopes, refresh_ct, "
                     "instance_uri, revoked, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
@@ -386,15 +373,12 @@ class Store:
                     "updated_at = excluded.updated_at",
                     (resource, user, version, " ".join(scopes), blob, instance_uri, now),
                 )
-                conn.execute(
-                    "DELETE FROM access_tokens WHERE resource = ? AND user = ?",
-                    (resource, user),
-                )
+                _drop_access_tokens(conn, resource, user)
                 if access is not None:
                     # The token covers exactly the granted scopes: serve it for both keys.
                     for key in {"", scope_key(scopes)}:
                         self._put_access(conn, resource, user, key, version, access)
-                _bump(conn, "grants_stored")
+                bump(conn, "grants_stored")
             return Grant(resource, user, version, tuple(scopes), False, instance_uri)
 
         return await self._db.run(work)
@@ -465,9 +449,15 @@ class Store:
         )
 
 
-def _bump(conn: sqlite3.Connection, name: str) -> None:
+def _release_lease(conn: sqlite3.Connection, resource: str, user: str, owner: str) -> None:
+    """Ends ``owner``'s lease, if it still holds it."""
     conn.execute(
-        "INSERT INTO counters (name, value) VALUES (?, 1) "
-        "ON CONFLICT (name) DO UPDATE SET value = value + 1",
-        (name,),
+        "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
+        "WHERE resource = ? AND user = ? AND lease_owner = ?",
+        (resource, user, owner),
     )
+
+
+def _drop_access_tokens(conn: sqlite3.Connection, resource: str, user: str) -> None:
+    """Forgets every cached access token of a grant."""
+    conn.execute("DELETE FROM access_tokens WHERE resource = ? AND user = ?", (resource, user))

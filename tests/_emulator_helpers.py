@@ -14,7 +14,8 @@ import selectors
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +237,17 @@ async def emulator_stats(http: str) -> dict[str, int]:
     return await _counters(f"{http}/emulator/v1/stats")
 
 
+async def until_counted(
+    stats: Callable[[], Awaitable[Mapping[str, int]]], name: str, count: int
+) -> None:
+    """Until counter ``name`` of ``stats()`` (an emulator's or its provider's) reaches
+    ``count``: read again every few milliseconds, for 10 s at most."""
+    deadline = time.monotonic() + 10
+    while (await stats()).get(name, 0) < count:
+        assert time.monotonic() < deadline, f"{name} never reached {count}"
+        await asyncio.sleep(0.005)
+
+
 async def userinfo(http: str, access_token: str) -> tuple[int, Any]:
     """Calls the built-in provider's "API" with a third-party access token."""
     async with (
@@ -348,9 +360,20 @@ async def start_emulator(
 # ---- a third-party provider whose tokens the test knows -------------------------------------
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class CanaryProvider:
-    """A small strict OAuth provider (rotating refresh tokens) with recognisable tokens."""
+    """A small strict OAuth provider (rotating refresh tokens) with recognisable tokens.
+
+    A test holds refresh requests at the provider (``answering.clear()``, until it sets it
+    again), waits for them to arrive (:meth:`wait_for_refreshes`) and may have them rejected
+    (``reject_refreshes``): races are staged with events, not timed.
+    """
 
     client_id: str = "canary-client"
     client_secret: str = field(default_factory=lambda: "CANARY-SECRET-" + secrets.token_hex(8))
@@ -360,6 +383,17 @@ class CanaryProvider:
     codes: dict[str, str] = field(default_factory=dict)
     url: str = ""
     expires_in: int = 3600
+    answering: asyncio.Event = field(default_factory=_set_event)
+    reject_refreshes: bool = False
+    refreshes: int = 0  # refresh requests received
+    invalid_grants: int = 0  # refresh requests answered invalid_grant
+    _arrival: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    async def wait_for_refreshes(self, count: int) -> None:
+        """Until ``count`` refresh requests in all have arrived."""
+        while self.refreshes < count:
+            await self._arrival.wait()
+            self._arrival = asyncio.Event()
 
     def connector_config(self, name: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -405,8 +439,12 @@ class CanaryProvider:
             if user is None:
                 return web.json_response({"error": "invalid_grant"}, status=400)
             return web.json_response(self._issue(user))
+        self.refreshes += 1
+        self._arrival.set()
+        await self.answering.wait()
         user = self.current.pop(str(form.get("refresh_token")), None)
-        if user is None:
+        if user is None or self.reject_refreshes:
+            self.invalid_grants += 1
             return web.json_response({"error": "invalid_grant"}, status=400)
         return web.json_response(self._issue(user))
 
@@ -424,4 +462,5 @@ class CanaryProvider:
         try:
             yield self
         finally:
+            self.answering.set()  # nothing stays held
             await runner.cleanup()

@@ -310,7 +310,8 @@ async def test_pitfall_4_the_call_after_an_idle_drop_succeeds(
             retry=None,  # the next call must succeed at its first attempt
         ) as client:
             await client.acquire_access_token(CONNECTOR)
-            await asyncio.sleep(0.8)  # the proxy drops the idle connection meanwhile
+            await proxy.wait_for(lambda: proxy.dropped > 0)  # the proxy's idle timer fired
+            await asyncio.sleep(0.3)  # and the client read the reset (gRPC's poller thread too)
             token = await client.acquire_access_token(CONNECTOR, action="later")
         assert proxy.accepted == 2
     assert token.access_token == "tp:alice:2"

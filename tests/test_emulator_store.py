@@ -28,6 +28,7 @@ from tests._emulator_helpers import (
     grpc_acquire,
     grpc_fail,
     provider_stats,
+    until_counted,
     userinfo,
 )
 
@@ -177,26 +178,31 @@ async def test_1000_concurrent_acquires_with_an_expired_token_refresh_once(
 
 
 async def test_pitfall_16_waiters_reread_the_store_after_the_lease(tmp_path: Path) -> None:
-    """Two emulators on one directory (two lease holders, no shared memory); a grace window of
-    zero makes any reuse of the stale refresh token fatal, so only re-reading passes."""
-    config = {"provider": {"grace_seconds": 0, "faults": {"latency_ms": 400}}}
-    async with Emulator(data_dir=tmp_path, config=config) as first:
-        await store(first, ALICE)
-        async with Emulator(data_dir=tmp_path, config=config) as second:
-            one = asyncio.create_task(acquire(first, ALICE, scope="read"))
-            await asyncio.sleep(0.1)  # `first` holds the lease and waits on the provider
-            two = await acquire(second, ALICE, scope="read")
-            assert await one == two
-            counts = await first.provider_stats()
-            assert counts["refresh_requests"] == 1
+    """Two emulators on one directory (two lease holders, no shared memory); the provider
+    rejects any reuse of a rotated-out refresh token, so only re-reading passes."""
+    canary, clock = CanaryProvider(), ManualClock()
+    async with canary.serve():
+        config = {"connectors": [canary.connector_config(CANARY)]}
+        async with (
+            Emulator(data_dir=tmp_path, config=config, clock=clock) as first,
+            Emulator(data_dir=tmp_path, config=config, clock=clock) as second,
+        ):
+            await store(first, ALICE, CANARY)
+            clock.advance(3600)  # the cached access token expired: the next acquire refreshes
+            canary.answering.clear()
+            one = asyncio.create_task(acquire(first, ALICE, CANARY))
+            await canary.wait_for_refreshes(1)  # `first` holds the lease, waiting on the provider
+            two = asyncio.create_task(acquire(second, ALICE, CANARY))
+            await until_counted(second.stats, "lease_waits", 1)  # `second` waits for the lease
+            canary.answering.set()
+            assert await one == await two
+            assert canary.refreshes == 1
             # Both keep working afterwards: nobody presented the rotated-out token.
+            clock.advance(3600)
             for emu in (second, first):
-                fresh = await acquire(emu, ALICE, scope="write")
-                assert (await userinfo(emu.http_url, fresh))[1]["sub"] == ALICE
-            counts = await first.provider_stats()
-            assert counts["invalid_grant"] == 0
-            assert counts["families_revoked"] == 0
-            assert counts["refreshes"] == 2
+                assert await acquire(emu, ALICE, CANARY) in canary.issued_access
+            assert canary.refreshes == 2
+            assert canary.invalid_grants == 0
 
 
 async def test_pitfall_18_invalid_grant_after_a_lost_race_serves_the_newer_token(
@@ -204,26 +210,30 @@ async def test_pitfall_18_invalid_grant_after_a_lost_race_serves_the_newer_token
 ) -> None:
     """The provider rejects the token a refresh used while a newer grant was committed
     meanwhile: the emulator serves the newer one and revokes nothing."""
-    faults = {"latency_ms": 600, "invalid_grant_rate": 1.0, "grants": ["refresh_token"]}
-    async with Emulator(data_dir=tmp_path, config={"provider": {"faults": faults}}) as emu:
-        await store(emu, ALICE)
-        racing = asyncio.create_task(acquire(emu, ALICE, scope="read"))
-        await asyncio.sleep(0.15)  # the refresh is on its way to the provider
-        await store(emu, ALICE, scopes=["read"])  # a newer grant lands first
-        token = await racing
-        assert (await userinfo(emu.http_url, token))[1]["sub"] == ALICE
-        counts = await emu.provider_stats()
-        assert counts["faults_invalid_grant"] == 1
-        assert counts["families_revoked"] == 0
-        own = await emu.stats()
-        assert own["invalid_grant_races"] == 1
-        assert "grants_revoked" not in own
-        async with channel_to(emu.grpc_target) as stub:
-            checked = await stub.CheckRefreshToken(
-                _proto.CheckRefreshTokenRequest(name=CONNECTOR),
-                metadata=bearer(emu.user_token(ALICE)),
-            )
-        assert list(checked.refresh_token_info.scopes) == ["read"]
+    canary, clock = CanaryProvider(), ManualClock()
+    async with canary.serve():
+        config = {"connectors": [canary.connector_config(CANARY)]}
+        async with Emulator(data_dir=tmp_path, config=config, clock=clock) as emu:
+            await store(emu, ALICE, CANARY)
+            clock.advance(3600)  # the cached access token expired: the next acquire refreshes
+            canary.answering.clear()
+            canary.reject_refreshes = True
+            racing = asyncio.create_task(acquire(emu, ALICE, CANARY))
+            await canary.wait_for_refreshes(1)  # the refresh is at the provider
+            await store(emu, ALICE, CANARY)  # a newer grant lands first
+            newer = canary.issued_access[-1]
+            canary.answering.set()
+            assert await racing == newer
+            assert canary.invalid_grants == 1
+            own = await emu.stats()
+            assert own["invalid_grant_races"] == 1
+            assert "grants_revoked" not in own
+            async with channel_to(emu.grpc_target) as stub:
+                checked = await stub.CheckRefreshToken(
+                    _proto.CheckRefreshTokenRequest(name=CANARY),
+                    metadata=bearer(emu.user_token(ALICE)),
+                )
+            assert list(checked.refresh_token_info.scopes) == ["read"]
 
 
 async def test_invalid_grant_without_a_race_is_a_revocation(tmp_path: Path) -> None:

@@ -29,8 +29,10 @@ from tests._emulator_helpers import (
     CONNECTOR,
     EmulatorProcess,
     connect_user,
+    emulator_stats,
     provider_stats,
     start_emulator,
+    until_counted,
     userinfo,
 )
 from tests._raw import TcpProxy
@@ -154,17 +156,23 @@ async def test_a_reset_mid_call_is_unavailable_and_loses_no_token(
     emulator: EmulatorProcess, tokens: dict[str, str], proxy: TcpProxy, transport: str
 ) -> None:
     before = await provider_stats(emulator.http)
+    committed_before = (await emulator_stats(emulator.http)).get("upstream_refreshes_committed", 0)
     client = client_for(proxy, transport, retry=RETRY)
     calls = [asyncio.ensure_future(acquire(client, tokens[u], 5.0, u)) for u in USERS]
-    await asyncio.sleep(LATENCY / 2)  # every call waits on the provider now
-    assert proxy.reset_all() > 0
+    arrived = before["token_requests"] + len(USERS)
+    await until_counted(lambda: provider_stats(emulator.http), "token_requests", arrived)
+    assert proxy.reset_all() > 0  # every call waits on the provider now
     cut = await asyncio.gather(*calls)
     # An acquire may have rotated a refresh token before the connection broke, so the
     # client never resends it (failure mode 7): the documented error is Unavailable.
     assert not unexpected(cut, (Unavailable,)), tally(cut)
     assert not any(o.ok for o in cut), tally(cut)
     assert_on_time(cut)
-    await asyncio.sleep(2 * LATENCY)  # the server finishes the rotations it started
+    # The server finishes the rotations it started.
+    committed = committed_before + len(USERS)
+    await until_counted(
+        lambda: emulator_stats(emulator.http), "upstream_refreshes_committed", committed
+    )
     during = await provider_stats(emulator.http)
     assert during["refresh_requests"] - before["refresh_requests"] == len(USERS)  # none resent
     # The server finished and committed those rotations: every user acquires again, on a
@@ -206,7 +214,8 @@ async def test_the_call_after_an_idle_drop_succeeds_first_time(
         client = client_for(proxy, transport, retry=None)
         first = await acquire(client, tokens[USERS[0]], 5.0)
         assert first.ok, first.error
-        await asyncio.sleep(1.6)  # the proxy resets the idle connection meanwhile
+        await proxy.wait_for(lambda: proxy.dropped > 0)  # the proxy's idle timer fired
+        await asyncio.sleep(0.3)  # and the client read the reset (gRPC's poller thread too)
         assert proxy.accepted == 1
         second = await acquire(client, tokens[USERS[0]], 5.0)
         await assert_owned(emulator, second, USERS[0])
@@ -216,15 +225,18 @@ async def test_the_call_after_an_idle_drop_succeeds_first_time(
 
 
 async def test_aclose_during_a_partition_is_prompt_and_ends_every_call(
-    tokens: dict[str, str], proxy: TcpProxy, transport: str
+    emulator: EmulatorProcess, tokens: dict[str, str], proxy: TcpProxy, transport: str
 ) -> None:
+    before = await provider_stats(emulator.http)
     client = client_for(proxy, transport, retry=RETRY)
     calls = [asyncio.ensure_future(acquire(client, tokens[u], 30.0, u)) for u in USERS]
-    await asyncio.sleep(0.05)
-    proxy.pause()
+    arrived = before["token_requests"] + len(USERS)
+    await until_counted(lambda: provider_stats(emulator.http), "token_requests", arrived)
+    proxy.pause()  # the calls are in flight ...
     proxy.mode = "stall"
-    await asyncio.sleep(0.3)
-    await close_promptly(client)
+    answered = before["refreshes"] + len(USERS)
+    await until_counted(lambda: provider_stats(emulator.http), "refreshes", answered)
+    await close_promptly(client)  # ... and their answers held by the partition
     ended = await asyncio.wait_for(asyncio.gather(*calls), 1.0)
     assert not unexpected(ended, (Cancelled,)), tally(ended)
     assert all(not o.ok for o in ended)

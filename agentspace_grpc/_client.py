@@ -14,7 +14,6 @@ it (``_flights``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -24,7 +23,6 @@ import warnings
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, final
-from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf import message
 
@@ -48,12 +46,12 @@ from agentspace_grpc._errors import (
     DataConnectorError,
     DeadlineExceeded,
     UsageError,
-    redact,
 )
 from agentspace_grpc._headers import Headers, build_headers, check_user_metadata
 from agentspace_grpc._loops import Loops, LoopState
 from agentspace_grpc._options import resolve as resolve_options
 from agentspace_grpc._policy import REFRESH, Fallback, RetryPolicy, TransportMode, decide
+from agentspace_grpc._redact import redact, sent_secrets
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint
 from agentspace_grpc._wire import ROWS, Row
@@ -72,20 +70,6 @@ _CLOSED_MID_CALL: Final = "the client was closed while the call was in flight"
 _ACQUIRE: Final = ROWS["AcquireAccessToken"]
 _STORE: Final = ROWS["AcquireAndStoreRefreshToken"]
 _CHECK: Final = ROWS["CheckRefreshToken"]
-
-
-def _sent_secrets(request: message.Message, authorization: str | None) -> list[str]:
-    """What a request carried that a server must not be able to echo into an exception."""
-    sent = []
-    if authorization:
-        sent += [authorization, authorization.partition(" ")[2]]
-    # The store calls' redirect URI, and the authorization code in it.
-    uri = getattr(request, "full_redirect_uri", "")
-    if uri:
-        sent.append(uri)
-        with contextlib.suppress(ValueError):
-            sent += parse_qs(urlsplit(uri).query).get("code", [])
-    return sent
 
 
 @final
@@ -266,7 +250,7 @@ class DataConnectorClient:
             try:
                 response = await transport.call(row, endpoint, request, headers, time_left)
             except DataConnectorError as exc:
-                redact(exc, _sent_secrets(request, authorization))
+                redact(exc, sent_secrets(request, authorization))
                 if state.closed:
                     raise Cancelled(_CLOSED_MID_CALL, transport=transport.kind) from exc
                 action = decide(
@@ -276,25 +260,14 @@ class DataConnectorClient:
                     time_left=deadline - loop.time(),
                     mode=fallback.mode,
                     wire=transport.kind,
-                    refreshed=refreshed,
+                    can_refresh=not refreshed and self._auth.refreshable(credentials),
                     retry=self._retry,
                     draw=random.random(),
                 )
                 if action is REFRESH:
                     refreshed = True
-                    if await self._auth.refresh_rejected(credentials, authorization, deadline):
-                        continue
-                    action = decide(
-                        exc,
-                        row=row,
-                        attempt=attempt,
-                        time_left=deadline - loop.time(),
-                        mode=fallback.mode,
-                        wire=transport.kind,
-                        refreshed=True,
-                        retry=self._retry,
-                        draw=random.random(),
-                    )
+                    await self._auth.refresh_rejected(credentials, authorization, deadline)
+                    continue
                 if action.kind == "fall back":
                     period = fallback.fall_back(time.monotonic(), incompatible=action.incompatible)
                     if period is not None:

@@ -166,22 +166,23 @@ class Authorizer:
 
     # ---- after a rejection -----------------------------------------------------------
 
+    def refreshable(self, credentials: CredentialsLike) -> bool:
+        """Whether refreshing the credentials can help after UNAUTHENTICATED (not a token
+        string, nor anonymous or static credentials)."""
+        creds = self._resolve(credentials)
+        return isinstance(creds, _CREDENTIALS_TYPES) and not isinstance(creds, _UNREFRESHABLE)
+
     async def refresh_rejected(
         self, credentials: CredentialsLike, rejected: str | None, deadline: float
-    ) -> bool:
-        """After UNAUTHENTICATED: refresh once if that can help; True if a retry makes sense.
-
-        Concurrent rejections of the same token share one refresh; if the token changed since
-        the rejected call was made, no refresh is needed.
-        """
+    ) -> None:
+        """After UNAUTHENTICATED: refresh :meth:`refreshable` credentials, unless their token
+        changed since ``rejected`` was sent; concurrent rejections share one refresh."""
         creds = self._resolve(credentials)
-        if not isinstance(creds, _CREDENTIALS_TYPES) or isinstance(creds, _UNREFRESHABLE):
-            return False
+        assert isinstance(creds, _CREDENTIALS_TYPES)
         creds = scoped(creds, self._scopes)
         current = creds.token
         if not (current and rejected is not None and rejected != "Bearer " + current):
             await _refresh.refresh(creds, deadline, self._token_session())
-        return True
 
     # ---- what the credentials say about themselves -----------------------------------
 

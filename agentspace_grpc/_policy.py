@@ -1,7 +1,7 @@
 """What a call does after a failed attempt, decided without I/O: retry, fall back, refresh, raise.
 
 :func:`decide` is a pure function of the error and of what the call loop knows (the attempt,
-the RPC, the time left, the mode and wire, whether the credentials were refreshed already);
+the RPC, the time left, the mode and wire, whether a credentials refresh can still help);
 :class:`Fallback` is ``auto`` mode's wire schedule, read and moved with the time passed in.
 The call loop in ``_client`` only carries the action out.
 """
@@ -108,7 +108,7 @@ def decide(
     time_left: float,
     mode: TransportMode,
     wire: Wire,
-    refreshed: bool,
+    can_refresh: bool,
     retry: RetryPolicy | None,
     draw: float,
 ) -> Action:
@@ -117,7 +117,7 @@ def decide(
     Args:
         time_left: Seconds until the call's deadline, now.
         mode: The client's transport mode; ``wire`` the one the attempt used.
-        refreshed: The credentials were refreshed once already in this call.
+        can_refresh: The credentials can be refreshed, and were not yet in this call.
         draw: A number in ``[0, 1)`` for the backoff's jitter.
     """
     if mode == "auto" and wire == "grpc":
@@ -129,7 +129,7 @@ def decide(
                 "may not match the service)"
             )
             return Action("fall back", reason=reason, incompatible=True)
-    if isinstance(error, Unauthenticated) and not refreshed:
+    if isinstance(error, Unauthenticated) and can_refresh:
         return REFRESH
     if retry is None or attempt >= retry.max_attempts or not retryable(error, row):
         return RAISE

@@ -51,7 +51,7 @@ EXPECTED: dict[type[errors.DataConnectorError], tuple[bool, bool, bool]] = {
     errors.ConnectFailed: (True, True, True),  # the request never left
     errors.ConnectionBroken: (False, False, True),  # the request may have been acted on
     errors.DataLoss: (False, False, False),
-    errors.Unauthenticated: (False, False, False),  # but refreshed once first
+    errors.Unauthenticated: (False, False, False),  # but refreshed first if that can help
 }
 
 
@@ -83,7 +83,7 @@ def test_the_action_for_each_error_row_route_time_left_and_refresh(
 ) -> None:
     falls_back, retried, retried_if_idempotent = EXPECTED[cls]
     cases = itertools.product((ACQUIRE, STORE, CHECK), ROUTES, (PLENTY, ALMOST_NONE), (False, True))
-    for row, (mode, wire), time_left, refreshed in cases:
+    for row, (mode, wire), time_left, can_refresh in cases:
         action = decide(
             error(cls),
             row=row,
@@ -91,16 +91,16 @@ def test_the_action_for_each_error_row_route_time_left_and_refresh(
             time_left=time_left,
             mode=mode,
             wire=wire,
-            refreshed=refreshed,
+            can_refresh=can_refresh,
             retry=POLICY,
             draw=0.5,
         )
-        case = f"{row.name} over {wire} in {mode} mode, {time_left} s left, refreshed={refreshed}"
+        case = f"{row.name} over {wire}, {mode} mode, {time_left} s left, {can_refresh=}"
         if falls_back and (mode, wire) == ("auto", "grpc"):
             assert action.kind == "fall back", case
             assert action.incompatible is (cls is errors.UndecodableAnswer), case
             assert action.reason.startswith(("gRPC cannot reach", "a gRPC answer cannot")), case
-        elif cls is errors.Unauthenticated and not refreshed:
+        elif cls is errors.Unauthenticated and can_refresh:
             assert action == Action("refresh"), case
         elif (retried_if_idempotent if row.idempotent else retried) and time_left == PLENTY:
             assert action == Action("retry", delay=0.5 * 0.2), case  # half of the 2nd bound
@@ -123,7 +123,7 @@ def decide_unavailable(
         time_left=time_left,
         mode="grpc",
         wire="grpc",
-        refreshed=False,
+        can_refresh=True,
         retry=retry,
         draw=draw,
     )
@@ -169,8 +169,8 @@ def test_no_retry_starts_without_time_for_an_attempt(
     assert decide_unavailable(retry_delay=retry_delay, time_left=time_left).kind == kind
 
 
-def test_a_refresh_comes_before_a_retry_and_only_once() -> None:
-    for refreshed, kind in ((False, "refresh"), (True, "raise")):
+def test_a_refresh_comes_before_a_retry_and_only_while_it_can_help() -> None:
+    for can_refresh, kind in ((True, "refresh"), (False, "raise")):
         action = decide(
             error(errors.Unauthenticated),
             row=CHECK,
@@ -178,7 +178,7 @@ def test_a_refresh_comes_before_a_retry_and_only_once() -> None:
             time_left=PLENTY,
             mode="auto",
             wire="grpc",
-            refreshed=refreshed,
+            can_refresh=can_refresh,
             retry=POLICY,
             draw=0.5,
         )

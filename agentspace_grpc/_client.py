@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import ssl
 import time
@@ -35,8 +34,6 @@ from agentspace_grpc._credentials import (
     check_credentials,
 )
 from agentspace_grpc._endpoints import (
-    EMULATOR_HOST_ENV,
-    EMULATOR_REST_ENV,
     Endpoints,
     emulator_variables,
 )
@@ -50,7 +47,15 @@ from agentspace_grpc._errors import (
 from agentspace_grpc._headers import Headers, build_headers, check_user_metadata
 from agentspace_grpc._loops import Loops, LoopState
 from agentspace_grpc._options import resolve as resolve_options
-from agentspace_grpc._policy import REFRESH, Fallback, RetryPolicy, TransportMode, decide
+from agentspace_grpc._policy import (
+    DEFAULT_TIMEOUT,
+    REFRESH,
+    Fallback,
+    RetryPolicy,
+    TransportMode,
+    deadline_after,
+    decide,
+)
 from agentspace_grpc._redact import redact, sent_secrets
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint
@@ -60,8 +65,6 @@ __all__ = ["DataConnectorClient", "RetryPolicy"]
 
 _log = logging.getLogger("agentspace_grpc")
 
-#: Seconds a call may take, all attempts included, when ``timeout`` is not given.
-DEFAULT_TIMEOUT: Final = 60.0
 _DEFAULT_RETRY: Final = RetryPolicy()
 _NAME_CACHE_SIZE: Final = 4096
 _HEADER_CACHE_SIZE: Final = 1024
@@ -116,25 +119,17 @@ class DataConnectorClient:
         universe_domain: str | None = None,
         client_options: object = None,
     ) -> None:
-        if transport not in ("auto", "grpc", "rest"):
-            raise UsageError(f"transport must be 'auto', 'grpc' or 'rest', not {transport!r}")
-        if not isinstance(insecure, bool):
-            raise UsageError("insecure must be True or False")
-        if not isinstance(single_flight, bool):
-            raise UsageError("single_flight must be True or False")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise UsageError("retry must be a RetryPolicy or None")
-        if quota_project is not None and (not isinstance(quota_project, str) or not quota_project):
-            raise UsageError("quota_project must be a non-empty string or None")
-        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise UsageError("ssl_context must be an ssl.SSLContext or None")
-        check_credentials(credentials)
         settings = resolve_options(
             client_options,
-            endpoint=endpoint,
+            transport=transport,
+            insecure=insecure,
+            single_flight=single_flight,
+            retry=retry,
             quota_project=quota_project,
-            universe_domain=universe_domain,
+            ssl_context=ssl_context,
             credentials=credentials,
+            endpoint=endpoint,
+            universe_domain=universe_domain,
         )
         endpoint, quota_project = settings.endpoint, settings.quota_project
         credentials = settings.credentials
@@ -157,16 +152,8 @@ class DataConnectorClient:
             ssl_context=ssl_context,
             universe=settings.universe,
         )
-        fixed = self._endpoints.fixed
-        if fixed is not None and fixed.grpc_target is None:
-            if transport == "grpc":
-                raise UsageError(
-                    f"{EMULATOR_REST_ENV} is set but {EMULATOR_HOST_ENV} is not: gRPC has no "
-                    "target; use transport='rest' or 'auto'"
-                )
-            transport = "rest"
         # The wire choice (auto mode's fallback), shared by the client's loops.
-        self._fallback = Fallback(transport)
+        self._fallback = Fallback(self._endpoints.mode(transport))
         self._loops = Loops(self._fallback, ssl_context)
         self._acquires: dict[
             tuple[str, str | None, str | None], tuple[Endpoint, _proto.AcquireAccessTokenRequest]
@@ -294,18 +281,6 @@ class DataConnectorClient:
                 _log.info("gRPC reaches the service again; leaving REST")
             return response
 
-    def _deadline(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> float:
-        if timeout is None:
-            return loop.time() + DEFAULT_TIMEOUT
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout <= 0
-        ):
-            raise UsageError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        return loop.time() + timeout
-
     # ---- public API ------------------------------------------------------------------
 
     async def acquire_access_token(
@@ -341,7 +316,7 @@ class DataConnectorClient:
         if timeout is None:
             deadline = loop.time() + DEFAULT_TIMEOUT
         else:
-            deadline = self._deadline(loop, timeout)
+            deadline = deadline_after(loop.time(), timeout)
         try:
             endpoint, request = self._acquires[name, scope, action]
         except (KeyError, TypeError):  # not seen yet, or unhashable (refused there)
@@ -383,7 +358,7 @@ class DataConnectorClient:
         """
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
-        deadline = self._deadline(loop, timeout)
+        deadline = deadline_after(loop.time(), timeout)
         endpoint = self._endpoints.for_name(_STORE, name)
         if not isinstance(full_redirect_uri, str) or not full_redirect_uri:
             raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
@@ -430,7 +405,7 @@ class DataConnectorClient:
         )
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
-        deadline = self._deadline(loop, timeout)
+        deadline = deadline_after(loop.time(), timeout)
         endpoint = self._endpoints.for_name(_CHECK, name)
         if credentials is not None:
             check_credentials(credentials)

@@ -19,6 +19,7 @@ import grpc
 
 from agentspace_grpc._errors import UsageError
 from agentspace_grpc._headers import USER_AGENT
+from agentspace_grpc._policy import TransportMode
 from agentspace_grpc._transports.base import Endpoint, format_host_port, is_loopback, proxy_for
 from agentspace_grpc._wire import Row, TranscodingError
 
@@ -101,6 +102,18 @@ class Endpoints:
             self.fixed = self._endpoint(target, tls, rest_base)
         elif emulator != (None, None):
             self.fixed = self._emulator(*emulator)
+
+    def mode(self, transport: TransportMode) -> TransportMode:
+        """The client's transport mode: REST only when the emulator variables give no gRPC
+        target (refused for ``transport="grpc"``)."""
+        if self.fixed is None or self.fixed.grpc_target is not None:
+            return transport
+        if transport == "grpc":
+            raise UsageError(
+                f"{EMULATOR_REST_ENV} is set but {EMULATOR_HOST_ENV} is not: gRPC has no "
+                "target; use transport='rest' or 'auto'"
+            )
+        return "rest"
 
     def for_name(self, row: Row, name: object) -> Endpoint:
         """Validate a connector name for ``row`` (no I/O) and choose its endpoint; cached."""

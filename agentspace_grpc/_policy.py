@@ -25,11 +25,21 @@ from agentspace_grpc._errors import (
 )
 from agentspace_grpc._wire import Row
 
-__all__ = ["MIN_ATTEMPT_SECONDS", "Action", "Fallback", "RetryPolicy", "decide"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MIN_ATTEMPT_SECONDS",
+    "Action",
+    "Fallback",
+    "RetryPolicy",
+    "deadline_after",
+    "decide",
+]
 
 TransportMode = Literal["grpc", "rest", "auto"]
 Wire = Literal["grpc", "rest"]
 
+#: Seconds a call may take, all attempts included, when ``timeout`` is not given.
+DEFAULT_TIMEOUT: Final = 60.0
 #: A retry is not started with less time than this left: it could only end in
 #: DEADLINE_EXCEEDED and hide the error that caused it.
 MIN_ATTEMPT_SECONDS: Final = 0.01
@@ -84,6 +94,20 @@ class RetryPolicy:
         """
         bound = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
         return bound * (random.random() if draw is None else draw)
+
+
+def deadline_after(now: float, timeout: float | None) -> float:
+    """The deadline of a call started at ``now`` with ``timeout`` seconds (None: the default)."""
+    if timeout is None:
+        return now + DEFAULT_TIMEOUT
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise UsageError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return now + timeout
 
 
 @dataclass(frozen=True, slots=True)

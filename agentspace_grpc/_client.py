@@ -194,7 +194,6 @@ class DataConnectorClient:
         deadline: float,
     ) -> Any:
         loop = asyncio.get_running_loop()
-        fallback = self._fallback
         attempt = 1
         refreshed = False
         while True:
@@ -202,12 +201,16 @@ class DataConnectorClient:
                 raise Cancelled(_CLOSED_MID_CALL)
             transport = state.fixed or (
                 state.rest
-                if fallback.rest_until and time.monotonic() < fallback.rest_until
+                if self._fallback.rest_until and time.monotonic() < self._fallback.rest_until
                 else state.grpc
             )
-            if fallback.rest_until and transport is state.grpc and state.probed != fallback.count:
+            if (
+                self._fallback.rest_until
+                and transport is state.grpc
+                and state.probed != self._fallback.count
+            ):
                 # The first gRPC call after a REST period probes on a new connection.
-                state.probed = fallback.count
+                state.probed = self._fallback.count
                 await state.grpc.fresh_channel(endpoint)
             ready = self._auth.ready(credentials)
             authorization = (
@@ -245,7 +248,7 @@ class DataConnectorClient:
                     row=row,
                     attempt=attempt,
                     time_left=deadline - loop.time(),
-                    mode=fallback.mode,
+                    mode=self._fallback.mode,
                     wire=transport.kind,
                     can_refresh=not refreshed and self._auth.refreshable(credentials),
                     retry=self._retry,
@@ -256,7 +259,9 @@ class DataConnectorClient:
                     await self._auth.refresh_rejected(credentials, authorization, deadline)
                     continue
                 if action.kind == "fall back":
-                    period = fallback.fall_back(time.monotonic(), incompatible=action.incompatible)
+                    period = self._fallback.fall_back(
+                        time.monotonic(), incompatible=action.incompatible
+                    )
                     if period is not None:
                         _log.warning(
                             "using REST instead of gRPC for %.0f s: %s", period, action.reason
@@ -276,8 +281,8 @@ class DataConnectorClient:
                 if isinstance(exc, AuthorizationRequired) and exc.principal is None:
                     exc.principal = self._auth.principal_hint(credentials)
                 raise
-            if fallback.rest_until and transport is state.grpc:
-                fallback.recovered()
+            if self._fallback.rest_until and transport is state.grpc:
+                self._fallback.recovered()
                 _log.info("gRPC reaches the service again; leaving REST")
             return response
 
@@ -309,10 +314,9 @@ class DataConnectorClient:
             UsageError: Bad arguments, before any I/O.
         """
         loop = asyncio.get_running_loop()
-        loops = self._loops
-        state = loops.last_state if loop is loops.last_loop else None
+        state = self._loops.last_state if loop is self._loops.last_loop else None
         if state is None:
-            state = loops.get(loop)
+            state = self._loops.get(loop)
         if timeout is None:
             deadline = loop.time() + DEFAULT_TIMEOUT
         else:

@@ -1,31 +1,28 @@
-"""``DataConnectorClient``: DataConnectorService's token methods, awaited from asyncio.
-
-One client serves many end users: the credentials passed to a call override the client's
-default, and every call on a loop shares that loop's channel (gRPC) or session (REST).
+"""``DataConnectorClient``: the token methods of DataConnectorService and AuthorizationService,
+awaited from asyncio. One client serves many end users (per-call credentials), and every call
+on a loop shares that loop's channel (gRPC) or session (REST).
 
 The public methods check their arguments (no I/O), choose the endpoint (``_endpoints``) and
-the loop's state (``_loops``), and run :meth:`DataConnectorClient._invoke`, the call loop:
-resolve the ``authorization`` header, send over the wire with the time left, and after a failure
-carry out what :func:`~agentspace_grpc._policy.decide` says (fall back to REST, refresh the
-credentials once, retry after a wait, or raise). Identical concurrent acquires share one run of
-it (``_flights``).
+the loop's state (``_loops``), and hand the call to :class:`~agentspace_grpc._calls.CallLoop`,
+which carries out what :func:`~agentspace_grpc._policy.decide` says after a failure. Identical
+concurrent acquires share one call (``_flights``); an opt-in :class:`~agentspace_grpc.TokenCache`
+answers repeated acquires with nothing sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 import ssl
-import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, final
 
 from google.protobuf import message
 
 from agentspace_grpc import _proto
+from agentspace_grpc._cache import TokenCache, cache_key
+from agentspace_grpc._calls import CallLoop
 from agentspace_grpc._credentials import (
     DEFAULT_IDENTITY,
     PENDING,
@@ -33,51 +30,44 @@ from agentspace_grpc._credentials import (
     CredentialsLike,
     check_credentials,
 )
-from agentspace_grpc._endpoints import (
-    Endpoints,
-    emulator_variables,
-)
-from agentspace_grpc._errors import (
-    AuthorizationRequired,
-    Cancelled,
-    DataConnectorError,
-    DeadlineExceeded,
-    UsageError,
-)
-from agentspace_grpc._headers import Headers, build_headers, check_user_metadata
-from agentspace_grpc._loops import Loops, LoopState
+from agentspace_grpc._endpoints import Endpoints, emulator_variables
+from agentspace_grpc._errors import UsageError
+from agentspace_grpc._headers import check_user_metadata
+from agentspace_grpc._loops import Loops
 from agentspace_grpc._options import resolve as resolve_options
 from agentspace_grpc._policy import (
     DEFAULT_TIMEOUT,
-    REFRESH,
     Fallback,
     RetryPolicy,
     TransportMode,
     deadline_after,
-    decide,
 )
-from agentspace_grpc._redact import redact, sent_secrets
+from agentspace_grpc._status import ConnectionStatus, connection_status
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint
 from agentspace_grpc._wire import ROWS, Row
 
 __all__ = ["DataConnectorClient", "RetryPolicy"]
 
-_log = logging.getLogger("agentspace_grpc")
-
 _DEFAULT_RETRY: Final = RetryPolicy()
 _NAME_CACHE_SIZE: Final = 4096
-_HEADER_CACHE_SIZE: Final = 1024
-_CLOSED_MID_CALL: Final = "the client was closed while the call was in flight"
 
 _ACQUIRE: Final = ROWS["AcquireAccessToken"]
 _STORE: Final = ROWS["AcquireAndStoreRefreshToken"]
 _CHECK: Final = ROWS["CheckRefreshToken"]
+_ACQUIRE_USER: Final = ROWS["AcquireUserAuthorization"]
+_STORE_USER: Final = ROWS["StoreUserAuthorization"]
+
+
+def _check_redirect_uri(uri: object) -> None:
+    if not isinstance(uri, str) or not uri:
+        raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
 
 
 @final
 class DataConnectorClient:
-    """Async client of DataConnectorService's token methods, over gRPC or REST.
+    """Async client of the token methods of DataConnectorService (data connectors) and
+    AuthorizationService (authorizations), over gRPC or REST.
 
     Args:
         transport: "auto" (gRPC, falling back to REST when gRPC cannot reach the service),
@@ -102,6 +92,8 @@ class DataConnectorClient:
         client_options: A ``google.api_core`` ``ClientOptions`` or a dict: ``api_endpoint``,
             ``quota_project_id``, ``universe_domain``, ``scopes`` (default cloud-platform) and
             ``credentials_file`` are honoured; any other option that is set is refused.
+        token_cache: A :class:`TokenCache` to serve repeated acquires from memory (default
+            None: every acquire asks the service).
     """
 
     def __init__(
@@ -118,6 +110,7 @@ class DataConnectorClient:
         ssl_context: ssl.SSLContext | None = None,
         universe_domain: str | None = None,
         client_options: object = None,
+        token_cache: TokenCache | None = None,
     ) -> None:
         settings = resolve_options(
             client_options,
@@ -134,7 +127,10 @@ class DataConnectorClient:
         endpoint, quota_project = settings.endpoint, settings.quota_project
         credentials = settings.credentials
 
+        if token_cache is not None and not isinstance(token_cache, TokenCache):
+            raise UsageError("token_cache must be a TokenCache or None")
         emulator = emulator_variables() if endpoint is None else (None, None)
+        self._token_cache = token_cache
         self._retry = retry
         self._single_flight = single_flight
         self._quota_project = quota_project
@@ -156,15 +152,13 @@ class DataConnectorClient:
         self._fallback = Fallback(self._endpoints.mode(transport))
         self._loops = Loops(self._fallback, ssl_context)
         self._acquires: dict[
-            tuple[str, str | None, str | None], tuple[Endpoint, _proto.AcquireAccessTokenRequest]
+            tuple[Row, str, str | None, str | None], tuple[Endpoint, message.Message]
         ] = {}
-        self._headers: dict[tuple[str | None, str, Headers, str], Headers] = {}
-
-    # ---- the call loop ---------------------------------------------------------------
+        self._calls = CallLoop(self._auth, self._fallback, retry, quota_project)
 
     def _acquire_request(
-        self, name: str, scope: str | None, action: str | None
-    ) -> tuple[Endpoint, _proto.AcquireAccessTokenRequest]:
+        self, row: Row, name: str, scope: str | None, action: str | None
+    ) -> tuple[Endpoint, message.Message]:
         """Validate an acquire's arguments (no I/O), choose the endpoint and build the request.
 
         Cached: acquires repeat, and a request is never modified once built.
@@ -173,118 +167,18 @@ class DataConnectorClient:
             raise UsageError("scope must be a string or None")
         if action is not None and not isinstance(action, str):
             raise UsageError("action must be a string or None")
-        endpoint = self._endpoints.for_name(_ACQUIRE, name)
-        request = _proto.AcquireAccessTokenRequest(
-            name=name, scope=scope or "", action=action or ""
-        )
+        endpoint = self._endpoints.for_name(row, name)
+        request: message.Message
+        if row is _ACQUIRE:
+            request = _proto.AcquireAccessTokenRequest(
+                name=name, scope=scope or "", action=action or ""
+            )
+        else:
+            request = _proto.AcquireUserAuthorizationRequest(name=name)
         if len(self._acquires) >= _NAME_CACHE_SIZE:
             self._acquires.clear()
-        self._acquires[name, scope, action] = endpoint, request
+        self._acquires[row, name, scope, action] = endpoint, request
         return endpoint, request
-
-    async def _invoke(
-        self,
-        row: Row,
-        request: message.Message,
-        name: str,
-        credentials: CredentialsLike,
-        extra: Headers,
-        state: LoopState,
-        endpoint: Endpoint,
-        deadline: float,
-    ) -> Any:
-        loop = asyncio.get_running_loop()
-        attempt = 1
-        refreshed = False
-        while True:
-            if state.closed:
-                raise Cancelled(_CLOSED_MID_CALL)
-            transport = state.fixed or (
-                state.rest
-                if self._fallback.rest_until and time.monotonic() < self._fallback.rest_until
-                else state.grpc
-            )
-            if (
-                self._fallback.rest_until
-                and transport is state.grpc
-                and state.probed != self._fallback.count
-            ):
-                # The first gRPC call after a REST period probes on a new connection.
-                state.probed = self._fallback.count
-                await state.grpc.fresh_channel(endpoint)
-            ready = self._auth.ready(credentials)
-            authorization = (
-                await self._auth.authorization(credentials, deadline) if ready is PENDING else ready
-            )
-            headers_key = (authorization, name, extra, transport.kind)
-            headers = self._headers.get(headers_key)
-            if headers is None:
-                # The quota project follows the credentials; one token comes from one
-                # credentials object, so the token identifies it well enough for the cache.
-                headers = build_headers(
-                    wire=transport.kind,
-                    authorization=authorization,
-                    name=name,
-                    quota_project=self._quota_project or self._auth.quota_project(credentials),
-                    extra=extra,
-                )
-                if len(self._headers) >= _HEADER_CACHE_SIZE:
-                    self._headers.clear()
-                self._headers[headers_key] = headers
-            time_left = deadline - loop.time()
-            if time_left <= 0:
-                raise DeadlineExceeded(
-                    "the call's deadline passed before an attempt could start",
-                    transport=transport.kind,
-                )
-            try:
-                response = await transport.call(row, endpoint, request, headers, time_left)
-            except DataConnectorError as exc:
-                redact(exc, sent_secrets(request, authorization))
-                if state.closed:
-                    raise Cancelled(_CLOSED_MID_CALL, transport=transport.kind) from exc
-                action = decide(
-                    exc,
-                    row=row,
-                    attempt=attempt,
-                    time_left=deadline - loop.time(),
-                    mode=self._fallback.mode,
-                    wire=transport.kind,
-                    can_refresh=not refreshed and self._auth.refreshable(credentials),
-                    retry=self._retry,
-                    draw=random.random(),
-                )
-                if action is REFRESH:
-                    refreshed = True
-                    await self._auth.refresh_rejected(credentials, authorization, deadline)
-                    continue
-                if action.kind == "fall back":
-                    period = self._fallback.fall_back(
-                        time.monotonic(), incompatible=action.incompatible
-                    )
-                    if period is not None:
-                        _log.warning(
-                            "using REST instead of gRPC for %.0f s: %s", period, action.reason
-                        )
-                    continue
-                if action.kind == "retry":
-                    _log.debug(
-                        "%s attempt %d failed (%s); retrying in %.3f s",
-                        row.name,
-                        attempt,
-                        exc.code.name,
-                        action.delay,
-                    )
-                    await asyncio.sleep(action.delay)
-                    attempt += 1
-                    continue
-                if isinstance(exc, AuthorizationRequired) and exc.principal is None:
-                    exc.principal = self._auth.principal_hint(credentials)
-                raise
-            if self._fallback.rest_until and transport is state.grpc:
-                self._fallback.recovered()
-                _log.info("gRPC reaches the service again; leaving REST")
-            return response
 
     # ---- public API ------------------------------------------------------------------
 
@@ -313,6 +207,38 @@ class DataConnectorClient:
             DataConnectorError: Any other failure (see the exception tree).
             UsageError: Bad arguments, before any I/O.
         """
+        return await self._acquire(_ACQUIRE, name, scope, action, credentials, timeout, metadata)
+
+    async def acquire_user_authorization(
+        self,
+        name: str,
+        *,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AccessToken:
+        """The end user's access token from authorization ``name``
+        (``projects/*/locations/*/authorizations/*``); the other arguments as for
+        :meth:`acquire_access_token`.
+
+        Raises:
+            AuthorizationRequired: The user must (re)authorize: send them to its
+                ``authorization_uri``, then call :meth:`store_user_authorization`.
+            DataConnectorError, UsageError: As for :meth:`acquire_access_token`.
+        """
+        return await self._acquire(_ACQUIRE_USER, name, None, None, credentials, timeout, metadata)
+
+    async def _acquire(
+        self,
+        row: Row,
+        name: str,
+        scope: str | None,
+        action: str | None,
+        credentials: CredentialsLike,
+        timeout: float | None,  # noqa: ASYNC109 - the call's overall deadline
+        metadata: Sequence[tuple[str, str]],
+    ) -> AccessToken:
+        """Either acquire: validated before any I/O, identical concurrent ones share a call."""
         loop = asyncio.get_running_loop()
         state = self._loops.last_state if loop is self._loops.last_loop else None
         if state is None:
@@ -322,25 +248,78 @@ class DataConnectorClient:
         else:
             deadline = deadline_after(loop.time(), timeout)
         try:
-            endpoint, request = self._acquires[name, scope, action]
+            endpoint, request = self._acquires[row, name, scope, action]
         except (KeyError, TypeError):  # not seen yet, or unhashable (refused there)
-            endpoint, request = self._acquire_request(name, scope, action)
+            endpoint, request = self._acquire_request(row, name, scope, action)
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
+        cache = self._token_cache
+        if cache is not None:
+            # Keyed by the header the call would send: refresh the credentials first if due.
+            authorization = self._auth.ready(credentials)
+            if authorization is PENDING:
+                authorization = await self._auth.authorization(credentials, deadline)
+            key = cache_key(name, scope, action, authorization)
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
         if self._single_flight:
             identity = DEFAULT_IDENTITY if credentials is None else credentials
             token: AccessToken = await state.flights.run(
-                (name, scope, action, identity, extra),
+                (row, name, scope, action, key if cache is not None else identity, extra),
                 deadline,
-                self._invoke,
-                (_ACQUIRE, request, name, credentials, extra, state, endpoint),
+                self._calls.run,
+                (row, request, name, credentials, extra, state, endpoint),
             )
-            return token
-        token = await self._invoke(
-            _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
-        )
+        else:
+            token = await self._calls.run(
+                row, request, name, credentials, extra, state, endpoint, deadline
+            )
+        if cache is not None:
+            cache.put(key, token)
         return token
+
+    def invalidate(self, token: AccessToken | str) -> None:
+        """Drop ``token`` from the token cache, after the third party rejected it.
+
+        The next acquire asks the service again, which may still answer with the same token
+        from its own cache: a second rejection means the user must authorize again. Without
+        a token cache this does nothing.
+        """
+        value = token.access_token if isinstance(token, AccessToken) else token
+        if not isinstance(value, str):
+            raise UsageError("invalidate() takes the AccessToken (or its token string)")
+        if self._token_cache is not None:
+            self._token_cache.discard(value)
+
+    async def connection_status(
+        self,
+        name: str,
+        *,
+        scope: str | None = None,
+        action: str | None = None,
+        credentials: CredentialsLike = None,
+        consent_uri: Callable[[str, CredentialsLike], Awaitable[str]] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+    ) -> ConnectionStatus:
+        """Whether the end user behind ``credentials`` can use ``name`` (a connector or an
+        authorization) now, from an acquire whose token is discarded (never CheckRefreshToken).
+
+        ``consent_uri``, an ``async (resource, credentials) -> str``, builds the URL for
+        :attr:`ConnectionStatus.authorization_uri` when consent is needed. Errors that say
+        nothing about the connection (bad credentials, an unknown name) are raised.
+        """
+        return await connection_status(
+            self,
+            name,
+            scope=scope,
+            action=action,
+            credentials=credentials,
+            effective=self._auth.effective(credentials),
+            consent_uri=consent_uri,
+            timeout=timeout,
+        )
 
     async def store_refresh_token(
         self,
@@ -360,27 +339,19 @@ class DataConnectorClient:
         Returns:
             The third party's extra token-answer fields (``additional_oauth_responses``).
         """
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        deadline = deadline_after(loop.time(), timeout)
-        endpoint = self._endpoints.for_name(_STORE, name)
-        if not isinstance(full_redirect_uri, str) or not full_redirect_uri:
-            raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
+        _check_redirect_uri(full_redirect_uri)
         if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
             raise UsageError("scopes must be a sequence of strings (not one string)")
         if instance_uri is not None and not isinstance(instance_uri, str):
             raise UsageError("instance_uri must be a string or None")
-        if credentials is not None:
-            check_credentials(credentials)
-        request = _proto.AcquireAndStoreRefreshTokenRequest(
-            name=name,
+        response: _proto.AcquireAndStoreRefreshTokenResponse = await self._call(
+            _STORE,
+            name,
+            credentials,
+            timeout,
             scopes=list(scopes),
             full_redirect_uri=full_redirect_uri,
             instance_uri=instance_uri or "",
-        )
-        response: _proto.AcquireAndStoreRefreshTokenResponse
-        response = await self._invoke(
-            _STORE, request, name, credentials, (), state, endpoint, deadline
         )
         extra: dict[str, str | int | bool] = {}
         for item in response.additional_oauth_responses:
@@ -388,6 +359,25 @@ class DataConnectorClient:
             if kind is not None:
                 extra[item.key] = getattr(item, kind)
         return extra
+
+    async def store_user_authorization(
+        self,
+        name: str,
+        full_redirect_uri: str,
+        *,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+    ) -> None:
+        """Store the end user's authorization of ``name`` (AuthorizationService).
+
+        Call it, with the credentials of the user who authorized, with the full URI the
+        authorization URI redirected them to: the service exchanges the code in it and files
+        the result under the caller's identity.
+        """
+        _check_redirect_uri(full_redirect_uri)
+        await self._call(
+            _STORE_USER, name, credentials, timeout, full_redirect_uri=full_redirect_uri
+        )
 
     async def check_refresh_token(
         self,
@@ -407,18 +397,29 @@ class DataConnectorClient:
             DeprecationWarning,
             stacklevel=2,
         )
+        response: _proto.CheckRefreshTokenResponse = await self._call(
+            _CHECK, name, credentials, timeout
+        )
+        return tuple(response.refresh_token_info.scopes)
+
+    async def _call(
+        self,
+        row: Row,
+        name: str,
+        credentials: CredentialsLike,
+        timeout: float | None,  # noqa: ASYNC109 - the call's overall deadline
+        **fields: object,
+    ) -> Any:
+        """One call of a method that is not an acquire, after its arguments are checked (the
+        name and the credentials here, before any I/O)."""
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         deadline = deadline_after(loop.time(), timeout)
-        endpoint = self._endpoints.for_name(_CHECK, name)
+        endpoint = self._endpoints.for_name(row, name)
         if credentials is not None:
             check_credentials(credentials)
-        request = _proto.CheckRefreshTokenRequest(name=name)
-        response: _proto.CheckRefreshTokenResponse
-        response = await self._invoke(
-            _CHECK, request, name, credentials, (), state, endpoint, deadline
-        )
-        return tuple(response.refresh_token_info.scopes)
+        request = row.request_class(**{row.field: name}, **fields)
+        return await self._calls.run(row, request, name, credentials, (), state, endpoint, deadline)
 
     async def aclose(self) -> None:
         """Close connections promptly (calls in flight end with Cancelled); idempotent."""

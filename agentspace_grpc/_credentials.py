@@ -118,6 +118,12 @@ class Authorizer:
         self._session: requests.Session | None = None
         self._last: tuple[str, str] | None = None  # (token, header) of the last call
 
+    def effective(self, credentials: CredentialsLike) -> CredentialsLike:
+        """The credentials a call with ``credentials`` uses (the default, or ADC once found)."""
+        if credentials is not None:
+            return credentials
+        return self._default if self._default is not None else self._adc
+
     # ---- the header ------------------------------------------------------------------
 
     def ready(self, credentials: CredentialsLike) -> str | _Pending | None:

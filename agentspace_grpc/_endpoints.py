@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from agentspace_grpc import _proto
 from agentspace_grpc._errors import UsageError
 from agentspace_grpc._headers import USER_AGENT
 from agentspace_grpc._policy import TransportMode
 from agentspace_grpc._transports.base import Endpoint, format_host_port, is_loopback, proxy_for
-from agentspace_grpc._wire import Row, TranscodingError
+from agentspace_grpc._wire import ROWS, Row, TranscodingError
 
 __all__ = [
     "EMULATOR_HOST_ENV",
@@ -60,6 +61,37 @@ _BASE_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
 def emulator_variables() -> tuple[str | None, str | None]:
     """The emulator variables' values (gRPC ``host:port``, REST base URL); unset or empty: None."""
     return os.environ.get(EMULATOR_HOST_ENV) or None, os.environ.get(EMULATOR_REST_ENV) or None
+
+
+# The names each service's methods take, and for each RPC the client method that takes a name
+# of the other kind, so that a name passed to the wrong method gets an error naming the right one.
+_KIND: Final = {
+    _proto.SERVICE.full_name: "a data connector",
+    _proto.AUTHORIZATION_SERVICE.full_name: "an authorization",
+}
+_METHOD: Final = {
+    "AcquireAccessToken": "acquire_access_token",
+    "AcquireAndStoreRefreshToken": "store_refresh_token",
+    "CheckRefreshToken": "check_refresh_token",
+    "AcquireUserAuthorization": "acquire_user_authorization",
+    "StoreUserAuthorization": "store_user_authorization",
+}
+_OTHER_KIND: Final = {
+    "AcquireAccessToken": "AcquireUserAuthorization",
+    "AcquireAndStoreRefreshToken": "StoreUserAuthorization",
+    "CheckRefreshToken": "AcquireUserAuthorization",
+    "AcquireUserAuthorization": "AcquireAccessToken",
+    "StoreUserAuthorization": "AcquireAndStoreRefreshToken",
+}
+
+
+def _expand_problem(row: Row, name: str) -> str | None:
+    """Why ``name`` cannot be ``row``'s path value, or None when it can."""
+    try:
+        row.expand(name)
+    except TranscodingError as exc:
+        return str(exc)
+    return None
 
 
 class Endpoints:
@@ -116,17 +148,23 @@ class Endpoints:
         return "rest"
 
     def for_name(self, row: Row, name: object) -> Endpoint:
-        """Validate a connector name for ``row`` (no I/O) and choose its endpoint; cached."""
+        """Validate a resource name for ``row`` (no I/O) and choose its endpoint; cached."""
+        kind = _KIND[row.service]
         if not isinstance(name, str):
-            raise UsageError(f"name must be a data connector resource name, not {type(name)}")
+            raise UsageError(f"name must be {kind} resource name, not {type(name)}")
         key = (row.name, name)
         endpoint = self._names.get(key)
         if endpoint is not None:
             return endpoint
-        try:
-            row.expand(name)
-        except TranscodingError as exc:
-            raise UsageError(f"invalid data connector name: {exc}") from None
+        problem = _expand_problem(row, name)
+        if problem is not None:
+            other = ROWS[_OTHER_KIND[row.name]]
+            if _expand_problem(other, name) is None:
+                raise UsageError(
+                    f"{_METHOD[row.name]}() takes {kind} name, and {name!r} is "
+                    f"{_KIND[other.service]} name: call {_METHOD[other.name]}()"
+                )
+            raise UsageError(f"invalid {kind.partition(' ')[2]} name: {problem}")
         endpoint = self.fixed
         if endpoint is None:
             segments = name.split("/")

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 from google.protobuf import json_format, message
 
-from agentspace_grpc._errors import DETAILS_FILE, DataConnectorError
+from agentspace_grpc._errors import DETAILS_FILE, REDACTED, DataConnectorError
 
 __all__ = ["REDACTED", "redact", "sent_secrets"]
 
@@ -33,8 +33,6 @@ def sent_secrets(request: message.Message, authorization: str | None) -> list[st
     return sent
 
 
-#: What replaces a secret in server-supplied text.
-REDACTED: Final = "[redacted]"
 # Shorter values are not searched for: no real token or code is that short, and replacing
 # them would erase ordinary words of the messages.
 _MIN_SECRET: Final = 8

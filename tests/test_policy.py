@@ -64,7 +64,7 @@ def error(
         delay.FromNanoseconds(int(retry_delay * 1e9))
         details = (error_details_pb2.RetryInfo(retry_delay=delay),)
     if cls is errors.AuthorizationRequired:
-        return cls("no grant", connector="c", details=details)
+        return cls("no grant", resource="c", details=details)
     return cls("failed", details=details)
 
 

@@ -97,7 +97,7 @@ async def test_grpc_is_probed_again_after_a_bounded_interval(
 ) -> None:
     clock = _Clock()
     monkeypatch.setattr(
-        "agentspace_grpc._client.time", types.SimpleNamespace(monotonic=clock.monotonic)
+        "agentspace_grpc._calls.time", types.SimpleNamespace(monotonic=clock.monotonic)
     )
     async with TcpProxy(servers.grpc_port) as proxy:
         await proxy.refuse()

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "two users: consent, store, acquire over gRPC and REST, a cache hit, an expiry and "
         "a refresh-token rotation, the users' tokens kept apart, an authorization from its "
         "consent URI to a cached token, and an error. Tokens are "
-        "shown only as fingerprints. Takes about 5 seconds; exit status 0 when every step "
+        "shown only as fingerprints. Takes about 6 seconds; exit status 0 when every step "
         "behaved as described, 1 otherwise.",
     )
     parser.add_argument(

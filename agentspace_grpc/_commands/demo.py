@@ -3,7 +3,8 @@
 Starts an :class:`~agentspace_grpc.emulator.Emulator` in this process (temporary data
 directory, free ports) whose built-in provider issues short-lived access tokens, then walks
 through consent, store, acquire over gRPC and REST, a cache hit, an expiry with a refresh-token
-rotation, two users kept apart and one error, printing each step. Every claim it prints is
+rotation, two users kept apart, an authorization (its consent URI followed like a browser, store,
+acquire, a cache hit) and one error, printing each step. Every claim it prints is
 checked against what the emulator reports (its public stats and the provider's userinfo
 endpoint); if one does not hold, the demo says so and exits with status 1. Tokens appear only as
 fingerprints.
@@ -45,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="walk through the whole flow for two users against the embedded emulator",
         description="Start the emulator in this process and walk through the token flow for "
         "two users: consent, store, acquire over gRPC and REST, a cache hit, an expiry and "
-        "a refresh-token rotation, the users' tokens kept apart, and an error. Tokens are "
-        "shown only as fingerprints. Takes about 5 seconds; exit status 0 when every step "
+        "a refresh-token rotation, the users' tokens kept apart, an authorization from its "
+        "consent URI to a cached token, and an error. Tokens are "
+        "shown only as fingerprints. Takes about 6 seconds; exit status 0 when every step "
         "behaved as described, 1 otherwise.",
     )
     parser.add_argument(
@@ -155,28 +157,36 @@ class _Walkthrough:
                 await self.cache_hit(first)
                 await self.users_apart(first)
                 rotated = await self.expiry_and_rotation(first)
+                await self.authorization()
                 await self.error_case()
                 total = await self.refreshes()
         _say(
-            f"\nDone in {time.monotonic() - started:.1f} s: two users, one connector, "
-            f"{total} upstream refresh{'es' if total != 1 else ''}; alice's current token is "
-            f"{_fp(rotated)}."
+            f"\nDone in {time.monotonic() - started:.1f} s: two users, one connector and one "
+            f"authorization, {total} upstream refresh{'es' if total != 1 else ''}."
         )
+        _say(f"alice's current token for the connector is {_fp(rotated)}.")
         _say("No token was printed in clear.")
 
     def introduce(self) -> None:
-        _say("agentspace-grpc demo: one data connector, two users, the embedded emulator")
         _say(
-            f"  emulator   gRPC {self.emu.grpc_target}, REST {self.emu.http_url} (in this process)"
+            "agentspace-grpc demo: one data connector, one authorization, two users, the "
+            "embedded emulator"
         )
-        _say(f"  connector  {self.emu.connector}")
         _say(
-            "             backed by the emulator's built-in OAuth provider, whose access tokens "
-            f"live {self.lifetime:g} s"
+            f"  emulator       gRPC {self.emu.grpc_target}, REST {self.emu.http_url} "
+            "(in this process)"
         )
-        _say("  tokens     shown only as [fingerprints]: the first 8 hex digits of their SHA-256")
+        _say(f"  connector      {self.emu.connector}")
+        _say(f"  authorization  {self.emu.authorization}")
         _say(
-            "  clients    one DataConnectorClient per wire, shared by both users "
+            "                 both backed by the emulator's built-in OAuth provider, whose "
+            f"access tokens live {self.lifetime:g} s"
+        )
+        _say(
+            "  tokens         shown only as [fingerprints]: the first 8 hex digits of their SHA-256"
+        )
+        _say(
+            "  clients        one DataConnectorClient per wire, shared by both users "
             "(credentials= per call)"
         )
 
@@ -284,6 +294,69 @@ class _Walkthrough:
             f"again ({_fp(cached)}, refreshes still {after})"
         )
         return new
+
+    async def follow_like_a_browser(self, uri: str) -> list[str]:
+        """Opens ``uri`` with no credentials, following redirects until one leaves the
+        emulator (the redirect URI, which the browser would load at Google): every URL."""
+        assert self.http is not None
+        visited = [uri]
+        while visited[-1].startswith(f"{self.emu.http_url}/"):
+            _expect(len(visited) < 10, "the consent URI redirects in a loop")
+            async with self.http.get(visited[-1], allow_redirects=False) as response:
+                _expect(response.status in (302, 303), f"HTTP {response.status} at {visited[-1]}")
+                visited.append(response.headers["Location"])
+        return visited
+
+    async def authorization(self) -> None:
+        from agentspace_grpc import AuthorizationRequired
+
+        self.heading("An authorization: consent URI, store, acquire, a cache hit")
+        name, alice = self.emu.authorization, self.credentials[ALICE]
+        try:
+            await self.rest.acquire_user_authorization(name, credentials=alice, timeout=30)
+            raise DemoFailed(f"{ALICE} got an authorization's token without consenting")
+        except AuthorizationRequired as exc:
+            uri = exc.authorization_uri
+        _expect(uri is not None, "AcquireUserAuthorization answered with no authorization URI")
+        assert uri is not None
+        _say(
+            f"   {ALICE} over REST: AcquireUserAuthorization answers with an authorization URI "
+            f"(AuthorizationRequired.authorization_uri): {uri.partition('?')[0]}?state=..."
+        )
+        visited = await self.follow_like_a_browser(uri)
+        hops = " -> ".join(urlsplit(url).path for url in visited[:-1])
+        back = urlsplit(visited[-1])
+        _expect("code" in parse_qs(back.query), "the consent came back without a code")
+        _say(
+            f"   a browser with no Google credentials opens it: {hops} -> back to "
+            f"{back.scheme}://{back.netloc}{back.path}?code=...&state=..."
+        )
+        stored_before = (await self.emu.stats()).get("grants_stored", 0)
+        await self.grpc.store_user_authorization(name, visited[-1], credentials=alice, timeout=30)
+        stored = (await self.emu.stats()).get("grants_stored", 0)
+        _expect(stored == stored_before + 1, "StoreUserAuthorization stored no grant")
+        _say(f"   StoreUserAuthorization over gRPC: grants stored {stored_before} -> {stored}")
+        token = await self.grpc.acquire_user_authorization(name, credentials=alice, timeout=30)
+        status, info = await self.userinfo(token)
+        _expect(status == 200 and info.get("email") == ALICE, "the token is not alice's")
+        _say(
+            f"   AcquireUserAuthorization: token {_fp(token)}, scopes {' '.join(token.scopes)}; "
+            f"the provider says it is {info['email']}"
+        )
+        before = await self.refreshes()
+        committed_before = (await self.emu.stats()).get("upstream_refreshes_committed", 0)
+        again = await self.rest.acquire_user_authorization(name, credentials=alice, timeout=30)
+        after = await self.refreshes()
+        committed = (await self.emu.stats()).get("upstream_refreshes_committed", 0)
+        _expect(again.access_token == token.access_token, "the repeated acquire got a new token")
+        _expect(
+            (after, committed) == (before, committed_before),
+            "the repeated acquire went to the provider",
+        )
+        _say(
+            f"   again over REST: token {_fp(again)}, served from the cache; provider refreshes "
+            f"still {after}"
+        )
 
     async def error_case(self) -> None:
         from agentspace_grpc import AuthorizationRequired

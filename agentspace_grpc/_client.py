@@ -52,7 +52,8 @@ from agentspace_grpc._errors import (
     UsageError,
     redact,
 )
-from agentspace_grpc._headers import API_CLIENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._headers import USER_AGENT, Headers, build_headers, check_user_metadata
+from agentspace_grpc._options import resolve as resolve_options
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
 from agentspace_grpc._transports.base import format_host_port, is_loopback, proxy_for
@@ -72,12 +73,10 @@ EMULATOR_REST_ENV: Final = "AGENTSPACE_EMULATOR_REST"
 #: Set to 1 to allow emulator variables that name a non-loopback host.
 EMULATOR_INSECURE_ENV: Final = "AGENTSPACE_EMULATOR_INSECURE"
 
-_DEFAULT_HOST: Final = "discoveryengine.googleapis.com"
-# The multi-region locations have their own hosts (the service's documented endpoints).
-_REGIONAL_HOSTS: Final = {
-    "us": "us-discoveryengine.googleapis.com",
-    "eu": "eu-discoveryengine.googleapis.com",
-}
+# The service's host is <label>.<universe domain>; the multi-region locations have their own
+# labels (the service's documented endpoints).
+_DEFAULT_LABEL: Final = "discoveryengine"
+_REGIONAL_LABELS: Final = {"us": "us-discoveryengine", "eu": "eu-discoveryengine"}
 # After falling back to REST in auto mode, gRPC is tried again after this long (doubling).
 _REPROBE_FIRST: Final = 30.0
 _REPROBE_MAX: Final = 600.0
@@ -207,7 +206,7 @@ def _root_certificates(context: ssl.SSLContext | None) -> bytes | None:
 
 
 _BASE_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
-    ("grpc.primary_user_agent", API_CLIENT.rsplit(" ", 1)[-1]),
+    ("grpc.primary_user_agent", USER_AGENT["grpc"]),
     # Pings only while calls are in flight, rarely enough not to earn GOAWAY too_many_pings.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
@@ -454,9 +453,10 @@ class DataConnectorClient:
     Args:
         transport: "auto" (gRPC, falling back to REST when gRPC cannot reach the service),
             "grpc" or "rest".
-        credentials: The default credentials: a google-auth ``Credentials``, an access-token
-            string, or None for Application Default Credentials (cloud-platform scope; not
-            looked up when an emulator variable is set). Each call may pass its own.
+        credentials: The default credentials: a google-auth ``Credentials`` (synchronous or
+            ``google.auth.aio``), an access-token string, or None for Application Default
+            Credentials (cloud-platform scope; not looked up when an emulator variable is
+            set). Each call may pass its own.
         endpoint: ``host[:port]`` serving both wires (default: the emulator variables when
             set, refused for a non-loopback host unless ``AGENTSPACE_EMULATOR_INSECURE=1``;
             else Discovery Engine, with the ``us`` / ``eu`` hosts chosen from the name).
@@ -467,6 +467,12 @@ class DataConnectorClient:
         retry: The retry policy, or None to make one attempt only.
         single_flight: Share one RPC among identical concurrent acquires.
         ssl_context: TLS trust (a custom CA bundle) for both wires.
+        universe_domain: The Google Cloud universe (default: ``GOOGLE_CLOUD_UNIVERSE_DOMAIN``,
+            else googleapis.com); it names the default hosts, and credentials of another
+            universe are refused.
+        client_options: A ``google.api_core`` ``ClientOptions`` or a dict: ``api_endpoint``,
+            ``quota_project_id``, ``universe_domain``, ``scopes`` (default cloud-platform) and
+            ``credentials_file`` are honoured; any other option that is set is refused.
     """
 
     def __init__(
@@ -481,6 +487,8 @@ class DataConnectorClient:
         retry: RetryPolicy | None = RetryPolicy(),
         single_flight: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        universe_domain: str | None = None,
+        client_options: object = None,
     ) -> None:
         if transport not in ("auto", "grpc", "rest"):
             raise UsageError(f"transport must be 'auto', 'grpc' or 'rest', not {transport!r}")
@@ -495,6 +503,15 @@ class DataConnectorClient:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise UsageError("ssl_context must be an ssl.SSLContext or None")
         check_credentials(credentials)
+        settings = resolve_options(
+            client_options,
+            endpoint=endpoint,
+            quota_project=quota_project,
+            universe_domain=universe_domain,
+            credentials=credentials,
+        )
+        endpoint, quota_project = settings.endpoint, settings.quota_project
+        credentials = settings.credentials
 
         emulator_host = os.environ.get(EMULATOR_HOST_ENV) or None
         emulator_rest = os.environ.get(EMULATOR_REST_ENV) or None
@@ -507,7 +524,13 @@ class DataConnectorClient:
         self._quota_project = quota_project
         self._retry = retry
         self._single_flight = single_flight
-        self._auth = Authorizer(credentials, use_adc=not use_emulator)
+        self._universe = settings.universe
+        self._auth = Authorizer(
+            credentials,
+            use_adc=not use_emulator,
+            scopes=settings.scopes,
+            universe=settings.universe,
+        )
         self._plan = self._make_plan(
             endpoint,
             rest_endpoint,
@@ -526,7 +549,7 @@ class DataConnectorClient:
         self._acquires: dict[
             tuple[str, str | None, str | None], tuple[Endpoint, _proto.AcquireAccessTokenRequest]
         ] = {}
-        self._headers: dict[tuple[str | None, str, Headers], Headers] = {}
+        self._headers: dict[tuple[str | None, str, Headers, str], Headers] = {}
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_loop: asyncio.AbstractEventLoop | None = None
         self._last_state: _LoopState | None = None
@@ -677,7 +700,7 @@ class DataConnectorClient:
         return endpoint, request
 
     def _regional_endpoint(self, location: str) -> Endpoint:
-        host = _REGIONAL_HOSTS.get(location, _DEFAULT_HOST)
+        host = f"{_REGIONAL_LABELS.get(location, _DEFAULT_LABEL)}.{self._universe}"
         endpoint = self._regional.get(host)
         if endpoint is None:
             rest = self._plan.rest_override or f"https://{host}"
@@ -762,12 +785,13 @@ class DataConnectorClient:
             authorization = (
                 await self._auth.authorization(credentials, deadline) if ready is PENDING else ready
             )
-            headers_key = (authorization, name, extra)
+            headers_key = (authorization, name, extra, transport.kind)
             headers = self._headers.get(headers_key)
             if headers is None:
                 # The quota project follows the credentials; one token comes from one
                 # credentials object, so the token identifies it well enough for the cache.
                 headers = build_headers(
+                    wire=transport.kind,
                     authorization=authorization,
                     name=name,
                     quota_project=self._quota_project or self._auth.quota_project(credentials),

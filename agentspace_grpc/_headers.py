@@ -4,6 +4,10 @@ gRPC sends them as call metadata and REST as HTTP headers, with the same names a
 ``authorization``, ``x-goog-request-params``, ``x-goog-api-client`` and, when a quota project
 is set, ``x-goog-user-project``, followed by the caller's own metadata. The names are lower
 case (gRPC requires it; HTTP does not care).
+
+Only the wire's own token differs: ``x-goog-api-client`` names ``grpc/<version>`` on gRPC and
+``rest/aiohttp@<version>`` on REST, and the ``user-agent`` carries the same tokens after the
+library's (REST sends it as a header; gRPC sets it on the channel, where grpc appends its own).
 """
 
 from __future__ import annotations
@@ -13,17 +17,26 @@ import importlib.metadata
 import platform
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Literal
 from urllib.parse import urlencode
 
+import aiohttp
 import grpc
 from google import protobuf
 
 from agentspace_grpc._errors import UsageError
 
-__all__ = ["API_CLIENT", "Headers", "build_headers", "check_user_metadata", "request_params"]
+__all__ = [
+    "API_CLIENT",
+    "USER_AGENT",
+    "Headers",
+    "build_headers",
+    "check_user_metadata",
+    "request_params",
+]
 
 Headers = tuple[tuple[str, str], ...]
+Wire = Literal["grpc", "rest"]
 
 
 def _library_version() -> str:
@@ -33,17 +46,25 @@ def _library_version() -> str:
         return "0+unknown"
 
 
-#: ``x-goog-api-client``: the library, Python, grpc and protobuf versions (Google's format).
-API_CLIENT: Final = (
-    f"gl-python/{platform.python_version()} grpc/{grpc.__version__} "
-    f"pb/{protobuf.__version__} agentspace-grpc/{_library_version()}"
-)
+_LIBRARY: Final = f"agentspace-grpc/{_library_version()}"
+# Python, the wire (in Google's format: grpc/<v>, rest/<http library>@<v>) and protobuf.
+_PYTHON: Final = f"gl-python/{platform.python_version()}"
+_PROTOBUF: Final = f"pb/{protobuf.__version__}"
+_TOKENS: Final[dict[Wire, str]] = {
+    "grpc": f"{_PYTHON} grpc/{grpc.__version__} {_PROTOBUF}",
+    "rest": f"{_PYTHON} rest/aiohttp@{aiohttp.__version__} {_PROTOBUF}",
+}
+#: ``x-goog-api-client`` per wire: Python, the wire, protobuf and this library.
+API_CLIENT: Final[dict[Wire, str]] = {wire: f"{t} {_LIBRARY}" for wire, t in _TOKENS.items()}
+#: ``user-agent`` per wire: this library first, then the same tokens.
+USER_AGENT: Final[dict[Wire, str]] = {wire: f"{_LIBRARY} {t}" for wire, t in _TOKENS.items()}
 
 _API_CLIENT_KEY: Final = "x-goog-api-client"
 # Headers the client owns; the caller's metadata may not set them.
 _RESERVED: Final = frozenset(
     {"authorization", "x-goog-request-params", "x-goog-user-project", "content-type", "host"}
 )
+_USER_AGENT_KEY: Final = "user-agent"
 _KEY: Final = re.compile(r"[0-9a-z_.\-]+")
 _VALUE: Final = re.compile(r"[\x20-\x7e]*")
 
@@ -73,6 +94,12 @@ def check_user_metadata(metadata: Sequence[tuple[str, str]]) -> Headers:
                 f"metadata key {key!r} is not a lower-case ASCII header name "
                 "(binary '-bin' keys are not supported: REST cannot carry them)"
             )
+        if key == _USER_AGENT_KEY:
+            # gRPC cannot send it per call; x-goog-api-client reaches the service on both.
+            raise UsageError(
+                "metadata key 'user-agent' is set by the client; name your product in "
+                "'x-goog-api-client' instead (its value is appended to the client's)"
+            )
         if key in _RESERVED:
             raise UsageError(
                 f"metadata key {key!r} is set by the client; pass credentials with "
@@ -87,6 +114,7 @@ def check_user_metadata(metadata: Sequence[tuple[str, str]]) -> Headers:
 
 def build_headers(
     *,
+    wire: Wire,
     authorization: str | None,
     name: str,
     quota_project: str | None,
@@ -95,12 +123,13 @@ def build_headers(
     """All headers of one call, for either wire.
 
     Args:
+        wire: The wire the headers are for.
         authorization: The full ``authorization`` value ("Bearer ..."), or None to send none.
         name: The connector's resource name (routing header).
         quota_project: The project billed for quota, if any.
         extra: The caller's metadata, checked by :func:`check_user_metadata`.
     """
-    api_client = API_CLIENT
+    api_client = API_CLIENT[wire]
     if extra:
         rest: list[tuple[str, str]] = []
         for key, value in extra:
@@ -113,6 +142,8 @@ def build_headers(
         ("x-goog-request-params", request_params(name)),
         (_API_CLIENT_KEY, api_client),
     )
+    if wire == "rest":
+        headers = (*headers, (_USER_AGENT_KEY, USER_AGENT["rest"]))
     if authorization is not None:
         headers = (("authorization", authorization), *headers)
     if quota_project:

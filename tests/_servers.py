@@ -15,19 +15,27 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime
 import json
 import socket
 import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
+import google.auth.aio.credentials
+import google.auth.exceptions
 import google.oauth2.credentials
 import grpc
 import grpc.aio
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf import duration_pb2, message
 from google.rpc import error_details_pb2, status_pb2
 
@@ -47,6 +55,7 @@ from tests._tls import TlsMaterial
 
 __all__ = [
     "CONNECTOR",
+    "AioUserCredentials",
     "ConnectProxy",
     "FakeService",
     "RpcFault",
@@ -60,6 +69,7 @@ __all__ = [
     "reset_connection",
     "retry_info",
     "serve",
+    "service_account_file",
 ]
 
 CONNECTOR = "projects/demo/locations/global/collections/default_collection/dataConnector"
@@ -655,14 +665,19 @@ class ConnectProxy:
 # --------------------------------------------------------------------------------------
 
 CLIENT_ID = "test-client-id"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_SECRET = "test-client-secret-CANARY"
 
 
 class TokenEndpoint:
-    """A refresh-token grant endpoint; minted tokens become known users of ``service``.
+    """A token endpoint; minted tokens become known users of ``service``.
+
+    It answers the refresh-token grant (user credentials) and the JWT-bearer grant (service
+    account keys: the user is the key's email, and the assertion's claims are kept).
 
     Attributes:
         refreshes: Token requests answered so far.
+        assertions: The claims of each JWT-bearer assertion received.
         delay: Seconds to wait before answering (a slow identity provider).
         status: HTTP status to answer with (503 makes google-auth fail the refresh).
         body: A JSON document to answer with instead of a minted token.
@@ -675,6 +690,7 @@ class TokenEndpoint:
         self.body: dict[str, object] | None = None  # answered as is when set
         self.refreshes = 0
         self.minted: list[str] = []
+        self.assertions: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -702,14 +718,24 @@ class TokenEndpoint:
         if self.body is not None:
             return web.json_response(self.body)
         refresh_token = str(form.get("refresh_token", ""))
-        if form.get("grant_type") != "refresh_token" or not refresh_token.startswith("rt-"):
+        if form.get("grant_type") == JWT_BEARER:
+            payload = str(form.get("assertion", "")).split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            self.assertions.append(claims)
+            user = claims["iss"]
+        elif form.get("grant_type") != "refresh_token" or not refresh_token.startswith("rt-"):
             return web.json_response({"error": "invalid_grant"}, status=400)
-        user = refresh_token[len("rt-") :]
+        else:
+            user = refresh_token[len("rt-") :]
         token = f"user-token-{user}-{self.refreshes}"
         self.minted.append(token)
         self.service.users[token] = user
         body = {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
         return web.Response(body=json.dumps(body), content_type="application/json")
+
+    def aio_credentials(self, user: str) -> AioUserCredentials:
+        """google.auth.aio credentials for ``user`` that refresh here."""
+        return AioUserCredentials(self.url, f"rt-{user}")
 
     def credentials(
         self, user: str, *, token: str | None = None
@@ -722,3 +748,70 @@ class TokenEndpoint:
             client_id=CLIENT_ID,
             client_secret=CLIENT_SECRET,
         )
+
+
+def service_account_file(path: Path, token_uri: str, *, email: str = "robot@demo.test") -> Path:
+    """A service-account key file (a fresh RSA key) whose tokens come from ``token_uri``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+    info = {
+        "type": "service_account",
+        "project_id": "demo",
+        "private_key_id": "key-1",
+        "private_key": pem,
+        "client_email": email,
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
+    path.write_text(json.dumps(info), encoding="utf-8")
+    return path
+
+
+class AioUserCredentials(google.auth.aio.credentials.Credentials):  # type: ignore[misc]
+    """google.auth.aio credentials refreshed with the refresh-token grant, over the request given.
+
+    google-auth ships no refreshable aio credentials for users yet; this is the smallest one.
+
+    Attributes:
+        threads: The thread each refresh ran on.
+    """
+
+    def __init__(
+        self,
+        token_uri: str,
+        refresh_token: str,
+        *,
+        client_id: str = CLIENT_ID,
+        client_secret: str = CLIENT_SECRET,
+    ) -> None:
+        super().__init__()
+        self.expiry: datetime.datetime | None = None
+        self.threads: list[int] = []
+        self._token_uri = token_uri
+        self._refresh_token = refresh_token
+        self._client = (client_id, client_secret)
+
+    async def refresh(self, request: Any) -> None:
+        self.threads.append(threading.get_ident())
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": self._refresh_token,
+            "client_id": self._client[0],
+            "client_secret": self._client[1],
+        }
+        response = await request(
+            self._token_uri,
+            method="POST",
+            body=urlencode(form).encode("ascii"),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        answer = json.loads(await response.read())
+        if response.status_code != 200:
+            raise google.auth.exceptions.RefreshError(f"token endpoint: {answer.get('error')}")
+        self.token = answer["access_token"]
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        self.expiry = now + datetime.timedelta(seconds=answer["expires_in"])

@@ -7,9 +7,11 @@ import pickle
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
+import aiohttp
 import google.oauth2.credentials
 import grpc
 import pytest
+from aiohttp import web
 from google import protobuf
 
 import agentspace_grpc
@@ -24,6 +26,8 @@ from agentspace_grpc import _proto as p
 from tests._servers import CONNECTOR, Seen, Servers, TcpProxy
 
 TRANSPORTS = ["grpc", "rest"]
+# The wire's token in x-goog-api-client and user-agent (Google's format).
+WIRE_TOKENS = {"grpc": f"grpc/{grpc.__version__}", "rest": f"rest/aiohttp@{aiohttp.__version__}"}
 
 
 @pytest.fixture
@@ -174,7 +178,8 @@ async def test_headers_seen_by_the_server_on_both_wires(servers: Servers, transp
     assert headers["x-goog-request-params"] == urlencode({"name": CONNECTOR}, safe="/")
     assert "/" in headers["x-goog-request-params"]  # left as is, like google-api-core
     api_client = headers["x-goog-api-client"].split()
-    assert f"grpc/{grpc.__version__}" in api_client
+    assert WIRE_TOKENS[transport] in api_client
+    assert WIRE_TOKENS["rest" if transport == "grpc" else "grpc"] not in api_client
     assert f"pb/{protobuf.__version__}" in api_client
     assert any(part.startswith("gl-python/") for part in api_client)
     assert f"agentspace-grpc/{agentspace_grpc.__version__}" in api_client
@@ -188,11 +193,47 @@ async def test_same_headers_on_both_wires(servers: Servers) -> None:
             credentials="alice-token", quota_project="q", **servers.client_kwargs(transport)
         ) as client:
             await client.acquire_access_token(CONNECTOR, metadata=[("x-trace", "t")])
-    names = ("authorization", "x-goog-request-params", "x-goog-api-client", "x-goog-user-project")
+    names = ("authorization", "x-goog-request-params", "x-goog-user-project", "x-trace")
     grpc_seen, rest_seen = servers.service.seen
-    assert {k: grpc_seen.headers[k] for k in (*names, "x-trace")} == {
-        k: rest_seen.headers[k] for k in (*names, "x-trace")
-    }
+    assert {k: grpc_seen.headers[k] for k in names} == {k: rest_seen.headers[k] for k in names}
+    # x-goog-api-client differs in the wire's own token only.
+    grpc_client = grpc_seen.headers["x-goog-api-client"]
+    rest_client = rest_seen.headers["x-goog-api-client"]
+    assert grpc_client.replace(WIRE_TOKENS["grpc"], WIRE_TOKENS["rest"]) == rest_client
+
+
+async def test_user_agent_names_the_library_with_the_api_client_tokens(
+    servers: Servers, transport: str
+) -> None:
+    user_agents: list[list[str]] = []
+
+    async def record(request: web.Request) -> None:
+        user_agents.append(request.headers.getall("User-Agent"))
+
+    servers.service.rest_hook = record
+    async with DataConnectorClient(
+        credentials="alice-token", **servers.client_kwargs(transport)
+    ) as client:
+        await client.acquire_access_token(CONNECTOR)
+        await client.acquire_access_token(CONNECTOR, scope="again")
+    first, second = servers.service.seen
+    user_agent = first.headers["user-agent"].split()
+    assert user_agent[0] == f"agentspace-grpc/{agentspace_grpc.__version__}"
+    # The same tokens in both headers (gRPC's own follow on that wire).
+    api_client = first.headers["x-goog-api-client"].split()
+    assert user_agent[1 : len(api_client)] == api_client[:-1]
+    assert api_client[-1] == user_agent[0]
+    assert second.headers["user-agent"] == first.headers["user-agent"]
+    if transport == "rest":
+        assert user_agents == [[first.headers["user-agent"]]] * 2  # not aiohttp's, not twice
+    else:
+        assert user_agent[len(api_client)].startswith("grpc-python")
+
+
+async def test_user_agent_metadata_is_refused(client: DataConnectorClient) -> None:
+    # gRPC cannot send it per call (grpc drops it): refused on both wires, before any I/O.
+    with pytest.raises(UsageError, match="'user-agent' is set by the client"):
+        await client.acquire_access_token(CONNECTOR, metadata=[("user-agent", "my-agent/2.0")])
 
 
 async def test_no_quota_project_header_unless_set(

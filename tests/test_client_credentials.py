@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import threading
 import time
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import google.auth.aio.credentials
 import google.oauth2.credentials
 import grpc
 import pytest
@@ -314,4 +317,78 @@ async def test_missing_adc_is_a_clear_unauthenticated(
     async with DataConnectorClient(**servers.client_kwargs(transport)) as client:
         with pytest.raises(Unauthenticated, match="Application Default Credentials"):
             await client.acquire_access_token(CONNECTOR, timeout=5)
+    assert servers.service.seen == []
+
+
+# ---- google.auth.aio credentials -----------------------------------------------------------
+
+
+async def test_aio_credentials_refresh_on_the_loop_once_for_concurrent_calls(
+    servers: Servers, idp: TokenEndpoint, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As for synchronous credentials, proxy variables never apply to a loopback token endpoint.
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    alice, bob = idp.aio_credentials("alice"), idp.aio_credentials("bob")
+    async with DataConnectorClient(credentials=alice, **servers.client_kwargs(transport)) as client:
+        await asyncio.gather(
+            *(client.acquire_access_token(CONNECTOR, scope=f"s{i}") for i in range(5)),
+            *(
+                client.acquire_access_token(CONNECTOR, scope=f"s{i}", credentials=bob)
+                for i in range(5)
+            ),
+        )
+    assert alice.threads == bob.threads == [threading.get_ident()]  # on the loop, once each
+    assert idp.refreshes == 2
+    assert (
+        sorted(str(seen.identity) for seen in servers.service.seen) == ["alice"] * 5 + ["bob"] * 5
+    )
+
+
+async def test_aio_credentials_are_refreshed_before_their_token_expires(
+    servers: Servers, idp: TokenEndpoint, transport: str
+) -> None:
+    credentials = idp.aio_credentials("alice")
+    async with DataConnectorClient(
+        credentials=credentials, **servers.client_kwargs(transport)
+    ) as client:
+        await client.acquire_access_token(CONNECTOR)
+        await client.acquire_access_token(CONNECTOR)
+        assert idp.refreshes == 1
+        credentials.expiry = datetime.datetime.now(datetime.UTC).replace(
+            tzinfo=None
+        ) + datetime.timedelta(minutes=1)  # inside the refresh margin
+        await client.acquire_access_token(CONNECTOR)
+    assert idp.refreshes == 2
+    assert [seen.headers["authorization"] for seen in servers.service.seen] == [
+        f"Bearer {idp.minted[0]}",
+        f"Bearer {idp.minted[0]}",
+        f"Bearer {idp.minted[1]}",
+    ]
+
+
+async def test_aio_static_credentials_are_sent_and_never_refreshed(
+    servers: Servers, transport: str
+) -> None:
+    servers.service.users["static-token"] = "carol"
+    async with DataConnectorClient(
+        credentials=google.auth.aio.credentials.StaticCredentials(token="static-token"),
+        **servers.client_kwargs(transport),
+    ) as client:
+        await client.acquire_access_token(CONNECTOR)
+        servers.service.rejected.add("static-token")
+        with pytest.raises(Unauthenticated, match="not valid"):
+            await client.acquire_access_token(CONNECTOR)
+    assert [seen.identity for seen in servers.service.seen] == ["carol", None]
+
+
+async def test_a_failed_aio_refresh_is_unauthenticated_and_names_no_secret(
+    servers: Servers, idp: TokenEndpoint, transport: str
+) -> None:
+    idp.status = 400
+    async with DataConnectorClient(
+        credentials=idp.aio_credentials("alice"), **servers.client_kwargs(transport)
+    ) as client:
+        with pytest.raises(Unauthenticated, match="could not be refreshed") as caught:
+            await client.acquire_access_token(CONNECTOR)
+    assert CLIENT_SECRET not in "".join(traceback.format_exception(caught.value))
     assert servers.service.seen == []

@@ -8,6 +8,7 @@ import pytest
 
 from agentspace_grpc import AuthorizationRequired, DataConnectorClient, Unauthenticated
 from agentspace_grpc.emulator import Emulator
+from tests._servers import AioUserCredentials
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -60,3 +61,30 @@ async def test_auto_mode_uses_grpc_against_the_emulator(emulator: Emulator) -> N
         await client.store_refresh_token(emulator.connector, redirect, credentials=alice)
         token = await client.acquire_access_token(emulator.connector, credentials=alice)
     assert token.access_token
+
+
+async def test_client_options_and_aio_credentials_end_to_end(
+    emulator: Emulator, transport: str
+) -> None:
+    alice = emulator.user_credentials(ALICE)
+    aio_alice = AioUserCredentials(
+        emulator.token_uri,
+        alice.refresh_token,
+        client_id=alice.client_id,
+        client_secret=alice.client_secret,
+    )
+    async with DataConnectorClient(
+        transport=transport,  # type: ignore[arg-type]
+        rest_endpoint=emulator.http_url,
+        client_options={
+            "api_endpoint": emulator.grpc_target,
+            "quota_project_id": "billing",
+            "universe_domain": "googleapis.com",
+        },
+    ) as client:
+        redirect = await emulator.consent(ALICE)
+        await client.store_refresh_token(emulator.connector, redirect, credentials=aio_alice)
+        token = await client.acquire_access_token(emulator.connector, credentials=aio_alice)
+    assert token.access_token
+    assert token.transport == transport
+    assert len(aio_alice.threads) == 1  # refreshed once, against the emulator's token endpoint

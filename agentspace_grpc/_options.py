@@ -1,0 +1,163 @@
+"""``client_options`` and the universe domain: the settings Google's Python clients share.
+
+``client_options`` is a ``google.api_core.client_options.ClientOptions`` or a dict, read by
+attribute or key name (api-core is not imported). The options this client can honour are
+merged with the constructor's keyword arguments; any other option that is set is refused,
+because silently ignoring an API key or a client certificate would send the call without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, cast
+
+import google.auth
+import google.auth.credentials
+import google.auth.exceptions
+
+from agentspace_grpc._credentials import CLOUD_PLATFORM_SCOPE, DEFAULT_UNIVERSE, CredentialsLike
+from agentspace_grpc._errors import UsageError
+
+__all__ = ["DEFAULT_UNIVERSE", "UNIVERSE_ENV", "Settings", "resolve"]
+
+#: The environment variable Google's clients read the universe domain from.
+UNIVERSE_ENV: Final = "GOOGLE_CLOUD_UNIVERSE_DOMAIN"
+
+_HONOURED: Final = (
+    "api_endpoint",
+    "quota_project_id",
+    "universe_domain",
+    "scopes",
+    "credentials_file",
+)
+_DOMAIN: Final = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The constructor's arguments with ``client_options`` merged in and checked."""
+
+    endpoint: str | None
+    quota_project: str | None
+    universe: str
+    scopes: tuple[str, ...]
+    credentials: CredentialsLike
+
+
+def resolve(
+    client_options: object,
+    *,
+    endpoint: str | None,
+    quota_project: str | None,
+    universe_domain: str | None,
+    credentials: CredentialsLike,
+) -> Settings:
+    """Merge ``client_options`` into the keyword arguments (no network I/O).
+
+    Raises:
+        UsageError: An unsupported option is set, an option conflicts with a keyword
+            argument, or a value is malformed (``credentials_file`` is loaded here).
+    """
+    options = _read(client_options)
+    endpoint = _merge(endpoint, "endpoint", options, "api_endpoint")
+    if "://" in str(options.get("api_endpoint", "")):
+        raise UsageError(
+            "client_options api_endpoint takes 'host[:port]' (as endpoint= does), not a URL; "
+            "a REST base URL goes in rest_endpoint="
+        )
+    quota_project = _merge(quota_project, "quota_project", options, "quota_project_id")
+    universe = _merge(universe_domain, "universe_domain", options, "universe_domain")
+    if universe is not None:
+        universe = _check_universe(universe, "universe_domain")
+    else:
+        universe = _check_universe(os.environ.get(UNIVERSE_ENV, DEFAULT_UNIVERSE), UNIVERSE_ENV)
+    scopes = _scopes(options.get("scopes"))
+    if isinstance(credentials, str) and options.get("scopes") is not None:
+        raise UsageError(
+            "client_options scopes cannot apply to an access-token string (credentials=): "
+            "pass google-auth credentials or leave scopes unset"
+        )
+    credentials_file = options.get("credentials_file")
+    if credentials_file is not None:
+        if credentials is not None:
+            raise UsageError(
+                "client_options credentials_file and credentials= are both set; pass one"
+            )
+        credentials = _load(credentials_file, scopes)
+    return Settings(endpoint, quota_project, universe, scopes, credentials)
+
+
+def _read(client_options: object) -> dict[str, object]:
+    """The options that are set (not None), refusing those this client cannot honour."""
+    if client_options is None:
+        return {}
+    if isinstance(client_options, Mapping):
+        items = dict(client_options)
+    elif hasattr(client_options, "__dict__"):
+        items = {k: v for k, v in vars(client_options).items() if not k.startswith("_")}
+    else:
+        raise UsageError(
+            "client_options must be a google.api_core ClientOptions, a dict or None, "
+            f"not {type(client_options).__name__}"
+        )
+    options = {key: value for key, value in items.items() if value is not None}
+    for key in options:
+        if key not in _HONOURED:
+            raise UsageError(
+                f"client_options {key!r} is not supported by DataConnectorClient "
+                f"(supported: {', '.join(_HONOURED)})"
+            )
+    return options
+
+
+def _merge(
+    argument: str | None, argument_name: str, options: dict[str, object], key: str
+) -> str | None:
+    value = options.get(key)
+    if value is None:
+        return argument
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"client_options {key} must be a non-empty string")
+    if argument is not None and argument != value:
+        raise UsageError(
+            f"client_options {key}={value!r} conflicts with {argument_name}={argument!r}; "
+            "set one of them"
+        )
+    return value
+
+
+def _check_universe(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _DOMAIN.fullmatch(value):
+        raise UsageError(
+            f"{what} must be a lower-case domain name such as 'googleapis.com', not {value!r}"
+        )
+    return value
+
+
+def _scopes(value: object) -> tuple[str, ...]:
+    if value is None:
+        return (CLOUD_PLATFORM_SCOPE,)
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Sequence)
+        or not value
+        or not all(isinstance(scope, str) and scope for scope in value)
+    ):
+        raise UsageError("client_options scopes must be a non-empty sequence of scope strings")
+    return tuple(value)
+
+
+def _load(path: object, scopes: tuple[str, ...]) -> CredentialsLike:
+    if not isinstance(path, str | os.PathLike):
+        raise UsageError("client_options credentials_file must be a path")
+    try:
+        credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
+            os.fspath(path), scopes=scopes
+        )
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        text = str(exc.args[0]) if exc.args else type(exc).__name__
+        raise UsageError(f"client_options credentials_file: {text[:200]}") from None
+    return cast(google.auth.credentials.Credentials, credentials)

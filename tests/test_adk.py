@@ -36,6 +36,9 @@ APP = "agents-test"
 REQUEST = "adk_request_credential"
 
 
+NO_USAGE = types.GenerateContentResponseUsageMetadata(prompt_token_count=0, total_token_count=0)
+
+
 class ScriptedModel(BaseLlm):
     """Calls ``whoami`` once per user turn, then answers with what the tool returned."""
 
@@ -49,13 +52,16 @@ class ScriptedModel(BaseLlm):
         answers = [p.function_response.response for p in parts if p.function_response]
         if answers:
             text = json.dumps(answers, sort_keys=True)
-            yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text=text)]))
+            yield LlmResponse(
+                content=types.Content(role="model", parts=[types.Part(text=text)]),
+                usage_metadata=NO_USAGE,
+            )
             return
         calls = [
             types.Part(function_call=types.FunctionCall(name="whoami", args={"detail": str(n)}))
             for n in range(self.calls)
         ]
-        yield LlmResponse(content=types.Content(role="model", parts=calls))
+        yield LlmResponse(content=types.Content(role="model", parts=calls), usage_metadata=NO_USAGE)
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,17 @@ from agentspace_grpc._credentials import CredentialsLike
 from agentspace_grpc._errors import AuthorizationRequired, FailedPrecondition, UsageError
 from agentspace_grpc._token import AccessToken
 
-__all__ = ["Connection", "ConsentNeeded", "ConsentUri", "TokenRejected", "check_tool_function"]
+__all__ = [
+    "Connection",
+    "ConsentNeeded",
+    "ConsentUri",
+    "TokenRejected",
+    "check_tool_function",
+    "user_credentials",
+]
 
 _T = TypeVar("_T")
+_C = TypeVar("_C")
 
 #: Builds the consent URL for a resource and the end user's credentials.
 ConsentUri = Callable[[str, CredentialsLike], Awaitable[str]]
@@ -199,8 +207,19 @@ class Connection:
         return uri
 
 
-async def resolve(value: _T | Awaitable[_T]) -> _T:
-    """``value``, awaited if it is awaitable (the credentials callables may be async)."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
+async def user_credentials(
+    credentials: Callable[[_C], CredentialsLike | Awaitable[CredentialsLike]], context: _C
+) -> CredentialsLike:
+    """The end user's credentials for this call, from the application's callable.
+
+    None is refused: the client would fall back to its own default identity, and the tool
+    would act as the agent instead of as the user.
+    """
+    user = credentials(context)
+    if inspect.isawaitable(user):
+        user = await user
+    if user is None:
+        raise UsageError(
+            "the credentials callable returned None: it must return the end user's credentials"
+        )
+    return user

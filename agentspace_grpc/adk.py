@@ -31,7 +31,7 @@ from agentspace_grpc._agents import (
     ConsentNeeded,
     ConsentUri,
     check_tool_function,
-    resolve,
+    user_credentials,
 )
 from agentspace_grpc._client import DataConnectorClient
 from agentspace_grpc._credentials import CredentialsLike
@@ -95,7 +95,7 @@ class _ConnectorTool(FunctionTool):
     async def run_async(self, *, args: dict[str, Any], tool_context: ToolContext) -> Any:
         """Runs ``func`` with the user's token, or asks the user to authorize."""
         connection = self._connection
-        user = await resolve(self._credentials(tool_context))
+        user = await user_credentials(self._credentials, tool_context)
         answer = tool_context.get_auth_response(_auth_config(connection.key, None))
         redirect = answer.oauth2.auth_response_uri if answer and answer.oauth2 else None
 

@@ -34,7 +34,7 @@ from agentspace_grpc._agents import (
     ConsentNeeded,
     ConsentUri,
     check_tool_function,
-    resolve,
+    user_credentials,
 )
 from agentspace_grpc._client import DataConnectorClient
 from agentspace_grpc._credentials import CredentialsLike
@@ -81,7 +81,7 @@ def connector_tool(
     schema = create_schema_from_function(func.__name__, func, filter_args=[*FILTERED_ARGS, "token"])
 
     async def run(config: RunnableConfig, **kwargs: Any) -> Any:
-        user = await resolve(credentials(config))
+        user = await user_credentials(credentials, config)
 
         async def call(token: AccessToken) -> Any:
             return await func(**kwargs, token=token)

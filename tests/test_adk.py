@@ -332,6 +332,20 @@ async def test_without_a_consent_url_the_service_error_stands(
         await agent.ask(ALICE, await agent.session(ALICE))
 
 
+async def test_credentials_that_name_no_user_are_refused(
+    emu: Emulator, client: DataConnectorClient
+) -> None:
+    """None would make the client call as its own default identity, not as the user."""
+    probe = probe_for(emu)
+    tool = connector_tool(
+        probe.tool(), client=client, resource=emu.connector, credentials=lambda context: None
+    )
+    agent = Agent(tool)
+    with pytest.raises(UsageError, match="returned None"):
+        await agent.ask(ALICE, await agent.session(ALICE))
+    assert probe.tokens == []
+
+
 def _sync(detail: str, token: Any) -> str:
     """Not async."""
     return detail

@@ -138,14 +138,13 @@ async def client(emu: Emulator) -> AsyncGenerator[DataConnectorClient, None]:
 
 def make_tool(emu: Emulator, client: DataConnectorClient, probe: Probe, **kwargs: Any) -> Any:
     users = {email: emu.user_credentials(email) for email in (ALICE, BOB)}
+
+    async def credentials(config: RunnableConfig) -> Any:  # an async lookup works too
+        return users.get(config["configurable"]["user"])
+
     kwargs.setdefault("consent_uri", consent_uri_of(emu))
-    return connector_tool(
-        probe.tool(),
-        client=client,
-        resource=emu.connector,
-        credentials=lambda config: users[config["configurable"]["user"]],
-        **kwargs,
-    )
+    kwargs.setdefault("credentials", credentials)
+    return connector_tool(probe.tool(), client=client, resource=emu.connector, **kwargs)
 
 
 async def consent_through_graph(graph: Graph, emu: Emulator, user: str, thread: str) -> Any:
@@ -262,6 +261,16 @@ async def test_without_a_consent_url_the_service_error_stands(
     graph = Graph(make_tool(emu, client, probe_for(emu), consent_uri=None))
     with pytest.raises(AuthorizationRequired):
         await graph.ask(ALICE, "t")
+
+
+async def test_credentials_that_name_no_user_are_refused(
+    emu: Emulator, client: DataConnectorClient
+) -> None:
+    probe = probe_for(emu)
+    graph = Graph(make_tool(emu, client, probe))
+    with pytest.raises(UsageError, match="returned None"):
+        await graph.ask("mallory@example.com", "t")
+    assert probe.tokens == []
 
 
 async def test_a_resume_that_is_not_a_redirect_uri_is_refused(

@@ -21,6 +21,7 @@ STEPS = (
     "5. Two users, one client, tokens kept apart",
     "6. Expiry and refresh-token rotation",
     "7. An error: a user who never consented",
+    "8. An agent: a LangGraph tool call that goes through consent",
 )
 # Prefixes of everything secret the emulator issues: third-party access and refresh tokens,
 # authorization codes, end-user identity tokens.
@@ -41,7 +42,7 @@ def test_the_demo_walks_the_whole_flow() -> None:
     env.pop("NO_PROXY", None)
     env.pop("no_proxy", None)
     done = subprocess.run(
-        [sys.executable, "-m", "agentspace_grpc.cli", "demo"],
+        [sys.executable, "-m", "agentspace_grpc.cli", "demo", "--agent"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -59,6 +60,10 @@ def test_the_demo_walks_the_whole_flow() -> None:
     assert "user carol@example.com has not authorized data connector" in out
     assert "provider refreshes 0 -> 1" in out
     assert "HTTP 401: expired" in out
+    assert "stops with an authorization_required" in out
+    assert re.search(
+        r"ran\s+with\s+carol's\s+token\s+\[\w{8}\]:\s+the\s+provider\s+says\s+it\s+is\s+carol", out
+    )
     for prefix in SECRET_PREFIXES:
         assert prefix not in out + done.stderr
 

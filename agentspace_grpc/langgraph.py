@@ -12,6 +12,8 @@ One resume serves every call of the step that waits for the same resource.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -78,7 +80,9 @@ def connector_tool(
     if not (func.__doc__ or "").strip():
         raise UsageError(f"{func!r} needs a docstring: it is the tool's description")
     connection = Connection(client, resource, scope=scope, action=action, consent_uri=consent_uri)
-    schema = create_schema_from_function(func.__name__, func, filter_args=[*FILTERED_ARGS, "token"])
+    schema = create_schema_from_function(
+        func.__name__, _model_view(func), filter_args=FILTERED_ARGS
+    )
 
     async def run(config: RunnableConfig, **kwargs: Any) -> Any:
         user = await user_credentials(credentials, config)
@@ -99,6 +103,24 @@ def connector_tool(
         description=func.__doc__,
         args_schema=schema,
     )
+
+
+def _model_view(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``func`` as the model sees it: its parameters without ``token``.
+
+    The schema is read from this view, so the annotation of ``token`` is never evaluated (it
+    may name ``AccessToken`` imported for type checking only).
+    """
+
+    @functools.wraps(func)
+    async def view(**kwargs: Any) -> Any:  # described, never called
+        raise NotImplementedError
+
+    signature = inspect.signature(func)
+    kept = [p for p in signature.parameters.values() if p.name != "token"]
+    view.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
+    view.__annotations__ = {k: v for k, v in func.__annotations__.items() if k != "token"}
+    return view
 
 
 def _ask(connection: Connection, need: ConsentNeeded, previous: str | None) -> str:

@@ -166,6 +166,20 @@ async def test_the_model_sees_the_functions_parameters_and_docstring_never_the_t
     assert "token" not in json.dumps(tool.tool_call_schema.model_json_schema()).lower()
 
 
+async def _checked_only(detail: str, token: TypeCheckingOnly) -> str:  # type: ignore[name-defined]  # noqa: F821
+    """Takes a token whose annotation exists for type checkers only."""
+    return detail
+
+
+async def test_the_token_annotation_may_exist_for_type_checkers_only(
+    emu: Emulator, client: DataConnectorClient
+) -> None:
+    tool = connector_tool(
+        _checked_only, client=client, resource=emu.connector, credentials=lambda config: "x"
+    )
+    assert list(tool.args) == ["detail"]
+
+
 async def test_first_call_interrupts_then_the_resume_runs_with_the_users_token(
     emu: Emulator, client: DataConnectorClient
 ) -> None:

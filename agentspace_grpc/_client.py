@@ -1,4 +1,5 @@
-"""``DataConnectorClient``: DataConnectorService's token methods, awaited from asyncio.
+"""``DataConnectorClient``: the token methods of DataConnectorService and AuthorizationService,
+awaited from asyncio.
 
 One client serves many end users: the credentials passed to a call override the client's
 default, and every call on a loop shares that loop's channel (gRPC) or session (REST).
@@ -101,11 +102,11 @@ class RetryPolicy:
     The wait before retry *n* (1-based) is drawn uniformly from ``[0, min(max_backoff,
     initial_backoff * multiplier ** (n - 1))]`` ("full jitter"), and is at least the server's
     ``RetryInfo`` delay when it sends one. No retry starts with less than 10 ms of the
-    deadline left after the wait: the last error is raised instead. AcquireAccessToken and
-    AcquireAndStoreRefreshToken change server state, so they are retried only when the
-    request demonstrably did not reach the service (connection refused, TLS failure) or the
-    service answered UNAVAILABLE; a connection that breaks after the request was sent is
-    retried for CheckRefreshToken only.
+    deadline left after the wait: the last error is raised instead. Every RPC but
+    CheckRefreshToken changes server state (acquires may rotate a refresh token, stores file
+    one), so they are retried only when the request demonstrably did not reach the service
+    (connection refused, TLS failure) or the service answered UNAVAILABLE; a connection that
+    breaks after the request was sent is retried for CheckRefreshToken only.
 
     Attributes:
         max_attempts: Attempts in all, the first one included (1 disables retries).
@@ -146,6 +147,29 @@ class RetryPolicy:
 _ACQUIRE: Final = ROWS["AcquireAccessToken"]
 _STORE: Final = ROWS["AcquireAndStoreRefreshToken"]
 _CHECK: Final = ROWS["CheckRefreshToken"]
+_ACQUIRE_USER: Final = ROWS["AcquireUserAuthorization"]
+_STORE_USER: Final = ROWS["StoreUserAuthorization"]
+
+# The names each service's methods take, and for each RPC the client method that takes a name
+# of the other kind, so that a name passed to the wrong method gets an error naming the right one.
+_KIND: Final = {
+    _proto.SERVICE.full_name: "a data connector",
+    _proto.AUTHORIZATION_SERVICE.full_name: "an authorization",
+}
+_METHOD: Final = {
+    _ACQUIRE: "acquire_access_token",
+    _STORE: "store_refresh_token",
+    _CHECK: "check_refresh_token",
+    _ACQUIRE_USER: "acquire_user_authorization",
+    _STORE_USER: "store_user_authorization",
+}
+_OTHER_KIND: Final = {
+    _ACQUIRE: _ACQUIRE_USER,
+    _STORE: _STORE_USER,
+    _CHECK: _ACQUIRE_USER,
+    _ACQUIRE_USER: _ACQUIRE,
+    _STORE_USER: _STORE,
+}
 
 
 def _retryable(error: DataConnectorError, row: Row) -> bool:
@@ -153,6 +177,20 @@ def _retryable(error: DataConnectorError, row: Row) -> bool:
         # The request may have reached the service, which may have rotated a refresh token.
         return row.idempotent
     return isinstance(error, Unavailable)
+
+
+def _expand_problem(row: Row, name: str) -> str | None:
+    """Why ``name`` cannot be ``row``'s path value, or None when it can."""
+    try:
+        row.expand(name)
+    except TranscodingError as exc:
+        return str(exc)
+    return None
+
+
+def _check_redirect_uri(uri: object) -> None:
+    if not isinstance(uri, str) or not uri:
+        raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
 
 
 def _sent_secrets(request: message.Message, authorization: str | None) -> list[str]:
@@ -448,7 +486,8 @@ async def _close_at_loop_shutdown(
 
 @final
 class DataConnectorClient:
-    """Async client of DataConnectorService's token methods, over gRPC or REST.
+    """Async client of the token methods of DataConnectorService (data connectors) and
+    AuthorizationService (authorizations), over gRPC or REST.
 
     Args:
         transport: "auto" (gRPC, falling back to REST when gRPC cannot reach the service),
@@ -547,7 +586,7 @@ class DataConnectorClient:
         self._regional: dict[str, Endpoint] = {}
         self._names: dict[tuple[str, str], Endpoint] = {}
         self._acquires: dict[
-            tuple[str, str | None, str | None], tuple[Endpoint, _proto.AcquireAccessTokenRequest]
+            tuple[Row, str, str | None, str | None], tuple[Endpoint, message.Message]
         ] = {}
         self._headers: dict[tuple[str | None, str, Headers, str], Headers] = {}
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
@@ -658,17 +697,23 @@ class DataConnectorClient:
         )
 
     def _endpoint_for(self, row: Row, name: object) -> Endpoint:
-        """Validate a connector name (no I/O) and choose its endpoint; cached per name."""
+        """Validate a resource name for ``row`` (no I/O) and choose its endpoint; cached."""
+        kind = _KIND[row.service]
         if not isinstance(name, str):
-            raise UsageError(f"name must be a data connector resource name, not {type(name)}")
+            raise UsageError(f"name must be {kind} resource name, not {type(name)}")
         key = (row.name, name)
         endpoint = self._names.get(key)
         if endpoint is not None:
             return endpoint
-        try:
-            row.expand(name)
-        except TranscodingError as exc:
-            raise UsageError(f"invalid data connector name: {exc}") from None
+        problem = _expand_problem(row, name)
+        if problem is not None:
+            other = _OTHER_KIND[row]
+            if _expand_problem(other, name) is None:
+                raise UsageError(
+                    f"{_METHOD[row]}() takes {kind} name, and {name!r} is "
+                    f"{_KIND[other.service]} name: call {_METHOD[other]}()"
+                )
+            raise UsageError(f"invalid {kind.partition(' ')[2]} name: {problem}")
         endpoint = self._plan.fixed
         if endpoint is None:
             segments = name.split("/")
@@ -680,8 +725,8 @@ class DataConnectorClient:
         return endpoint
 
     def _acquire_request(
-        self, name: str, scope: str | None, action: str | None
-    ) -> tuple[Endpoint, _proto.AcquireAccessTokenRequest]:
+        self, row: Row, name: str, scope: str | None, action: str | None
+    ) -> tuple[Endpoint, message.Message]:
         """Validate an acquire's arguments (no I/O), choose the endpoint and build the request.
 
         Cached: acquires repeat, and a request is never modified once built.
@@ -690,13 +735,17 @@ class DataConnectorClient:
             raise UsageError("scope must be a string or None")
         if action is not None and not isinstance(action, str):
             raise UsageError("action must be a string or None")
-        endpoint = self._endpoint_for(_ACQUIRE, name)
-        request = _proto.AcquireAccessTokenRequest(
-            name=name, scope=scope or "", action=action or ""
-        )
+        endpoint = self._endpoint_for(row, name)
+        request: message.Message
+        if row is _ACQUIRE:
+            request = _proto.AcquireAccessTokenRequest(
+                name=name, scope=scope or "", action=action or ""
+            )
+        else:
+            request = _proto.AcquireUserAuthorizationRequest(name=name)
         if len(self._acquires) >= _NAME_CACHE_SIZE:
             self._acquires.clear()
-        self._acquires[name, scope, action] = endpoint, request
+        self._acquires[row, name, scope, action] = endpoint, request
         return endpoint, request
 
     def _regional_endpoint(self, location: str) -> Endpoint:
@@ -894,6 +943,43 @@ class DataConnectorClient:
             DataConnectorError: Any other failure (see the exception tree).
             UsageError: Bad arguments, before any I/O.
         """
+        return await self._acquire(_ACQUIRE, name, scope, action, credentials, timeout, metadata)
+
+    async def acquire_user_authorization(
+        self,
+        name: str,
+        *,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AccessToken:
+        """The end user's access token from an authorization (AuthorizationService).
+
+        Args:
+            name: The authorization, ``projects/*/locations/*/authorizations/*``.
+            credentials: The end user's credentials for this call (default: the client's).
+            timeout: Seconds for the whole call, retries included (default 60).
+            metadata: Extra ``(key, value)`` headers for this call.
+
+        Raises:
+            AuthorizationRequired: The user must (re)authorize: send them to its
+                ``authorization_uri``, then call :meth:`store_user_authorization`.
+            DataConnectorError: Any other failure (see the exception tree).
+            UsageError: Bad arguments (a data connector's name among them), before any I/O.
+        """
+        return await self._acquire(_ACQUIRE_USER, name, None, None, credentials, timeout, metadata)
+
+    async def _acquire(
+        self,
+        row: Row,
+        name: str,
+        scope: str | None,
+        action: str | None,
+        credentials: CredentialsLike,
+        timeout: float | None,  # noqa: ASYNC109 - the call's overall deadline
+        metadata: Sequence[tuple[str, str]],
+    ) -> AccessToken:
+        """Either acquire: validated before any I/O, identical concurrent ones share a call."""
         loop = asyncio.get_running_loop()
         state = self._last_state if loop is self._last_loop else None
         if state is None:
@@ -903,23 +989,23 @@ class DataConnectorClient:
         else:
             deadline = self._deadline(loop, timeout)
         try:
-            endpoint, request = self._acquires[name, scope, action]
+            endpoint, request = self._acquires[row, name, scope, action]
         except (KeyError, TypeError):  # not seen yet, or unhashable (refused there)
-            endpoint, request = self._acquire_request(name, scope, action)
+            endpoint, request = self._acquire_request(row, name, scope, action)
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
         if self._single_flight:
             identity = DEFAULT_IDENTITY if credentials is None else credentials
             token: AccessToken = await state.flights.run(
-                (name, scope, action, identity, extra),
+                (row, name, scope, action, identity, extra),
                 deadline,
                 self._invoke,
-                (_ACQUIRE, request, name, credentials, extra, state, endpoint),
+                (row, request, name, credentials, extra, state, endpoint),
             )
             return token
         token = await self._invoke(
-            _ACQUIRE, request, name, credentials, extra, state, endpoint, deadline
+            row, request, name, credentials, extra, state, endpoint, deadline
         )
         return token
 
@@ -945,8 +1031,7 @@ class DataConnectorClient:
         state = self._state(loop)
         deadline = self._deadline(loop, timeout)
         endpoint = self._endpoint_for(_STORE, name)
-        if not isinstance(full_redirect_uri, str) or not full_redirect_uri:
-            raise UsageError("full_redirect_uri must be the non-empty redirect URI string")
+        _check_redirect_uri(full_redirect_uri)
         if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
             raise UsageError("scopes must be a sequence of strings (not one string)")
         if instance_uri is not None and not isinstance(instance_uri, str):
@@ -969,6 +1054,32 @@ class DataConnectorClient:
             if kind is not None:
                 extra[item.key] = getattr(item, kind)
         return extra
+
+    async def store_user_authorization(
+        self,
+        name: str,
+        full_redirect_uri: str,
+        *,
+        credentials: CredentialsLike = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+    ) -> None:
+        """Store the end user's authorization of ``name`` (AuthorizationService).
+
+        Call it, with the credentials of the user who authorized, with the full URI the
+        authorization URI redirected them to: the service exchanges the code in it and files
+        the result under the caller's identity.
+        """
+        loop = asyncio.get_running_loop()
+        state = self._state(loop)
+        deadline = self._deadline(loop, timeout)
+        endpoint = self._endpoint_for(_STORE_USER, name)
+        _check_redirect_uri(full_redirect_uri)
+        if credentials is not None:
+            check_credentials(credentials)
+        request = _proto.StoreUserAuthorizationRequest(
+            name=name, full_redirect_uri=full_redirect_uri
+        )
+        await self._invoke(_STORE_USER, request, name, credentials, (), state, endpoint, deadline)
 
     async def check_refresh_token(
         self,

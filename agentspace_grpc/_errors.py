@@ -12,7 +12,8 @@ or REST (Google's JSON error envelope): both are turned into a ``google.rpc.Stat
     │   ├── InvalidArgument           INVALID_ARGUMENT
     │   ├── DeadlineExceeded          DEADLINE_EXCEEDED (the call's overall deadline)
     │   ├── NotFound                  NOT_FOUND
-    │   │   └── AuthorizationRequired the end user stored no refresh token for the connector
+    │   │   └── AuthorizationRequired the end user must authorize: nothing stored for them,
+    │   │                             or an authorization answered with its URI
     │   ├── AlreadyExists             ALREADY_EXISTS
     │   ├── PermissionDenied          PERMISSION_DENIED
     │   ├── ResourceExhausted         RESOURCE_EXHAUSTED (also: an oversize response)
@@ -73,6 +74,7 @@ __all__ = [
     "Unknown",
     "UsageError",
     "from_status",
+    "is_authorization_name",
     "redact",
 ]
 
@@ -174,13 +176,18 @@ class NotFound(DataConnectorError):
 
 
 class AuthorizationRequired(NotFound):
-    """The end user has no refresh token stored for this connector: they must authorize.
+    """The end user must authorize (again) before a token can be acquired for them.
 
-    Raised for NOT_FOUND with reason ``REFRESH_TOKEN_NOT_FOUND``, or with no reason at all
-    (what the hosted service sends), on the token-reading calls.
+    Raised on the token-reading calls for NOT_FOUND with reason ``REFRESH_TOKEN_NOT_FOUND``, or
+    with no reason at all (what the hosted service sends), and for an AcquireUserAuthorization
+    success that carries an authorization URI and no token (then ``http_status`` is 200 over
+    REST and ``reason`` is None).
 
     Attributes:
-        connector: The data connector's resource name.
+        resource: The data connector's or the authorization's resource name.
+        connector: The same as ``resource``.
+        authorization_uri: Where to send the end user to authorize (from an authorization's
+            answer; None otherwise). Not a secret: it is bound to the user who asked.
         principal: Who the call was made as, where known (the server's ErrorInfo metadata
             ``principal`` or ``user``, else the account the credentials name); a service
             account here usually means the end user's own credentials were not passed.
@@ -190,25 +197,48 @@ class AuthorizationRequired(NotFound):
         self,
         message: str,
         *,
-        connector: str,
+        resource: str,
+        authorization_uri: str | None = None,
         principal: str | None = None,
         details: tuple[message.Message, ...] = (),
         transport: Transport | None = None,
         http_status: int | None = None,
     ) -> None:
         super().__init__(message, details=details, transport=transport, http_status=http_status)
-        self.connector = connector
+        self.resource = resource
+        self.authorization_uri = authorization_uri
         self.principal = (
             principal or self.metadata.get("principal") or self.metadata.get("user") or None
         )
 
+    @property
+    def connector(self) -> str:
+        """The same as :attr:`resource`."""
+        return self.resource
+
     def __str__(self) -> str:
         who = self.principal or "the end user"
+        if self.authorization_uri is not None:  # the message is the client's own advice
+            return f"{self.code.name}: {who} has not authorized {self.resource}: {self.message}"
+        if is_authorization_name(self.resource):
+            return (
+                f"{self.code.name}: {who} has not authorized {self.resource}: "
+                "acquire_user_authorization() answers with an authorization URI to send the "
+                "user to; then call store_user_authorization() with the URI they are "
+                f"redirected to (server: {self.message})"
+            )
         return (
-            f"{self.code.name}: {who} has not authorized data connector {self.connector}: "
+            f"{self.code.name}: {who} has not authorized data connector {self.resource}: "
             f"send the user through the connector's consent flow and store the result with "
             f"store_refresh_token() (server: {self.message})"
         )
+
+
+def is_authorization_name(name: str) -> bool:
+    """True when ``name`` has the form of an authorization's name
+    (``projects/*/locations/*/authorizations/*``), not a data connector's."""
+    segments = name.split("/")
+    return len(segments) == 6 and segments[4] == "authorizations"
 
 
 class AlreadyExists(DataConnectorError):
@@ -369,7 +399,7 @@ def from_status(
         if not reasons or not reasons[0] or reasons[0] == REFRESH_TOKEN_NOT_FOUND:
             return AuthorizationRequired(
                 message_text,
-                connector=connector,
+                resource=connector,
                 details=details,
                 transport=transport,
                 http_status=http_status,

@@ -1,4 +1,5 @@
-"""``AccessToken``, the result of AcquireAccessToken, and the two ways the wires build it.
+"""``AccessToken``, the result of AcquireAccessToken and AcquireUserAuthorization, and the two
+ways the wires build it.
 
 The gRPC transport builds it from the response message. The REST transport reads the
 service's JSON answer straight into it: on the hot path a message would be built only to be
@@ -13,7 +14,7 @@ from typing import Any, Final, Literal, TypeVar, cast, final
 from google.protobuf import descriptor, json_format, message
 
 from agentspace_grpc import _proto
-from agentspace_grpc._errors import UndecodableAnswer
+from agentspace_grpc._errors import AuthorizationRequired, UndecodableAnswer
 
 __all__ = [
     "AccessToken",
@@ -21,11 +22,16 @@ __all__ = [
     "json_loads",
     "token_from_json",
     "token_from_response",
+    "user_token_from_json",
+    "user_token_from_response",
 ]
 
 _M = TypeVar("_M", bound=message.Message)
 
 _RAW_DECODE: Final = json.JSONDecoder().raw_decode
+# The keys of ``refreshTokenInfo`` in the service's own answers.
+_CONNECTOR_INFO: Final = frozenset({"name", "scopes"})
+_AUTHORIZATION_INFO: Final = frozenset({"scopes"})
 
 
 def json_loads(body: bytes | str) -> Any:
@@ -65,25 +71,25 @@ class _Secret:
 
 @final
 class AccessToken:
-    """A third-party access token for one end user and connector.
+    """A third-party access token for one end user and resource (connector or authorization).
 
     ``repr()`` and ``str()`` never show the token; read :attr:`access_token` to use it. The
     service sends no expiry: use the token right away and acquire again for the next task
     (the service caches tokens, so repeated acquires are cheap).
     """
 
-    __slots__ = ("_connector", "_scopes", "_secret", "_transport")
+    __slots__ = ("_resource", "_scopes", "_secret", "_transport")
 
     def __init__(
         self,
         access_token: str,
         *,
-        connector: str,
+        resource: str,
         scopes: tuple[str, ...],
         transport: Literal["grpc", "rest"],
     ) -> None:
         self._secret = _Secret(access_token)
-        self._connector = connector
+        self._resource = resource
         self._scopes = scopes
         self._transport = transport
 
@@ -93,9 +99,14 @@ class AccessToken:
         return self._secret.value
 
     @property
+    def resource(self) -> str:
+        """What the token was acquired for: a data connector's or an authorization's name."""
+        return self._resource
+
+    @property
     def connector(self) -> str:
-        """The data connector's resource name."""
-        return self._connector
+        """The same as :attr:`resource` (the name from before authorizations existed)."""
+        return self._resource
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -109,7 +120,7 @@ class AccessToken:
 
     def __repr__(self) -> str:
         return (
-            f"AccessToken(connector={self._connector!r}, scopes={self._scopes!r}, "
+            f"AccessToken(resource={self._resource!r}, scopes={self._scopes!r}, "
             f"transport={self._transport!r}, access_token=<redacted>)"
         )
 
@@ -132,7 +143,7 @@ def token_from_response(
     info = response.refresh_token_info
     return AccessToken(
         response.access_token,
-        connector=info.name or name,
+        resource=info.name or name,
         scopes=tuple(info.scopes),
         transport=transport,
     )
@@ -147,22 +158,74 @@ def token_from_json(body: bytes, name: str) -> AccessToken:
     mapping and names what is wrong (``ValueError``); a test checks that the two agree.
     """
     data = json_loads(body)
-    if type(data) is dict and len(data) == 2:
-        token = data.get("accessToken")
-        info = data.get("refreshTokenInfo")
-        if type(token) is str and token.isascii() and type(info) is dict and len(info) == 2:
-            connector = info.get("name")
-            scopes = info.get("scopes")
-            if type(connector) is str and connector.isascii() and type(scopes) is list and token:
-                for scope in scopes:
-                    if type(scope) is not str or not scope.isascii():
-                        break
-                else:
-                    return AccessToken(
-                        token, connector=connector or name, scopes=tuple(scopes), transport="rest"
-                    )
-    response = _from_data(data, _proto.AcquireAccessTokenResponse)
-    return token_from_response(response, name, "rest")
+    token = _service_form(data, name, _CONNECTOR_INFO)
+    if token is not None:
+        return token
+    return token_from_response(_from_data(data, _proto.AcquireAccessTokenResponse), name, "rest")
+
+
+def user_token_from_response(
+    response: _proto.AcquireUserAuthorizationResponse,
+    name: str,
+    transport: Literal["grpc", "rest"],
+) -> AccessToken:
+    """The token in an AcquireUserAuthorization response to a request for ``name``.
+
+    Raises:
+        AuthorizationRequired: The answer carries an authorization URI and no token: the user
+            must (re)authorize there first.
+        UndecodableAnswer: The answer carries neither (never a token of "").
+    """
+    if response.access_token:
+        scopes = tuple(response.refresh_token_info.scopes)
+        return AccessToken(response.access_token, resource=name, scopes=scopes, transport=transport)
+    if response.authorization_uri:
+        raise AuthorizationRequired(
+            "the service answered with an authorization URI: send the end user there, then "
+            "call store_user_authorization() with the URI they are redirected to",
+            resource=name,
+            authorization_uri=response.authorization_uri,
+            transport=transport,
+            # The REST front answers every success with 200.
+            http_status=200 if transport == "rest" else None,
+        )
+    raise UndecodableAnswer(
+        "the service answered with neither an access token nor an authorization URI",
+        transport=transport,
+    )
+
+
+def user_token_from_json(body: bytes, name: str) -> AccessToken:
+    """The token in a REST answer to AcquireUserAuthorization for ``name``: the service's own
+    form, ``{"accessToken": ..., "refreshTokenInfo": {"scopes": [...]}}``, read straight into
+    the token, anything else as :func:`token_from_json` does."""
+    data = json_loads(body)
+    token = _service_form(data, name, _AUTHORIZATION_INFO)
+    if token is not None:
+        return token
+    response = _from_data(data, _proto.AcquireUserAuthorizationResponse)
+    return user_token_from_response(response, name, "rest")
+
+
+def _service_form(data: Any, name: str, info_keys: frozenset[str]) -> AccessToken | None:
+    """The token of a document in the service's own form (exactly ``accessToken`` and
+    ``refreshTokenInfo`` with ``info_keys``, ASCII strings, a token), else None."""
+    if type(data) is not dict or len(data) != 2:
+        return None
+    token = data.get("accessToken")
+    info = data.get("refreshTokenInfo")
+    if type(token) is not str or not token or not token.isascii():
+        return None
+    if type(info) is not dict or info.keys() != info_keys:
+        return None
+    resource = info.get("name", "")
+    scopes = info.get("scopes")
+    if type(resource) is not str or not resource.isascii() or type(scopes) is not list:
+        return None
+    for scope in scopes:
+        if type(scope) is not str or not scope.isascii():
+            return None
+    return AccessToken(token, resource=resource or name, scopes=tuple(scopes), transport="rest")
 
 
 def answer_from_json(body: bytes, cls: type[_M]) -> _M:

@@ -25,7 +25,13 @@ from google.protobuf.descriptor_pb2 import MethodOptions
 from google.rpc import code_pb2, status_pb2
 
 from agentspace_grpc import _proto
-from agentspace_grpc._token import answer_from_json, token_from_json, token_from_response
+from agentspace_grpc._token import (
+    answer_from_json,
+    token_from_json,
+    token_from_response,
+    user_token_from_json,
+    user_token_from_response,
+)
 
 __all__ = [
     "ROWS",
@@ -179,8 +185,14 @@ def message_to_json(msg: message.Message) -> bytes:
 # methods that read the end user's stored grant.
 _READERS: Final[dict[str, tuple[Callable[[Any, str], Any], Callable[[bytes, str], Any]]]] = {
     "AcquireAccessToken": (lambda r, name: token_from_response(r, name, "grpc"), token_from_json),
+    "AcquireUserAuthorization": (
+        lambda r, name: user_token_from_response(r, name, "grpc"),
+        user_token_from_json,
+    ),
 }
-_READS_GRANT: Final = frozenset({"AcquireAccessToken", "CheckRefreshToken"})
+_READS_GRANT: Final = frozenset(
+    {"AcquireAccessToken", "CheckRefreshToken", "AcquireUserAuthorization"}
+)
 
 _LITERAL: Final = r"[A-Za-z0-9_.~-]+"
 _TEMPLATE: Final = re.compile(
@@ -247,7 +259,9 @@ def compile_row(method: descriptor.MethodDescriptor) -> Row:
 
 #: Every RPC of the package, by method name.
 ROWS: Final[Mapping[str, Row]] = {
-    m.name: compile_row(m) for s in _proto.FILE.services_by_name.values() for m in s.methods
+    m.name: compile_row(m)
+    for s in (_proto.SERVICE, _proto.AUTHORIZATION_SERVICE)
+    for m in s.methods
 }
 
 

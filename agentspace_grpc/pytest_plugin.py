@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import google.oauth2.credentials
 
     from agentspace_grpc import DataConnectorClient
+    from agentspace_grpc._credentials import CredentialsLike
     from agentspace_grpc.emulator import Emulator
 
 try:  # pytest-asyncio is optional: only the async ``agentspace_client`` fixture needs it.
@@ -61,13 +62,14 @@ class RunningEmulator:
     """
 
     def __init__(self, grpc_target: str, http_url: str) -> None:
-        from agentspace_grpc.emulator._config import DEFAULT_CONNECTOR
+        from agentspace_grpc.emulator._config import DEFAULT_AUTHORIZATION, DEFAULT_CONNECTOR
 
         if not http_url.startswith(("http://", "https://")):
             raise ValueError(f"{_REST_ENV} must be the emulator's http(s):// URL, not {http_url!r}")
         self.grpc_target = grpc_target
         self.http_url = http_url.rstrip("/")
         self.connector = DEFAULT_CONNECTOR
+        self.authorization = DEFAULT_AUTHORIZATION
 
     def __repr__(self) -> str:
         return f"RunningEmulator({self.http_url})"
@@ -102,7 +104,11 @@ class RunningEmulator:
     async def consent(
         self, email: str, connector: str | None = None, scopes: Sequence[str] | None = None
     ) -> str:
-        """Runs the consent for ``email`` over HTTP; returns the full redirect URI to store."""
+        """Runs the consent for ``email`` over HTTP; returns the full redirect URI to store.
+
+        ``connector`` names a data connector or an authorization (default: the default
+        connector).
+        """
         import aiohttp
 
         params = {"connector": connector or self.connector}
@@ -117,6 +123,13 @@ class RunningEmulator:
                 authorize = _redirect(response, email)
             async with session.get(authorize, allow_redirects=False) as response:
                 return _redirect(response, email)
+
+    async def consent_uri(self, resource: str, credentials: CredentialsLike) -> str:
+        """A URL that starts consent to ``resource`` in a browser with no credentials, for the
+        user ``credentials`` identify (as ``Emulator.consent_uri``)."""
+        from agentspace_grpc.emulator._consent import request_consent_uri
+
+        return await request_consent_uri(self.http_url, resource, credentials)
 
     def client(self, **kwargs: Any) -> DataConnectorClient:
         """A ``DataConnectorClient`` that the emulator variables point at this emulator."""

@@ -25,6 +25,8 @@ from google.rpc import error_details_pb2, status_pb2
 from agentspace_grpc import _proto
 
 CONNECTOR = "projects/demo/locations/global/collections/default_collection/dataConnector"
+AUTHORIZATION = "projects/demo/locations/global/authorizations/default_authorization"
+REDIRECT = "https://vertexaisearch.cloud.google.com/oauth-redirect"
 DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -123,6 +125,19 @@ async def consent_over_http(
         async with session.get(authorize, allow_redirects=False) as response:
             assert response.status == 302, await response.text()
             return response.headers["Location"]
+
+
+async def follow_like_a_browser(uri: str, stop_at: str = REDIRECT) -> list[str]:
+    """Opens ``uri`` as a browser does, with no credentials: plain GETs following redirects
+    until one leads to ``stop_at`` (the redirect URI, on another site). Every URL visited."""
+    visited = [uri]
+    async with aiohttp.ClientSession() as session:
+        while not visited[-1].startswith(f"{stop_at}?"):
+            assert len(visited) < 10, visited
+            async with session.get(visited[-1], allow_redirects=False) as response:
+                assert response.status in (301, 302, 303, 307), await response.text()
+                visited.append(response.headers["Location"])
+    return visited
 
 
 async def rest(

@@ -1,6 +1,7 @@
 """Real servers on 127.0.0.1 for client tests (port 0 everywhere).
 
-- :class:`FakeService`: a scriptable DataConnectorService; :func:`serve` puts it behind a
+- :class:`FakeService`: a scriptable DataConnectorService and AuthorizationService; :func:`serve`
+  puts it behind a
   grpc.aio server and an aiohttp REST front, both dispatching on the rows of
   ``agentspace_grpc._wire`` (so both wires reach the same in-memory state and record what they
   saw).
@@ -54,6 +55,7 @@ from agentspace_grpc._wire import (
 from tests._tls import TlsMaterial
 
 __all__ = [
+    "AUTHORIZATION",
     "CONNECTOR",
     "AioUserCredentials",
     "ConnectProxy",
@@ -73,6 +75,7 @@ __all__ = [
 ]
 
 CONNECTOR = "projects/demo/locations/global/collections/default_collection/dataConnector"
+AUTHORIZATION = "projects/demo/locations/global/authorizations/default_authorization"
 DOMAIN = "discoveryengine.googleapis.com"
 
 
@@ -124,13 +127,13 @@ Handler = Callable[[Seen], Awaitable[message.Message]]
 
 @dataclass
 class FakeService:
-    """An in-memory DataConnectorService shared by both fronts.
+    """An in-memory DataConnectorService and AuthorizationService shared by both fronts.
 
     Identity comes from the bearer token: a token in ``users`` maps to that user, any other
     token is its own identity unless ``strict`` is set; a missing token, or one in
     ``rejected``, is UNAUTHENTICATED. By default AcquireAccessToken answers
-    ``tp:<identity>:<n>``; :meth:`on` replaces a method's behaviour and :meth:`fail_next`
-    queues faults for the next calls.
+    ``tp:<identity>:<n>`` and AcquireUserAuthorization ``ua:<identity>:<n>``; :meth:`on`
+    replaces a method's behaviour and :meth:`fail_next` queues faults for the next calls.
     """
 
     users: dict[str, str] = field(default_factory=dict)
@@ -199,6 +202,15 @@ class FakeService:
                     name=request.name, scopes=[request.scope or "default"]
                 ),
             )
+        if seen.method == "AcquireUserAuthorization":
+            count = len(self.calls("AcquireUserAuthorization"))
+            answer = _proto.AcquireUserAuthorizationResponse(
+                access_token=f"ua:{seen.identity}:{count}"
+            )
+            answer.refresh_token_info.scopes.append("default")
+            return answer
+        if seen.method == "StoreUserAuthorization":
+            return _proto.StoreUserAuthorizationResponse()
         if seen.method == "AcquireAndStoreRefreshToken":
             return _proto.AcquireAndStoreRefreshTokenResponse(
                 additional_oauth_responses=[

@@ -211,6 +211,7 @@ def test_acquire_json_output(emu: Emu, alice_third_party_token: str) -> None:
     assert result.status == 0, result.stderr
     data = result.json()
     assert data == {
+        "resource": CONNECTOR,
         "connector": CONNECTOR,
         "scopes": ["read", "write"],
         "transport": "grpc",

@@ -27,6 +27,7 @@ from agentspace_grpc import _proto as p
 from agentspace_grpc._errors import REDACTED
 from tests._reliability import LogCapture, debug_logging
 from tests._servers import (
+    AUTHORIZATION,
     CLIENT_SECRET,
     CONNECTOR,
     RpcFault,
@@ -70,7 +71,11 @@ async def test_pitfall_14_and_22_no_secret_in_debug_logs_errors_or_reprs(
             raise RpcFault(grpc.StatusCode.NOT_FOUND, "nothing stored")
         return p.AcquireAccessTokenResponse(access_token=f"{CANARY}-third-party-{seen.identity}")
 
+    async def canary_user_tokens(seen: Seen) -> p.AcquireUserAuthorizationResponse:
+        return p.AcquireUserAuthorizationResponse(access_token=f"{CANARY}-user-{seen.identity}")
+
     servers.service.on("AcquireAccessToken", canary_tokens)
+    servers.service.on("AcquireUserAuthorization", canary_user_tokens)
     servers.service.rejected.add("ya29.CANARY-stale")
     async with TokenEndpoint(servers.service) as idp:
         credentials = idp.credentials(USER, token="ya29.CANARY-stale")
@@ -84,6 +89,11 @@ async def test_pitfall_14_and_22_no_secret_in_debug_logs_errors_or_reprs(
             assert_clean(str(token))
             assert_clean(repr(client))
             await client.store_refresh_token(CONNECTOR, CODE_URI, scopes=["a"])
+            await client.store_user_authorization(AUTHORIZATION, CODE_URI)
+            user_token = await client.acquire_user_authorization(AUTHORIZATION)
+            assert CANARY in user_token.access_token
+            assert_clean(repr(user_token))
+            assert_clean(str(user_token))
             for action in ("fail", "missing"):
                 with pytest.raises(DataConnectorError) as caught:
                     await client.acquire_access_token(CONNECTOR, action=action)
@@ -278,27 +288,33 @@ def echo_over_rest(code: grpc.StatusCode) -> Any:
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND])
-@pytest.mark.parametrize("method", ["acquire", "store"])
+@pytest.mark.parametrize("method", ["acquire", "store", "acquire_user", "store_user"])
 async def test_a_server_echoing_the_request_puts_no_secret_in_the_exception(
     servers: Servers, transport: str, method: str, code: grpc.StatusCode
 ) -> None:
     """The bearer token, the redirect URI and its code come back in the message, ErrorInfo, a
     known and an unknown detail type: none of it survives, anywhere along the chain."""
-    for name in ("AcquireAccessToken", "AcquireAndStoreRefreshToken"):
+    for name in (
+        "AcquireAccessToken",
+        "AcquireAndStoreRefreshToken",
+        "AcquireUserAuthorization",
+        "StoreUserAuthorization",
+    ):
         servers.service.on(name, echo_over_grpc(code))
     servers.service.rest_hook = echo_over_rest(code)
     async with DataConnectorClient(
         credentials=ECHO_TOKEN, retry=None, **servers.client_kwargs(transport)
     ) as client:
-        call = (
-            client.acquire_access_token(CONNECTOR)
-            if method == "acquire"
-            else client.store_refresh_token(CONNECTOR, ECHO_URI)
-        )
+        call = {
+            "acquire": lambda: client.acquire_access_token(CONNECTOR),
+            "store": lambda: client.store_refresh_token(CONNECTOR, ECHO_URI),
+            "acquire_user": lambda: client.acquire_user_authorization(AUTHORIZATION),
+            "store_user": lambda: client.store_user_authorization(AUTHORIZATION, ECHO_URI),
+        }[method]()
         with pytest.raises(DataConnectorError) as caught:
             await call
     error = caught.value
-    if code == grpc.StatusCode.NOT_FOUND and method == "acquire":
+    if code == grpc.StatusCode.NOT_FOUND and method.startswith("acquire"):
         assert isinstance(error, AuthorizationRequired)
         assert error.principal is not None
         assert REDACTED in error.principal
@@ -366,3 +382,24 @@ async def test_an_echo_cut_short_by_a_length_limit_leaves_no_part_of_the_token()
         await server.wait_closed()
     assert any(REDACTED in m for m in messages)  # the echo was quoted
     assert not [m for m in messages if token[:8] in m]
+
+
+async def test_an_authorization_uri_echoing_the_bearer_is_redacted(
+    servers: Servers, transport: str
+) -> None:
+    """The authorization URI is no secret, but a server may put the caller's token in it."""
+
+    async def echo_in_uri(seen: Seen) -> p.AcquireUserAuthorizationResponse:
+        echoed = quote(seen.headers["authorization"], safe="")
+        return p.AcquireUserAuthorizationResponse(
+            authorization_uri=f"https://consent.example/?state=s&echo={echoed}"
+        )
+
+    servers.service.on("AcquireUserAuthorization", echo_in_uri)
+    async with DataConnectorClient(
+        credentials=ECHO_TOKEN, **servers.client_kwargs(transport)
+    ) as client:
+        with pytest.raises(AuthorizationRequired) as caught:
+            await client.acquire_user_authorization(AUTHORIZATION)
+    assert caught.value.authorization_uri == f"https://consent.example/?state=s&echo={REDACTED}"
+    assert CANARY not in exposed(caught.value)

@@ -94,3 +94,82 @@ def test_field_behaviors_and_resources() -> None:
     assert list(uri.GetOptions().Extensions[field_behavior_pb2.field_behavior]) == [
         field_behavior_pb2.REQUIRED
     ]
+
+
+# ---- AuthorizationService --------------------------------------------------------------
+
+AUTHORIZATION = "projects/*/locations/*/authorizations/*"
+AUTHORIZATION_RULES = {
+    "AcquireUserAuthorization": (
+        "post",
+        f"/v1alpha/{{name={AUTHORIZATION}}}:acquireUserAuthorization",
+        "*",
+    ),
+    "StoreUserAuthorization": (
+        "post",
+        f"/v1alpha/{{name={AUTHORIZATION}}}:storeUserAuthorization",
+        "*",
+    ),
+}
+AUTHORIZATION_FIELDS = {
+    "AcquireUserAuthorizationRequest": {"name": 1},
+    "AcquireUserAuthorizationResponse": {
+        "refresh_token_info": 1,
+        "access_token": 2,
+        "authorization_uri": 3,
+    },
+    "AcquireUserAuthorizationResponse.RefreshTokenInfo": {"scopes": 1},
+    "StoreUserAuthorizationRequest": {"name": 1, "full_redirect_uri": 2},
+    "StoreUserAuthorizationResponse": {},
+}
+
+
+@pytest.mark.parametrize("method", sorted(AUTHORIZATION_RULES))
+def test_authorization_http_rules(method: str) -> None:
+    options = p.AUTHORIZATION_SERVICE.methods_by_name[method].GetOptions()
+    rule = options.Extensions[annotations_pb2.http]
+    verb = rule.WhichOneof("pattern")
+    assert (verb, getattr(rule, verb), rule.body) == AUTHORIZATION_RULES[method]
+    assert not rule.additional_bindings
+
+
+@pytest.mark.parametrize("message", sorted(AUTHORIZATION_FIELDS))
+def test_authorization_field_numbers(message: str) -> None:
+    full_name = f"google.cloud.discoveryengine.v1alpha.{message}"
+    descriptor = p.AUTHORIZATION_FILE.pool.FindMessageTypeByName(full_name)
+    assert {f.name: f.number for f in descriptor.fields} == AUTHORIZATION_FIELDS[message]
+
+
+def test_authorization_annotations() -> None:
+    options = p.AUTHORIZATION_SERVICE.GetOptions()
+    assert options.Extensions[client_pb2.default_host] == "discoveryengine.googleapis.com"
+    assert options.Extensions[client_pb2.oauth_scopes].split(",") == [
+        "https://www.googleapis.com/auth/cloud-platform",
+        "https://www.googleapis.com/auth/discoveryengine.readwrite",
+    ]
+    definitions = p.AUTHORIZATION_FILE.GetOptions().Extensions[resource_pb2.resource_definition]
+    assert [(d.type, list(d.pattern)) for d in definitions] == [
+        (
+            "discoveryengine.googleapis.com/Authorization",
+            ["projects/{project}/locations/{location}/authorizations/{authorization}"],
+        )
+    ]
+    for message, field in (
+        ("AcquireUserAuthorizationRequest", "name"),
+        ("StoreUserAuthorizationRequest", "name"),
+        ("StoreUserAuthorizationRequest", "full_redirect_uri"),
+    ):
+        descriptor = p.AUTHORIZATION_FILE.message_types_by_name[message].fields_by_name[field]
+        behavior = list(descriptor.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+        assert behavior == [field_behavior_pb2.REQUIRED]
+    name = p.AUTHORIZATION_FILE.message_types_by_name["AcquireUserAuthorizationRequest"]
+    reference = name.fields_by_name["name"].GetOptions().Extensions[resource_pb2.resource_reference]
+    assert reference.type == "discoveryengine.googleapis.com/Authorization"
+    signatures = {
+        m.name: list(m.GetOptions().Extensions[client_pb2.method_signature])
+        for m in p.AUTHORIZATION_SERVICE.methods
+    }
+    assert signatures == {
+        "AcquireUserAuthorization": ["name"],
+        "StoreUserAuthorization": ["name,full_redirect_uri"],
+    }

@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from agentspace_grpc.emulator._config import DEFAULT_CONNECTOR, ConfigError, load_config
+from agentspace_grpc.emulator._config import (
+    DEFAULT_AUTHORIZATION,
+    DEFAULT_CONNECTOR,
+    ConfigError,
+    load_config,
+)
 
 EXAMPLE = """
 [identity]
@@ -45,7 +50,18 @@ create_issue = ["write:jira-work"]
 [[connectors]]
 name = "projects/acme/locations/global/collections/builtin/dataConnector"
 default_scopes = ["read"]
+
+[[authorizations]]
+name = "projects/acme/locations/global/authorizations/jira"
+display_name = "Jira for agents"
+authorize_url = "https://auth.example.com/authorize"
+token_url = "https://auth.example.com/oauth/token"
+client_id = "acme-jira-agents"
+client_secret_env = "ACME_JIRA_SECRET"
+default_scopes = ["read:jira-work", "offline_access"]
 """
+
+JIRA_AGENTS = "projects/acme/locations/global/authorizations/jira"
 
 
 def test_the_documented_example_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,6 +84,13 @@ def test_the_documented_example_parses(tmp_path: Path, monkeypatch: pytest.Monke
     ].builtin
     assert config.provider.faults.rate_429 == 0.1
     assert config.lease_seconds == 20
+    assert set(config.authorizations) == {DEFAULT_AUTHORIZATION, JIRA_AGENTS}
+    agents = config.authorizations[JIRA_AGENTS]
+    assert (agents.kind, agents.display_name) == ("authorization", "Jira for agents")
+    assert agents.client_secret == "from-the-environment"
+    assert "from-the-environment" not in repr(agents)
+    assert not agents.builtin
+    assert config.authorizations[DEFAULT_AUTHORIZATION].builtin
 
 
 @pytest.mark.parametrize(
@@ -97,6 +120,38 @@ def test_the_documented_example_parses(tmp_path: Path, monkeypatch: pytest.Monke
             "client secret",
         ),
         ({"store": {"lease_seconds": 5}}, "shorter than store.lease_seconds"),
+        ({"authorizations": [{"name": DEFAULT_CONNECTOR, "display_name": "x"}]}, "authorizations/"),
+        (
+            {"authorizations": [{"name": JIRA_AGENTS}]},
+            r"authorizations\[0\].display_name is required",
+        ),
+        (
+            {"authorizations": [{"name": JIRA_AGENTS, "display_name": "J", "actions": {}}]},
+            "unknown config key authorizations\\[0\\].actions",
+        ),
+        (
+            {
+                "authorizations": [
+                    {
+                        "name": JIRA_AGENTS,
+                        "display_name": "J",
+                        "authorize_url": "{instance_uri}/authorize",
+                        "token_url": "{instance_uri}/token",
+                        "client_id": "c",
+                        "client_secret": "s",
+                    }
+                ]
+            },
+            "an authorization's URLs are fixed",
+        ),
+        (
+            {
+                "store": {"lease_seconds": 5},
+                "connectors": [{"name": DEFAULT_CONNECTOR, "timeout_seconds": 1}],
+            },
+            "authorization projects/demo/.* must be shorter",
+        ),
+        ({"authorizations": {"name": JIRA_AGENTS}}, r"array of tables \(\[\[authorizations"),
     ],
 )
 def test_mistakes_are_named(data: dict[str, Any], words: str) -> None:

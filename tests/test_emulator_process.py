@@ -18,6 +18,7 @@ import pytest
 
 from agentspace_grpc.emulator import Emulator
 from tests._emulator_helpers import (
+    AUTHORIZATION,
     CONNECTOR,
     CanaryProvider,
     channel_to,
@@ -40,12 +41,14 @@ async def test_ready_line_then_exit_0_on_signal(tmp_path: Path, signum: int) -> 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     emu = await start_process(None, env={"TMPDIR": str(scratch)}, log_dir=tmp_path)
-    assert set(emu.ready) == {"grpc", "http", "token_uri", "authorize_uri", "connector"}
+    keys = {"grpc", "http", "token_uri", "authorize_uri", "connector", "authorization"}
+    assert set(emu.ready) == keys
     assert emu.ready["grpc"].startswith("127.0.0.1:")
     assert emu.ready["http"].startswith("http://127.0.0.1:")
     assert emu.ready["token_uri"] == emu.ready["http"] + "/oauth2/token"
     assert emu.ready["authorize_uri"] == emu.ready["http"] + "/provider/authorize"
     assert emu.ready["connector"] == CONNECTOR
+    assert emu.ready["authorization"] == AUTHORIZATION
     assert any(scratch.iterdir())  # the temporary data directory
     token = await connect_user(emu.http, ALICE)
     async with channel_to(emu.grpc) as stub:

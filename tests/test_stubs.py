@@ -79,7 +79,10 @@ async def test_check_refresh_token(stub: p.DataConnectorServiceStub) -> None:
 def test_method_paths_are_the_hosted_service_paths() -> None:
     paths = sorted(row.grpc_path for row in ROWS.values())
     prefix = "/google.cloud.discoveryengine.v1alpha.DataConnectorService/"
+    authorizations = "/google.cloud.discoveryengine.v1alpha.AuthorizationService/"
     assert paths == [
+        authorizations + "AcquireUserAuthorization",
+        authorizations + "StoreUserAuthorization",
         prefix + "AcquireAccessToken",
         prefix + "AcquireAndStoreRefreshToken",
         prefix + "CheckRefreshToken",

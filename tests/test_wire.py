@@ -12,16 +12,25 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from agentspace_grpc import UndecodableAnswer, _token
+from agentspace_grpc import AuthorizationRequired, UndecodableAnswer, _token
 from agentspace_grpc import _proto as p
 from agentspace_grpc import _wire as w
-from agentspace_grpc._token import AccessToken, token_from_json, token_from_response
+from agentspace_grpc._token import (
+    AccessToken,
+    token_from_json,
+    token_from_response,
+    user_token_from_json,
+    user_token_from_response,
+)
 
 NAME = "projects/p1/locations/global/collections/default_collection/dataConnector"
 PATTERN = "projects/*/locations/*/collections/*/dataConnector"
 ACQUIRE = w.ROWS["AcquireAccessToken"]
 STORE = w.ROWS["AcquireAndStoreRefreshToken"]
 CHECK = w.ROWS["CheckRefreshToken"]
+ACQUIRE_USER = w.ROWS["AcquireUserAuthorization"]
+STORE_USER = w.ROWS["StoreUserAuthorization"]
+AUTHORIZATION = "projects/p1/locations/global/authorizations/a1"
 
 
 # ---- the table ------------------------------------------------------------------------------
@@ -47,12 +56,28 @@ def test_one_row_per_rpc_from_the_descriptors() -> None:
             "GET",
             True,
         ),
+        "AcquireUserAuthorization": (
+            "/google.cloud.discoveryengine.v1alpha.AuthorizationService/AcquireUserAuthorization",
+            "POST",
+            False,
+        ),
+        "StoreUserAuthorization": (
+            "/google.cloud.discoveryengine.v1alpha.AuthorizationService/StoreUserAuthorization",
+            "POST",
+            False,
+        ),
     }
     assert (ACQUIRE.request_class, ACQUIRE.response_class) == (
         p.AcquireAccessTokenRequest,
         p.AcquireAccessTokenResponse,
     )
-    assert [row.reads_grant for row in (ACQUIRE, STORE, CHECK)] == [True, False, True]
+    assert [row.reads_grant for row in (ACQUIRE, STORE, CHECK, ACQUIRE_USER, STORE_USER)] == [
+        True,
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def _method_with(rule: http_pb2.HttpRule, *, page: bool = False) -> Any:
@@ -146,6 +171,24 @@ def test_store_request_uses_camel_case() -> None:
         "scopes": ["a", "b"],
         "fullRedirectUri": "https://x/cb?code=1&state=2",
     }
+
+
+def test_authorization_requests_follow_the_reference() -> None:
+    """acquireUserAuthorization: a POST with an empty body; storeUserAuthorization: a POST of
+    ``{"fullRedirectUri": ...}``; the name in the path either way."""
+    assert ACQUIRE_USER.to_http(p.AcquireUserAuthorizationRequest(name=AUTHORIZATION)) == (
+        "POST",
+        f"/v1alpha/{AUTHORIZATION}:acquireUserAuthorization",
+        b"{}",
+    )
+    store = p.StoreUserAuthorizationRequest(name=AUTHORIZATION, full_redirect_uri="https://r/?c=1")
+    assert STORE_USER.to_http(store) == (
+        "POST",
+        f"/v1alpha/{AUTHORIZATION}:storeUserAuthorization",
+        b'{"fullRedirectUri":"https://r/?c=1"}',
+    )
+    with pytest.raises(w.TranscodingError, match="authorizations"):
+        ACQUIRE_USER.expand(NAME)
 
 
 def test_check_refresh_token_is_a_get_without_body() -> None:
@@ -291,6 +334,46 @@ def test_an_answer_without_a_token_is_undecodable_on_both_wires() -> None:
     assert (token.access_token, token.connector, token.transport) == ("t", NAME, "grpc")
 
 
+def test_an_authorization_answer_is_a_token_a_consent_uri_or_undecodable_on_both_wires() -> None:
+    info = {"refreshTokenInfo": {"scopes": ["s1", "s2"]}}
+    fast = ACQUIRE_USER.from_json(json.dumps({"accessToken": "t", **info}).encode(), AUTHORIZATION)
+    answer = p.AcquireUserAuthorizationResponse(access_token="t")
+    answer.refresh_token_info.scopes[:] = ["s1", "s2"]
+    slow = ACQUIRE_USER.from_message(answer, AUTHORIZATION)
+    for token, wire in ((fast, "rest"), (slow, "grpc")):
+        assert (token.access_token, token.resource, token.connector) == ("t", *[AUTHORIZATION] * 2)
+        assert (token.scopes, token.transport) == (("s1", "s2"), wire)
+
+    uri = "https://consent.example/authorize?state=s"
+    readers = (
+        (lambda: ACQUIRE_USER.from_json(b'{"authorizationUri": "%s"}' % uri.encode(), "a"), 200),
+        (
+            lambda: user_token_from_response(
+                p.AcquireUserAuthorizationResponse(authorization_uri=uri), "a", "grpc"
+            ),
+            None,
+        ),
+    )
+    for read, http_status in readers:
+        with pytest.raises(AuthorizationRequired) as caught:
+            read()
+        error = caught.value
+        assert (error.authorization_uri, error.resource, error.connector) == (uri, "a", "a")
+        assert (error.http_status, error.reason) == (http_status, None)
+        assert "store_user_authorization()" in error.message
+        assert "store_user_authorization()" in str(error)
+
+    for body in (
+        b"{}",
+        b'{"accessToken": "", "authorizationUri": ""}',
+        b'{"refreshTokenInfo": {}}',
+    ):
+        with pytest.raises(UndecodableAnswer, match="neither an access token nor"):
+            ACQUIRE_USER.from_json(body, AUTHORIZATION)
+    with pytest.raises(UndecodableAnswer, match="neither an access token nor"):
+        ACQUIRE_USER.from_message(p.AcquireUserAuthorizationResponse(), AUTHORIZATION)
+
+
 # ---- errors -------------------------------------------------------------------------------
 
 
@@ -380,7 +463,14 @@ json_values = st.recursive(
     max_leaves=6,
 )
 response_keys = st.sampled_from(
-    ["accessToken", "access_token", "refreshTokenInfo", "refresh_token_info", "other"]
+    [
+        "accessToken",
+        "access_token",
+        "refreshTokenInfo",
+        "refresh_token_info",
+        "authorizationUri",
+        "other",
+    ]
 )
 info_keys = st.sampled_from(["name", "scopes", "extra"])
 
@@ -414,6 +504,11 @@ service_answers = st.fixed_dictionaries(
             {"name": any_text, "scopes": st.lists(any_text, max_size=3)}
         ),
     }
+) | st.fixed_dictionaries(  # an authorization's answer (no name in the info)
+    {
+        "accessToken": any_text,
+        "refreshTokenInfo": st.fixed_dictionaries({"scopes": st.lists(any_text, max_size=3)}),
+    }
 )
 
 
@@ -422,7 +517,9 @@ def _token_or_error(read: Any) -> Any:
         token = read()
     except (ValueError, UndecodableAnswer) as exc:
         return type(exc)
-    return (token.access_token, token.connector, token.scopes, token.transport)
+    except AuthorizationRequired as exc:
+        return (type(exc), exc.authorization_uri, exc.http_status, exc.resource)
+    return (token.access_token, token.resource, token.scopes, token.transport)
 
 
 @settings(max_examples=500, deadline=None, derandomize=True)
@@ -453,8 +550,21 @@ def _token_or_error(read: Any) -> Any:
     spaced=False,
     after="",
 )
+@pytest.mark.parametrize(
+    ("read", "response_class", "from_message"),
+    [
+        (token_from_json, p.AcquireAccessTokenResponse, token_from_response),
+        (user_token_from_json, p.AcquireUserAuthorizationResponse, user_token_from_response),
+    ],
+)
 def test_rest_token_reading_agrees_with_json_format(
-    document: dict[str, Any], ascii_only: bool, spaced: bool, after: str
+    document: dict[str, Any],
+    ascii_only: bool,
+    spaced: bool,
+    after: str,
+    read: Any,
+    response_class: Any,
+    from_message: Any,
 ) -> None:
     """The REST client reads the service's own form of an answer straight into the token:
     for any document, that gives exactly what json_format's message would, or the same error."""
@@ -462,11 +572,11 @@ def test_rest_token_reading_agrees_with_json_format(
     body = text.encode("utf-8", "surrogatepass")
 
     def through_the_message() -> AccessToken:
-        message = _token.answer_from_json(body, p.AcquireAccessTokenResponse)
-        return token_from_response(message, NAME, "rest")
+        message = _token.answer_from_json(body, response_class)
+        return from_message(message, NAME, "rest")
 
     expected = _token_or_error(through_the_message)
-    assert _token_or_error(lambda: token_from_json(body, NAME)) == expected
+    assert _token_or_error(lambda: read(body, NAME)) == expected
 
 
 json_texts = st.one_of(

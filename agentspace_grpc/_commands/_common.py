@@ -8,7 +8,8 @@ The exit status says what the caller should do next, so scripts can branch on it
 2     usage or bad input: a bad flag, connector name or token file; INVALID_ARGUMENT; a
       connector that does not exist
 3     the end user must authorize (again): no refresh token stored for them
-      (``AuthorizationRequired``), scopes not granted, or the grant was revoked
+      (``AuthorizationRequired``; an authorization's URI is printed), scopes not granted, or
+      the grant was revoked
 4     the credentials were refused: UNAUTHENTICATED or PERMISSION_DENIED
 5     try again later: UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED
 130   interrupted (Ctrl-C)
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from agentspace_grpc._client import EMULATOR_HOST_ENV, EMULATOR_REST_ENV
+from agentspace_grpc._errors import is_authorization_name
 
 if TYPE_CHECKING:
     from agentspace_grpc import AccessToken, DataConnectorClient
@@ -57,8 +59,9 @@ exit status:
   1    any other failure (INTERNAL, UNKNOWN, an unexpected answer)
   2    usage or bad input: a bad flag, connector name or token file; INVALID_ARGUMENT;
        a data connector that does not exist
-  3    the end user must authorize (again): nothing stored for them on this connector,
-       scopes not granted, or the grant was revoked; run the consent flow, then `store`
+  3    the end user must authorize (again): nothing stored for them on this resource
+       (an authorization prints its authorization URI), scopes not granted, or the grant
+       was revoked; run the consent flow, then `store`
   4    the credentials were refused: UNAUTHENTICATED or PERMISSION_DENIED
   5    try again later: UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED
   130  interrupted
@@ -70,7 +73,8 @@ environment:
 """
 
 CONNECTOR_HELP: Final = (
-    "NAME: projects/PROJECT/locations/LOCATION/collections/COLLECTION/dataConnector"
+    "NAME: projects/PROJECT/locations/LOCATION/collections/COLLECTION/dataConnector\n"
+    "   or projects/PROJECT/locations/LOCATION/authorizations/AUTHORIZATION"
 )
 
 _MAX_TOKEN_FILE: Final = 64 * 1024
@@ -122,7 +126,9 @@ def new_parser(
         epilog=EXIT_STATUS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", metavar="NAME", help="the data connector's resource name")
+    parser.add_argument(
+        "name", metavar="NAME", help="the data connector's or the authorization's resource name"
+    )
     return parser
 
 
@@ -452,15 +458,23 @@ def describe_error(
     if not isinstance(exc, DataConnectorError):
         return EXIT_ERROR, f"unexpected {type(exc).__name__}: {exc}"
     said = exc.message.rstrip(" .")  # the server's words; advice follows them
+    kind = "authorization" if is_authorization_name(name) else "data connector"
     who = _who(exc, args)
     user = f"user {who}" if who else "the end user of these credentials"
     if isinstance(exc, AuthorizationRequired):
-        connector = exc.connector or name
-        message = (
-            f"{user} has not authorized data connector {connector}; run the consent flow as "
-            f"that user, then store the redirect URI with: agentspace-grpc store {connector} "
-            "--redirect-uri URI"
-        )
+        resource = exc.resource or name
+        store = f"agentspace-grpc store {resource} --redirect-uri URI"
+        if exc.authorization_uri is not None:  # not a secret: it is bound to this user
+            message = (
+                f"{user} must authorize {resource}: open {exc.authorization_uri} in a browser "
+                f"as that user, then store the URI it ends at with: {store}"
+            )
+        else:
+            what = resource if is_authorization_name(resource) else f"data connector {resource}"
+            message = (
+                f"{user} has not authorized {what}; run the consent flow as that user, then "
+                f"store the redirect URI with: {store}"
+            )
         if who and who.endswith(".gserviceaccount.com"):
             message += (
                 " (these are service-account credentials: the service files tokens under the "
@@ -481,7 +495,7 @@ def describe_error(
         )
     if isinstance(exc, NotFound):
         return EXIT_USAGE, (
-            f"not found: {said}; check the data connector's name and the endpoint "
+            f"not found: {said}; check the {kind}'s name and the endpoint "
             "(data stores in eu/us use the eu-/us-discoveryengine hosts)"
         )
     if isinstance(exc, InvalidArgument):
@@ -493,7 +507,7 @@ def describe_error(
     if isinstance(exc, PermissionDenied):
         return EXIT_DENIED, (
             f"permission denied on {name}: {said}; check that this account may use the "
-            "data connector's project (IAM), and the quota project if one is set"
+            f"{kind}'s project (IAM), and the quota project if one is set"
         )
     if isinstance(exc, Unavailable):
         if exc.reason == "UPSTREAM_UNAVAILABLE":
@@ -522,16 +536,18 @@ def describe_error(
 
 
 def error_json(exc: BaseException, exit_status: int, message: str) -> dict[str, Any]:
-    """The ``--json`` form of a failure."""
+    """The ``--json`` form of a failure (with an authorization's URI when it sent one)."""
     code = getattr(exc, "code", None)
-    return {
-        "error": {
-            "exit_status": exit_status,
-            "status": getattr(code, "name", None),
-            "reason": getattr(exc, "reason", None),
-            "message": message,
-        }
+    error = {
+        "exit_status": exit_status,
+        "status": getattr(code, "name", None),
+        "reason": getattr(exc, "reason", None),
+        "message": message,
     }
+    uri = getattr(exc, "authorization_uri", None)
+    if uri is not None:
+        error["authorization_uri"] = uri
+    return {"error": error}
 
 
 # ---- running -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""``agentspace-grpc store``: store an end user's refresh token (AcquireAndStoreRefreshToken).
+"""``agentspace-grpc store``: store an end user's refresh token (AcquireAndStoreRefreshToken for
+a data connector, StoreUserAuthorization for an authorization).
 
-After the user consented at the third party, the browser lands on the connector's redirect URI
-with ``code=...&state=...``; the service exchanges that code and files the refresh token under
+After the user consented at the third party, the browser lands on the redirect URI with
+``code=...&state=...``; the service exchanges that code and files the refresh token under
 the caller's identity, so this must run with the end user's own credentials. The redirect URI
 holds a secret (the code): it is never printed. The third party's extra answer fields are
 printed with their tokens and secrets as fingerprints, unless ``--show-token`` asks for them.
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agentspace_grpc._commands import _common
+from agentspace_grpc._errors import is_authorization_name
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         subparsers,
         "store",
         help_text="store an end user's refresh token after consent",
-        description="Call AcquireAndStoreRefreshToken with the full redirect URI that the "
+        description="Call AcquireAndStoreRefreshToken (NAME is a data connector) or "
+        "StoreUserAuthorization (NAME is an authorization) with the full redirect URI that the "
         "third party sent the user's browser back to (code= and every other parameter): the "
         "service exchanges the code and stores the refresh token for the calling user, so "
         "use that user's credentials.",
@@ -41,9 +44,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="extend",
         default=[],
         metavar="SCOPE",
-        help="the scopes the user consented to (space-separated or repeated)",
+        help="data connectors: the scopes the user consented to (space-separated or repeated)",
     )
-    parser.add_argument("--instance-uri", metavar="URI", help="the third party's instance URI")
+    parser.add_argument(
+        "--instance-uri", metavar="URI", help="data connectors: the third party's instance URI"
+    )
     parser.add_argument(
         "--show-token",
         action="store_true",
@@ -83,31 +88,43 @@ def run(args: argparse.Namespace) -> int:
     """Store the refresh token and print the third party's extra answer fields."""
 
     async def main() -> int:
+        authorization = is_authorization_name(args.name)
+        if authorization and (args.scopes or args.instance_uri is not None):
+            raise _common.CommandError(
+                "--scopes and --instance-uri apply to data connectors, not to an authorization"
+            )
         uri = redirect_uri_from(args.redirect_uri)
         scopes = [scope for value in args.scopes for scope in value.split()]
         credentials = await _common.credentials_from(args)
         async with _common.make_client(args, credentials) as client:
-            extra = await client.store_refresh_token(
-                args.name,
-                uri,
-                scopes=scopes,
-                instance_uri=args.instance_uri,
-                timeout=args.timeout,
-            )
+            if authorization:
+                await client.store_user_authorization(args.name, uri, timeout=args.timeout)
+                extra = {}
+            else:
+                extra = await client.store_refresh_token(
+                    args.name,
+                    uri,
+                    scopes=scopes,
+                    instance_uri=args.instance_uri,
+                    timeout=args.timeout,
+                )
         transport = _common.answered_by(client)
         if not args.show_token:
             extra = _common.conceal(extra)
         if args.json:
             data: dict[str, Any] = {
+                "resource": args.name,
                 "connector": args.name,
                 "stored": True,
                 "transport": transport,
-                "additional_oauth_responses": extra,
             }
+            if not authorization:
+                data["additional_oauth_responses"] = extra
             _common.print_json(data)
             return _common.EXIT_OK
         who = f" of {args.emulator_user}" if args.emulator_user else ""
-        print(f"stored the refresh token{who} for {args.name} (transport {transport})")
+        what = "authorization" if authorization else "refresh token"
+        print(f"stored the {what}{who} for {args.name} (transport {transport})")
         for key in sorted(extra):
             print(f"  {_common.inert(key)}: {_common.inert(str(extra[key]))}")
         return _common.EXIT_OK

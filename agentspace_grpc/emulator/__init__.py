@@ -1,4 +1,5 @@
-"""The local emulator of DataConnectorService: gRPC and REST on loopback, for real.
+"""The local emulator of DataConnectorService and AuthorizationService: gRPC and REST on
+loopback, for real.
 
 ``Emulator`` is imported lazily so that ``agentspace_grpc.emulator._main`` (the command line)
 and the pytest plugin stay cheap to import; the emulator itself needs the ``emulator`` extra.

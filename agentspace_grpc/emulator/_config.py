@@ -1,4 +1,5 @@
-"""The emulator's configuration: connectors, the built-in provider, identity and the store.
+"""The emulator's configuration: connectors, authorizations, the built-in provider, identity
+and the store.
 
 The configuration is a TOML file (``--config FILE``) or the same structure as a mapping
 (``Emulator(config={...})``). Every key is optional; unknown keys are errors, so a typo never
@@ -47,9 +48,17 @@ passes silently. The schema::
     [connectors.actions]            # per-action required scopes
     create_issue = ["write"]
 
-A connector without URLs is registered with the built-in provider; without a ``client_id`` it
-gets one derived from its name, and without a secret one derived from the data directory's key
-(so that every emulator process on that directory agrees on it).
+    [[authorizations]]              # zero or more; the default authorization always exists
+    name = "projects/p/locations/global/authorizations/jira"
+    display_name = "Jira"           # required
+    # and the OAuth keys of [[connectors]]: authorize_url, token_url, pkce, client_id,
+    # client_secret / client_secret_env, auth_method, default_scopes (the scopes every
+    # token needs: a grant without one of them asks the user to authorize again),
+    # redirect_uri, timeout_seconds, expiry_margin_seconds, default_expires_in
+
+A connector or authorization without URLs is registered with the built-in provider; without a
+``client_id`` it gets one derived from its name, and without a secret one derived from the data
+directory's key (so that every emulator process on that directory agrees on it).
 """
 
 from __future__ import annotations
@@ -58,7 +67,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -67,8 +76,30 @@ DEFAULT_CONNECTOR: Final = (
     "projects/demo/locations/global/collections/default_collection/dataConnector"
 )
 DEFAULT_REDIRECT_URI: Final = "https://vertexaisearch.cloud.google.com/oauth-redirect"
+DEFAULT_AUTHORIZATION: Final = "projects/demo/locations/global/authorizations/default_authorization"
 CONNECTOR_PATTERN: Final = re.compile(
     r"projects/[^/]+/locations/[^/]+/collections/[^/]+/dataConnector"
+)
+AUTHORIZATION_PATTERN: Final = re.compile(r"projects/[^/]+/locations/[^/]+/authorizations/[^/]+")
+#: The two kinds of OAuth resource, as :attr:`Connector.kind` names them.
+CONNECTOR: Final = "data connector"
+AUTHORIZATION: Final = "authorization"
+_OAUTH_KEYS: Final = frozenset(
+    {
+        "name",
+        "authorize_url",
+        "token_url",
+        "client_id",
+        "client_secret",
+        "client_secret_env",
+        "auth_method",
+        "default_scopes",
+        "redirect_uri",
+        "timeout_seconds",
+        "expiry_margin_seconds",
+        "default_expires_in",
+        "pkce",
+    }
 )
 _AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post")
 _GRANTS: Final = ("authorization_code", "refresh_token")
@@ -107,7 +138,8 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class Connector:
-    """One data connector as the administrator configured it.
+    """One OAuth resource as the administrator configured it: a data connector, or an
+    authorization (``kind``), which the store and the refresh protocol treat alike.
 
     ``client_secret`` is excluded from ``repr`` so that it never lands in a log line.
     """
@@ -127,6 +159,8 @@ class Connector:
     default_expires_in: float = 0.0
     instance_hosts: tuple[str, ...] = ()
     pkce: bool = True
+    kind: str = CONNECTOR
+    display_name: str = ""
 
     @property
     def uses_instance(self) -> bool:
@@ -173,6 +207,7 @@ class Config:
     """The whole configuration, validated."""
 
     connectors: Mapping[str, Connector]
+    authorizations: Mapping[str, Connector] = field(default_factory=dict)
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     identity_token_lifetime: float = 3600.0
     lease_seconds: float = 30.0
@@ -212,7 +247,7 @@ def with_overrides(config: Config, **provider: Any) -> Config:
 
 
 def _parse(data: Mapping[str, Any]) -> Config:
-    _only(data, "", {"identity", "store", "provider", "connectors"})
+    _only(data, "", {"identity", "store", "provider", "connectors", "authorizations"})
     identity = _table(data, "identity", "")
     _only(identity, "identity", {"token_lifetime"})
     store = _table(data, "store", "")
@@ -237,21 +272,37 @@ def _parse(data: Mapping[str, Any]) -> Config:
             actions={"read_items": ("read",), "write_items": ("write",), "admin": ("admin",)},
         )
     }
-    raw_connectors = data.get("connectors", [])
-    if not isinstance(raw_connectors, list):
-        raise ConfigError("connectors must be an array of tables ([[connectors]])")
-    for index, item in enumerate(raw_connectors):
-        connector = _connector(item, f"connectors[{index}]")
-        connectors[connector.name] = connector
-    for connector in connectors.values():
+    authorizations: dict[str, Connector] = {
+        DEFAULT_AUTHORIZATION: replace(
+            connectors[DEFAULT_CONNECTOR],
+            name=DEFAULT_AUTHORIZATION,
+            client_id="agentspace-emulator-default-authorization",
+            actions={},
+            kind=AUTHORIZATION,
+            display_name="Default authorization (built-in provider)",
+        )
+    }
+    for key, kind, found in (
+        ("connectors", CONNECTOR, connectors),
+        ("authorizations", AUTHORIZATION, authorizations),
+    ):
+        items = data.get(key, [])
+        if not isinstance(items, list):
+            raise ConfigError(f"{key} must be an array of tables ([[{key}]])")
+        for index, item in enumerate(items):
+            resource = _connector(item, f"{key}[{index}]", kind)
+            found[resource.name] = resource
+    for connector in (*connectors.values(), *authorizations.values()):
         # A lease must outlive the upstream call it protects, or two holders could refresh.
         if connector.timeout_seconds >= lease:
             raise ConfigError(
-                f"connector {connector.name}: timeout_seconds ({connector.timeout_seconds:g}) "
+                f"{connector.kind} {connector.name}: timeout_seconds "
+                f"({connector.timeout_seconds:g}) "
                 f"must be shorter than store.lease_seconds ({lease:g})"
             )
     return Config(
         connectors=connectors,
+        authorizations=authorizations,
         provider=provider,
         identity_token_lifetime=_number(identity, "token_lifetime", "identity", 3600.0, 1.0),
         lease_seconds=lease,
@@ -298,41 +349,30 @@ def _faults(data: Mapping[str, Any], where: str, base: Faults) -> Faults:
     )
 
 
-def _connector(item: Any, where: str) -> Connector:
+def _connector(item: Any, where: str, kind: str) -> Connector:
+    """A ``[[connectors]]`` or ``[[authorizations]]`` table (``kind``)."""
     if not isinstance(item, Mapping):
         raise ConfigError(f"{where} must be a table")
-    _only(
-        item,
-        where,
-        {
-            "name",
-            "authorize_url",
-            "token_url",
-            "client_id",
-            "client_secret",
-            "client_secret_env",
-            "auth_method",
-            "default_scopes",
-            "redirect_uri",
-            "timeout_seconds",
-            "expiry_margin_seconds",
-            "default_expires_in",
-            "actions",
-            "instance_hosts",
-            "pkce",
-        },
-    )
+    if kind == CONNECTOR:
+        _only(item, where, _OAUTH_KEYS | {"actions", "instance_hosts"})
+        pattern, shape = CONNECTOR_PATTERN, "projects/*/locations/*/collections/*/dataConnector"
+    else:
+        _only(item, where, _OAUTH_KEYS | {"display_name"})
+        pattern, shape = AUTHORIZATION_PATTERN, "projects/*/locations/*/authorizations/*"
     name = _string(item, "name", where, None)
-    if not CONNECTOR_PATTERN.fullmatch(name):
-        raise ConfigError(
-            f"{where}.name {name!r} does not match "
-            "projects/*/locations/*/collections/*/dataConnector"
-        )
+    if not pattern.fullmatch(name):
+        raise ConfigError(f"{where}.name {name!r} does not match {shape}")
+    display_name = _string(item, "display_name", where, None) if kind == AUTHORIZATION else ""
     authorize_url = _string(item, "authorize_url", where, "")
     token_url = _string(item, "token_url", where, "")
     if bool(authorize_url) != bool(token_url):
         raise ConfigError(f"{where}: give both authorize_url and token_url, or neither")
     for key, url in (("authorize_url", authorize_url), ("token_url", token_url)):
+        if INSTANCE_PLACEHOLDER in url and kind == AUTHORIZATION:
+            raise ConfigError(
+                f"{where}.{key}: an authorization's URLs are fixed ({INSTANCE_PLACEHOLDER} is "
+                "for data connectors, whose requests name an instance)"
+            )
         if INSTANCE_PLACEHOLDER in url:
             rest = url.removeprefix(INSTANCE_PLACEHOLDER)
             if INSTANCE_PLACEHOLDER in rest or rest[:1] not in ("", "/", "?"):
@@ -362,9 +402,9 @@ def _connector(item: Any, where: str) -> Connector:
                 f"{where}.client_secret_env: environment variable {variable} is empty"
             )
     if not builtin and not secret:
-        raise ConfigError(f"{where}: a connector with its own token_url needs a client secret")
+        raise ConfigError(f"{where}: a {kind} with its own token_url needs a client secret")
     if not builtin and "client_id" not in item:
-        raise ConfigError(f"{where}: a connector with its own token_url needs a client_id")
+        raise ConfigError(f"{where}: a {kind} with its own token_url needs a client_id")
     auth_method = _string(item, "auth_method", where, "client_secret_basic")
     if auth_method not in _AUTH_METHODS:
         raise ConfigError(f"{where}.auth_method must be one of {list(_AUTH_METHODS)}")
@@ -393,6 +433,8 @@ def _connector(item: Any, where: str) -> Connector:
         default_expires_in=_number(item, "default_expires_in", where, 0.0, 0.0),
         instance_hosts=instance_hosts,
         pkce=_bool(item, "pkce", where, True),
+        kind=kind,
+        display_name=display_name,
     )
 
 
@@ -409,7 +451,7 @@ def _hosts(item: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return tuple(host.lower() for host in value)
 
 
-def _only(data: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+def _only(data: Mapping[str, Any], where: str, allowed: Set[str]) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
         prefix = f"{where}." if where else ""

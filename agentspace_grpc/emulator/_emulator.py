@@ -24,7 +24,15 @@ import grpc
 from aiohttp import web
 
 from agentspace_grpc._client import DataConnectorClient
-from agentspace_grpc.emulator._config import DEFAULT_CONNECTOR, Config, Connector, load_config
+from agentspace_grpc._credentials import CredentialsLike
+from agentspace_grpc.emulator._config import (
+    DEFAULT_AUTHORIZATION,
+    DEFAULT_CONNECTOR,
+    Config,
+    Connector,
+    load_config,
+)
+from agentspace_grpc.emulator._consent import request_consent_uri
 from agentspace_grpc.emulator._crypto import Keyring, load_keyring
 from agentspace_grpc.emulator._grpc import start_grpc
 from agentspace_grpc.emulator._identity import (
@@ -97,7 +105,8 @@ def _resolve(
 
 
 class Emulator:
-    """A local DataConnectorService: ``async with Emulator() as emu:`` (or ``with`` on a thread).
+    """A local DataConnectorService and AuthorizationService: ``async with Emulator() as emu:``
+    (or ``with`` on a thread).
 
     Args:
         data_dir: where the store, the provider's state and the key live; None: a temporary
@@ -181,6 +190,11 @@ class Emulator:
         return DEFAULT_CONNECTOR
 
     @property
+    def authorization(self) -> str:
+        """The default authorization's resource name."""
+        return DEFAULT_AUTHORIZATION
+
+    @property
     def data_dir(self) -> Path:
         """The data directory in use."""
         self._need_started()
@@ -198,6 +212,7 @@ class Emulator:
             "token_uri": f"{http}/oauth2/token",
             "authorize_uri": f"{http}/provider/authorize",
             "connector": self.connector,
+            "authorization": self.authorization,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -231,12 +246,14 @@ class Emulator:
         sock = _bind(self._host, self._ports[1])
         self._bound, self._http_port = sock.getsockname()[:2]
         http_url = f"http://{_url_host(self._host)}:{self._http_port}"
-        connectors = _resolve(self._config.connectors, http_url, keys)
+        resources = _resolve(
+            {**self._config.connectors, **self._config.authorizations}, http_url, keys
+        )
         clients = {
             c.client_id: Client(
                 c.client_id, c.client_secret, c.redirect_uri, c.default_scopes, c.pkce
             )
-            for c in connectors.values()
+            for c in resources.values()
             if c.builtin
         }
         self._provider = Provider(
@@ -249,13 +266,14 @@ class Emulator:
         self._session = aiohttp.ClientSession(trust_env=False)
         self._service = Service(
             self._config,
-            connectors,
+            resources,
             self._store,
             self._identity,
             keys,
             self._session,
             new_owner(),
-            self._crash_at,
+            http_url=http_url,
+            crash_at=self._crash_at,
         )
         front = RestFront(self._service, self._provider, f"{http_url}/oauth2/token")
         self._runner = web.AppRunner(front.application(), access_log=None)
@@ -372,7 +390,11 @@ class Emulator:
     async def consent(
         self, email: str, connector: str | None = None, scopes: Sequence[str] | None = None
     ) -> str:
-        """Runs the consent for ``email`` over HTTP; returns the full redirect URI to store."""
+        """Runs the consent for ``email`` over HTTP; returns the full redirect URI to store.
+
+        ``connector`` names a data connector or an authorization (default: the default
+        connector).
+        """
         params = {"connector": connector or self.connector}
         if scopes:
             params["scope"] = " ".join(scopes)
@@ -397,6 +419,11 @@ class Emulator:
                         f"{(await response.text())[:300]}"
                     )
                 return response.headers["Location"]
+
+    async def consent_uri(self, resource: str, credentials: CredentialsLike) -> str:
+        """A URL that starts consent to ``resource`` in a browser with no credentials, for the
+        user ``credentials`` identify (so ``consent_uri=emu.consent_uri`` works as is)."""
+        return await request_consent_uri(self.http_url, resource, credentials)
 
     async def _get_json(self, path: str) -> dict[str, int]:
         async with (

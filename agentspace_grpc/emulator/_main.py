@@ -1,8 +1,9 @@
 """``agentspace-grpc emulator``: run the emulator as a process.
 
 Prints exactly one JSON line on stdout when both ports are ready (keys ``grpc``, ``http``,
-``token_uri``, ``authorize_uri``, ``connector``); logs go to stderr; SIGINT and SIGTERM stop it
-with exit status 0. This module imports nothing heavy until :func:`run` is called.
+``token_uri``, ``authorize_uri``, ``connector``, ``authorization``); logs go to stderr; SIGINT
+and SIGTERM stop it with exit status 0. This module imports nothing heavy until :func:`run` is
+called.
 """
 
 from __future__ import annotations

@@ -3,14 +3,18 @@ consent, the built-in provider and stats, all on one aiohttp port.
 
 Endpoints:
 
-- ``/v1alpha/...``: DataConnectorService over REST/JSON (routes from ``google.api.http``),
-  Google-shaped JSON errors.
+- ``/v1alpha/...``: DataConnectorService and AuthorizationService over REST/JSON (routes from
+  ``google.api.http``), Google-shaped JSON errors.
 - ``POST /oauth2/token``: the identity token endpoint (``grant_type=refresh_token``); point
   ``google.oauth2.credentials.Credentials(token_uri=...)`` here.
 - ``POST /emulator/v1/users/{email}/token``: mints an end user's identity (refresh token,
   access token and the fields google-auth needs).
 - ``GET /emulator/v1/consent?connector=NAME&scope=A+B[&instance_uri=HOST]`` with the user's
-  bearer token: redirects to the connector's authorize URL with a state bound to that user.
+  bearer token: redirects to the authorize URL of the connector or authorization NAME with a
+  state bound to that user. ``GET /emulator/v1/consent?state=STATE``, with no credentials, does
+  the same for the user and resource a consent URI's signed state names (what a browser opens).
+- ``POST /emulator/v1/consent-uri`` with the user's bearer token and ``{"resource": NAME}``:
+  ``{"consentUri": URL}``, such a URL for that user.
 - ``GET /emulator/v1/stats``: the emulator's counters; ``GET /healthz``.
 - ``/provider/...``: the built-in provider (see :mod:`._provider`).
 
@@ -22,6 +26,7 @@ and 413 included); an unexpected failure is INTERNAL / ``server_error`` with an 
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -40,6 +45,7 @@ from agentspace_grpc._wire import (
     message_to_json,
     status_to_json,
 )
+from agentspace_grpc.emulator._config import DEFAULT_CONNECTOR
 from agentspace_grpc.emulator._errors import (
     ServiceError,
     internal,
@@ -142,6 +148,7 @@ class RestFront:
         app.router.add_post("/oauth2/token", self.handle_identity_token)
         app.router.add_post("/emulator/v1/users/{email}/token", self.handle_mint)
         app.router.add_get("/emulator/v1/consent", self.handle_consent)
+        app.router.add_post("/emulator/v1/consent-uri", self.handle_consent_uri)
         app.router.add_get("/emulator/v1/stats", self.handle_stats)
         app.router.add_get("/healthz", self.handle_health)
         self._provider.add_routes(app)
@@ -234,29 +241,52 @@ class RestFront:
         }
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
-    async def handle_consent(self, request: web.Request) -> web.Response:
-        """Redirects the caller to the connector's authorize URL (state bound to the caller)."""
+    def _user(self, request: web.Request) -> str:
         try:
-            try:
-                user = self._service.identity.user_from_authorization(
-                    request.headers.get("Authorization")
-                )
-            except IdentityError as exc:
-                raise unauthenticated(str(exc)) from None
-            unknown = sorted(set(request.query) - {"connector", "scope", "instance_uri"})
-            if unknown:
-                raise ServiceError(
-                    code_pb2.INVALID_ARGUMENT, f"unknown query parameter {unknown[0]!r}"
-                )
-            name = request.query.get("connector") or next(iter(self._service.connectors))
-            connector = self._service.connector(name)
-            scopes = request.query.get("scope", "").split()
-            location = self._service.authorize_url(
-                user, connector, scopes, request.query.get("instance_uri", "")
+            return self._service.identity.user_from_authorization(
+                request.headers.get("Authorization")
             )
+        except IdentityError as exc:
+            raise unauthenticated(str(exc)) from None
+
+    async def handle_consent(self, request: web.Request) -> web.Response:
+        """Redirects to the resource's authorize URL, for the user that a consent URI's state
+        names or (without a state) for the caller."""
+        query = request.query
+        try:
+            allowed = {"state"} if "state" in query else {"connector", "scope", "instance_uri"}
+            unknown = sorted(set(query) - allowed)
+            if unknown:
+                raise invalid_argument(f"unknown query parameter {unknown[0]!r}")
+            if "state" in query:  # the signed state is the credential
+                location = self._service.authorize_url(query["state"])
+            else:
+                user = self._user(request)
+                connector = self._service.resource(query.get("connector") or DEFAULT_CONNECTOR)
+                location = self._service.start_consent(
+                    user, connector, query.get("scope", "").split(), query.get("instance_uri", "")
+                )
         except ServiceError as exc:
             return _error(exc)
         return web.Response(status=302, headers={"Location": location})
+
+    async def handle_consent_uri(self, request: web.Request) -> web.Response:
+        """``{"resource": NAME}`` -> ``{"consentUri": URL}``: a consent URI for the caller."""
+        try:
+            user = self._user(request)
+            try:
+                data = json.loads(await request.read())
+            except (ValueError, RecursionError):
+                data = None
+            if type(data) is not dict or type(data.get("resource")) is not str:
+                raise invalid_argument('the body must be a JSON object {"resource": NAME}')
+            unknown = sorted(set(data) - {"resource"})
+            if unknown:
+                raise invalid_argument(f"unknown field {unknown[0]!r} (only 'resource')")
+            uri = self._service.consent_uri(user, self._service.resource(data["resource"]))
+        except ServiceError as exc:
+            return _error(exc)
+        return web.json_response({"consentUri": uri}, headers={"Cache-Control": "no-store"})
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         """The emulator's own counters (from the shared store)."""

@@ -1,14 +1,25 @@
-"""The DataConnectorService logic, independent of the wire.
+"""The DataConnectorService and AuthorizationService logic, independent of the wire.
 
 Both fronts call :meth:`Service.handle` with the method name, the ``authorization`` value and
 the request message; it answers a response message or raises :class:`ServiceError`. Any other
 exception is logged under an incident id and becomes INTERNAL: never a client error, and
 never a message with a secret in it.
 
-AcquireAccessToken, in order: the process's memory cache (short-lived, see
+Data connectors and authorizations are the same thing underneath, OAuth resources (a
+:class:`Connector` of either ``kind``): one store, one refresh protocol, one consent. Only the
+answers differ: where a connector's acquire fails with NOT_FOUND or FAILED_PRECONDITION because
+the user must (re)authorize, an authorization's succeeds with an ``authorization_uri``.
+
+Acquiring, in order: the process's memory cache (short-lived, see
 ``store.memory_cache_seconds``), the shared store's cache, then one refresh per
-(connector, user, scope) flight in this process, serialized across processes by the store's
+(resource, user, scope) flight in this process, serialized across processes by the store's
 lease (see :mod:`._store`).
+
+Consent: a state (:class:`ConsentStates`) signed by the emulator, expiring, bound to the user and
+the resource, starts it at ``GET /emulator/v1/consent?state=...`` (:meth:`Service.consent_uri`,
+a URL a browser opens without credentials: the state is the credential) or with the user's
+bearer token; the provider is sent the state and a PKCE challenge derived from it, and the store
+RPCs accept the redirect only from the user the state names.
 """
 
 from __future__ import annotations
@@ -32,6 +43,9 @@ from google.rpc import code_pb2
 
 from agentspace_grpc import _proto
 from agentspace_grpc.emulator._config import (
+    AUTHORIZATION,
+    AUTHORIZATION_PATTERN,
+    CONNECTOR,
     CONNECTOR_PATTERN,
     INSTANCE_PLACEHOLDER,
     Config,
@@ -39,6 +53,7 @@ from agentspace_grpc.emulator._config import (
 )
 from agentspace_grpc.emulator._crypto import Keyring
 from agentspace_grpc.emulator._errors import (
+    AUTHORIZATION_NOT_FOUND,
     CONNECTOR_NOT_FOUND,
     REFRESH_TOKEN_NOT_FOUND,
     REFRESH_TOKEN_REVOKED,
@@ -73,6 +88,24 @@ _STANDARD_FIELDS: Final = frozenset(
     {"access_token", "refresh_token", "id_token", "token_type", "expires_in", "scope"}
 )
 _INT64: Final = (-(2**63), 2**63 - 1)
+# kind -> (name pattern, the kind with its article, the pattern as the docs write it, its RPCs)
+_SHAPES: Final = {
+    CONNECTOR: (
+        CONNECTOR_PATTERN,
+        "a data connector",
+        "projects/*/locations/*/collections/*/dataConnector",
+        "AcquireAccessToken and AcquireAndStoreRefreshToken",
+    ),
+    AUTHORIZATION: (
+        AUTHORIZATION_PATTERN,
+        "an authorization",
+        "projects/*/locations/*/authorizations/*",
+        "AcquireUserAuthorization and StoreUserAuthorization",
+    ),
+}
+#: The errors that mean "the user must (re)authorize": an authorization answers them with a URI.
+_CONSENT_NEEDED: Final = frozenset({REFRESH_TOKEN_NOT_FOUND, REFRESH_TOKEN_REVOKED, SCOPES_MISSING})
+CONSENT_PATH: Final = "/emulator/v1/consent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,25 +113,33 @@ class _Memory:
     grant: Grant
     good_until: float
     # Built once and handed out on every hit (the fronts only read it).
-    answer: _proto.AcquireAccessTokenResponse = field(repr=False)
+    answer: message.Message = field(repr=False)
 
 
 class Service:
-    """Acquire, store and check, over a store, a set of connectors and an HTTP session."""
+    """Acquire, store and check, over a store, a set of OAuth resources and an HTTP session.
+
+    Args:
+        resources: the data connectors and authorizations, by name.
+        http_url: the emulator's HTTP port, where consent URIs point.
+    """
 
     def __init__(
         self,
         config: Config,
-        connectors: Mapping[str, Connector],
+        resources: Mapping[str, Connector],
         store: Store,
         identity: Identity,
         keyring: Keyring,
         session: aiohttp.ClientSession,
         owner: str,
+        *,
+        http_url: str,
         crash_at: str | None = None,
     ) -> None:
         self.config = config
-        self.connectors = dict(connectors)
+        self.resources = dict(resources)
+        self._http_url = http_url
         self.store = store
         self.identity = identity
         self._session = session
@@ -112,10 +153,12 @@ class Service:
             "AcquireAccessToken": self.acquire_access_token,
             "AcquireAndStoreRefreshToken": self.acquire_and_store_refresh_token,
             "CheckRefreshToken": self.check_refresh_token,
+            "AcquireUserAuthorization": self.acquire_user_authorization,
+            "StoreUserAuthorization": self.store_user_authorization,
         }
 
     def __repr__(self) -> str:
-        return f"Service(connectors={sorted(self.connectors)})"
+        return f"Service(resources={sorted(self.resources)})"
 
     async def handle(
         self, method: str, authorization: str | None, request: message.Message
@@ -146,25 +189,34 @@ class Service:
             with contextlib.suppress(BaseException):
                 await task
 
-    # ---- connectors and scopes -------------------------------------------------------------
+    # ---- resources and scopes --------------------------------------------------------------
 
-    def connector(self, name: str) -> Connector:
-        """The configured connector ``name``, or INVALID_ARGUMENT / NOT_FOUND."""
+    def resource(self, name: str, kind: str | None = None) -> Connector:
+        """The configured resource ``name`` of ``kind`` (None: either, by the name's shape), or
+        INVALID_ARGUMENT / NOT_FOUND."""
+        if kind is None:
+            kind = AUTHORIZATION if AUTHORIZATION_PATTERN.fullmatch(name) else CONNECTOR
         if not name:
-            raise invalid_argument("name is required (the data connector's resource name)")
-        found = self.connectors.get(name)
+            raise invalid_argument(f"name is required (the {kind}'s resource name)")
+        pattern, what, shape, _ = _SHAPES[kind]
+        if not pattern.fullmatch(name):
+            hint = ""
+            for other, (other_pattern, other_what, _, methods) in _SHAPES.items():
+                if other != kind and other_pattern.fullmatch(name):
+                    hint = f" ({other_what} is served by {methods})"
+            raise invalid_argument(f"name {name!r} is not {what}: expected {shape}{hint}")
+        found = self.resources.get(name)
         if found is not None:
             return found
-        if not CONNECTOR_PATTERN.fullmatch(name):
-            raise invalid_argument(
-                f"name {name!r} is not a data connector: expected "
-                "projects/*/locations/*/collections/*/dataConnector"
-            )
+        if kind == CONNECTOR:
+            reason, label = CONNECTOR_NOT_FOUND, "connector"
+        else:
+            reason, label = AUTHORIZATION_NOT_FOUND, "authorization"
         raise ServiceError(
             code_pb2.NOT_FOUND,
-            f"data connector {name} does not exist in this emulator (configure it)",
-            reason=CONNECTOR_NOT_FOUND,
-            metadata={"connector": name},
+            f"{kind} {name} does not exist in this emulator (configure it)",
+            reason=reason,
+            metadata={label: name},
         )
 
     @staticmethod
@@ -175,6 +227,8 @@ class Service:
         action: str,
     ) -> None:
         missing = [s for s in wanted if s not in granted]
+        if connector.kind == AUTHORIZATION:  # every token of an authorization needs its scopes
+            missing += [s for s in connector.default_scopes if s not in granted]
         if action:
             required = connector.actions.get(action)
             if required is None:
@@ -217,20 +271,41 @@ class Service:
             metadata={"connector": connector, "user": user},
         )
 
-    # ---- AcquireAccessToken ----------------------------------------------------------------
+    # ---- AcquireAccessToken, AcquireUserAuthorization ------------------------------------------
 
     async def acquire_access_token(
         self, user: str, request: _proto.AcquireAccessTokenRequest
-    ) -> _proto.AcquireAccessTokenResponse:
+    ) -> message.Message:
         """A valid access token for (connector, user), refreshing at most once at a time."""
-        connector = self.connector(request.name)
+        connector = self.resource(request.name, CONNECTOR)
         wanted = tuple(dict.fromkeys(request.scope.split()))
+        return await self._acquire(connector, user, wanted, request.action)
+
+    async def acquire_user_authorization(
+        self, user: str, request: _proto.AcquireUserAuthorizationRequest
+    ) -> message.Message:
+        """The user's token for an authorization, or, when they must (re)authorize, a success
+        with the ``authorization_uri`` to send them to."""
+        authorization = self.resource(request.name, AUTHORIZATION)
+        try:
+            return await self._acquire(authorization, user, (), "")
+        except ServiceError as exc:
+            if exc.reason not in _CONSENT_NEEDED:
+                raise
+        return _proto.AcquireUserAuthorizationResponse(
+            authorization_uri=self.consent_uri(user, authorization)
+        )
+
+    async def _acquire(
+        self, connector: Connector, user: str, wanted: tuple[str, ...], action: str
+    ) -> message.Message:
+        """The answer for (resource, user, scopes): memory, store, else one refresh flight."""
         key = scope_key(wanted)
         memory_key = (connector.name, user, key)
         now = time.time()
         remembered = self._memory.get(memory_key)
         if remembered is not None and now < remembered.good_until:
-            self._check_scopes(connector, remembered.grant.scopes, wanted, request.action)
+            self._check_scopes(connector, remembered.grant.scopes, wanted, action)
             return remembered.answer
         seen = await self.store.cached(connector.name, user, key)
         if seen == "missing":
@@ -238,7 +313,7 @@ class Service:
         grant = seen.grant if isinstance(seen, CachedToken) else seen
         if grant.revoked:
             raise self._revoked(connector.name, user)
-        self._check_scopes(connector, grant.scopes, wanted, request.action)
+        self._check_scopes(connector, grant.scopes, wanted, action)
         if isinstance(seen, CachedToken) and seen.usable(now, connector.expiry_margin_seconds):
             token = seen
         else:
@@ -248,8 +323,8 @@ class Service:
                 self._flights[memory_key] = flight
                 flight.add_done_callback(lambda done: self._end_flight(memory_key, done))
             token = await asyncio.shield(flight)
-            self._check_scopes(connector, token.grant.scopes, wanted, request.action)
-        answer = self._answer(connector.name, token.token, token.grant.scopes)
+            self._check_scopes(connector, token.grant.scopes, wanted, action)
+        answer = self._answer(connector, token.token, token.grant.scopes)
         self._remember(memory_key, token, connector, answer)
         return answer
 
@@ -264,7 +339,7 @@ class Service:
         key: tuple[str, str, str],
         token: CachedToken,
         connector: Connector,
-        answer: _proto.AcquireAccessTokenResponse,
+        answer: message.Message,
     ) -> None:
         if self.config.memory_cache_seconds <= 0 or token.expires_at <= token.issued_at:
             return
@@ -277,11 +352,16 @@ class Service:
             del self._memory[key]
 
     @staticmethod
-    def _answer(
-        connector: str, token: str, scopes: Sequence[str]
-    ) -> _proto.AcquireAccessTokenResponse:
+    def _answer(connector: Connector, token: str, scopes: Sequence[str]) -> message.Message:
+        if connector.kind == AUTHORIZATION:
+            return _proto.AcquireUserAuthorizationResponse(
+                refresh_token_info=_proto.AcquireUserAuthorizationResponse.RefreshTokenInfo(
+                    scopes=list(scopes)
+                ),
+                access_token=token,
+            )
         return _proto.AcquireAccessTokenResponse(
-            refresh_token_info=_proto.RefreshTokenInfo(name=connector, scopes=list(scopes)),
+            refresh_token_info=_proto.RefreshTokenInfo(name=connector.name, scopes=list(scopes)),
             access_token=token,
         )
 
@@ -368,7 +448,7 @@ class Service:
             )
         )
         version = grant.version + (1 if answer.refresh_token is not None else 0)
-        fresh_grant = Grant(grant.connector, user, version, grant.scopes, False, grant.instance_uri)
+        fresh_grant = Grant(grant.resource, user, version, grant.scopes, False, grant.instance_uri)
         expires = access.expires_at if access is not None else now
         return CachedToken(
             answer.access_token, access_scopes(answer, wanted, grant), now, expires, fresh_grant
@@ -385,27 +465,48 @@ class Service:
             return None
         return NewAccessToken(answer.access_token, tuple(scopes), now, now + lifetime)
 
-    # ---- AcquireAndStoreRefreshToken ---------------------------------------------------------
+    # ---- consent -------------------------------------------------------------------------------
 
-    def authorize_url(
+    def consent_uri(self, user: str, connector: Connector) -> str:
+        """A URL on the HTTP port that starts ``user``'s consent to ``connector`` in a browser
+        with no credentials: its signed, expiring state names both, and is the credential."""
+        if connector.uses_instance:
+            raise invalid_argument(
+                f"{connector.name} takes an instance_uri, which a consent URI does not carry: "
+                f"start its consent at GET {CONSENT_PATH}?connector=...&instance_uri=HOST with "
+                "the user's bearer token"
+            )
+        state = self.states.issue(connector.name, user, connector.default_scopes)
+        return f"{self._http_url}{CONSENT_PATH}?{urlencode({'state': state})}"
+
+    def start_consent(
         self, user: str, connector: Connector, scopes: Sequence[str], instance_uri: str = ""
     ) -> str:
-        """The third party's authorize URL for ``user``, with a state bound to them."""
+        """The third party's authorize URL for ``user``'s consent, with a new state."""
+        state = self.states.issue(connector.name, user, tuple(scopes) or connector.default_scopes)
+        return self.authorize_url(state, instance_uri)
+
+    def authorize_url(self, state: str, instance_uri: str = "") -> str:
+        """The third party's authorize URL for the consent a state names (PKCE when the
+        resource uses it); INVALID_ARGUMENT for a state that is not valid."""
+        try:
+            consent = self.states.read(state)
+        except ValueError as exc:
+            raise invalid_argument(f"the state {exc}") from None
+        connector = self.resource(consent.connector)
         base = ""
         if INSTANCE_PLACEHOLDER in connector.authorize_url:
             try:
                 base = connector.instance_base(instance_uri)
             except ValueError as exc:
                 raise invalid_argument(str(exc)) from None
-        scopes = tuple(scopes) or connector.default_scopes
-        state = self.states.issue(connector.name, user, scopes)
         params = {
             "response_type": "code",
             "client_id": connector.client_id,
             "redirect_uri": connector.redirect_uri,
-            "scope": " ".join(scopes),
+            "scope": " ".join(consent.scopes),
             "state": state,
-            "login_hint": user,
+            "login_hint": consent.user,
             "access_type": "offline",
             "prompt": "consent",
         }
@@ -428,8 +529,8 @@ class Service:
             raise invalid_argument(f"the state in full_redirect_uri {exc}") from None
         if consent.connector != connector.name:
             raise invalid_argument(
-                f"the consent in full_redirect_uri was started for connector "
-                f"{consent.connector}, not {connector.name}"
+                f"the consent in full_redirect_uri was started for {consent.connector}, not "
+                f"{connector.name}"
             )
         if consent.user != user:
             raise invalid_argument(
@@ -438,14 +539,40 @@ class Service:
             )
         return consent
 
+    # ---- AcquireAndStoreRefreshToken, StoreUserAuthorization -------------------------------------
+
     async def acquire_and_store_refresh_token(
         self, user: str, request: _proto.AcquireAndStoreRefreshTokenRequest
     ) -> _proto.AcquireAndStoreRefreshTokenResponse:
         """Exchanges the code in ``full_redirect_uri`` and stores the refresh token."""
-        connector = self.connector(request.name)
-        if not request.full_redirect_uri:
+        connector = self.resource(request.name, CONNECTOR)
+        answer = await self._store(
+            connector, user, request.full_redirect_uri, request.scopes, request.instance_uri
+        )
+        return _proto.AcquireAndStoreRefreshTokenResponse(
+            additional_oauth_responses=_additional(answer.extra)
+        )
+
+    async def store_user_authorization(
+        self, user: str, request: _proto.StoreUserAuthorizationRequest
+    ) -> _proto.StoreUserAuthorizationResponse:
+        """Exchanges the code in ``full_redirect_uri`` and stores the grant (empty answer)."""
+        authorization = self.resource(request.name, AUTHORIZATION)
+        await self._store(authorization, user, request.full_redirect_uri, (), "")
+        return _proto.StoreUserAuthorizationResponse()
+
+    async def _store(
+        self,
+        connector: Connector,
+        user: str,
+        full_redirect_uri: str,
+        asked_scopes: Sequence[str],
+        instance_uri: str,
+    ) -> TokenAnswer:
+        """Checks the redirect, exchanges its code and commits the grant; the provider's answer."""
+        if not full_redirect_uri:
             raise invalid_argument("full_redirect_uri is required (the redirect with code=...)")
-        parts = urlsplit(request.full_redirect_uri)
+        parts = urlsplit(full_redirect_uri)
         params = parse_qs(parts.query)
         if "error" in params:
             raise invalid_argument(
@@ -456,7 +583,7 @@ class Service:
         if not codes or not codes[0]:
             raise invalid_argument("full_redirect_uri has no code parameter")
         try:
-            instance = connector.instance_base(request.instance_uri)
+            instance = connector.instance_base(instance_uri)
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
         base = f"{parts.scheme}://{parts.netloc}{parts.path}"
@@ -487,9 +614,7 @@ class Service:
                 f"the third party returned no refresh token for {connector.name} (offline "
                 "access not granted?)",
             )
-        scopes = (
-            answer.scopes or tuple(request.scopes) or consent.scopes or connector.default_scopes
-        )
+        scopes = answer.scopes or tuple(asked_scopes) or consent.scopes or connector.default_scopes
         now = time.time()
         access = self._cacheable(connector, answer, scopes, now)
         await asyncio.shield(
@@ -505,9 +630,7 @@ class Service:
         )
         self._forget(connector.name, user)
         log.info("stored a refresh token for a user on %s", connector.name)
-        return _proto.AcquireAndStoreRefreshTokenResponse(
-            additional_oauth_responses=_additional(answer.extra)
-        )
+        return answer
 
     # ---- CheckRefreshToken -----------------------------------------------------------------
 
@@ -515,7 +638,7 @@ class Service:
         self, user: str, request: _proto.CheckRefreshTokenRequest
     ) -> _proto.CheckRefreshTokenResponse:
         """What the store holds for (connector, user)."""
-        connector = self.connector(request.name)
+        connector = self.resource(request.name, CONNECTOR)
         grant = await self.store.get_grant(connector.name, user)
         if grant is None:
             raise self._not_found(connector.name, user)

@@ -1,14 +1,16 @@
 """The emulator's token store: one SQLite file in the data directory, shared by processes.
 
-Tables (schema version 1):
+Tables (schema version 2; a resource is a data connector or an authorization, both OAuth
+resources that the service treats alike; version 1 called the column ``connector``, and a
+version-1 file is migrated when opened):
 
-- ``grants``: one row per (connector, user): the encrypted refresh token, granted scopes, a
+- ``grants``: one row per (resource, user): the encrypted refresh token, granted scopes, a
   ``version`` that grows with every new refresh token, a ``revoked`` flag, and the refresh
   lease (``lease_owner``, ``lease_until``).
-- ``access_tokens``: cached access tokens per (connector, user, scope key), encrypted.
+- ``access_tokens``: cached access tokens per (resource, user, scope key), encrypted.
 - ``counters``: what the emulator did (upstream refreshes, races), for tests and operators.
 
-Refresh protocol (one refresh at a time per (connector, user), across processes):
+Refresh protocol (one refresh at a time per (resource, user), across processes):
 
 1. :meth:`Store.try_lease` takes the lease in a short write transaction and returns the
    refresh token to use, or a usable cached token, or who holds the lease.
@@ -67,6 +69,11 @@ _MIGRATIONS: Final = (
         ) WITHOUT ROWID""",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     ),
+    # 2: authorizations are stored like data connectors: the key column names either.
+    (
+        "ALTER TABLE grants RENAME COLUMN connector TO resource",
+        "ALTER TABLE access_tokens RENAME COLUMN connector TO resource",
+    ),
 )
 
 _REFRESH: Final = "refresh_token"
@@ -107,7 +114,7 @@ def _is_zombie(pid: int) -> bool:
 class Grant:
     """What the store knows of a user's grant (never the token itself)."""
 
-    connector: str
+    resource: str
     user: str
     version: int
     scopes: tuple[str, ...]
@@ -167,7 +174,7 @@ def scope_key(scopes: Sequence[str]) -> str:
 
 
 class Store:
-    """Encrypted per-(connector, user) refresh tokens and cached access tokens."""
+    """Encrypted per-(resource, user) refresh tokens and cached access tokens."""
 
     def __init__(self, data_dir: Path, keyring: Keyring) -> None:
         self._db = Database(data_dir / DB_FILE_NAME, _MIGRATIONS, "store")
@@ -188,15 +195,15 @@ class Store:
 
     # ---- reads ---------------------------------------------------------------------------
 
-    async def get_grant(self, connector: str, user: str) -> Grant | None:
-        """The user's grant for a connector, if any (revoked ones included)."""
-        return await self._db.run(lambda conn: self._grant(conn, connector, user)[0])
+    async def get_grant(self, resource: str, user: str) -> Grant | None:
+        """The user's grant for a resource, if any (revoked ones included)."""
+        return await self._db.run(lambda conn: self._grant(conn, resource, user)[0])
 
-    async def cached(self, connector: str, user: str, key: str) -> CachedToken | Grant | Missing:
+    async def cached(self, resource: str, user: str, key: str) -> CachedToken | Grant | Missing:
         """The cached access token for a scope key, else the grant, else ``"missing"``."""
 
         def work(conn: sqlite3.Connection) -> CachedToken | Grant | Missing:
-            grant, _ = self._grant(conn, connector, user)
+            grant, _ = self._grant(conn, resource, user)
             if grant is None:
                 return "missing"
             return self._cached_token(conn, grant, key) or grant
@@ -215,7 +222,7 @@ class Store:
 
     async def try_lease(
         self,
-        connector: str,
+        resource: str,
         user: str,
         key: str,
         *,
@@ -228,7 +235,7 @@ class Store:
 
         def work(conn: sqlite3.Connection) -> LeaseResult:
             with write_transaction(conn):
-                grant, row = self._grant(conn, connector, user)
+                grant, row = self._grant(conn, resource, user)
                 if grant is None or row is None:
                     return "missing"
                 if grant.revoked:
@@ -241,11 +248,11 @@ class Store:
                     return Busy(until=until)
                 conn.execute(
                     "UPDATE grants SET lease_owner = ?, lease_until = ? "
-                    "WHERE connector = ? AND user = ?",
-                    (owner, now + lease_seconds, connector, user),
+                    "WHERE resource = ? AND user = ?",
+                    (owner, now + lease_seconds, resource, user),
                 )
                 token = self._keys.decrypt(
-                    row["refresh_ct"], purpose=_REFRESH, connector=connector, user=user
+                    row["refresh_ct"], purpose=_REFRESH, connector=resource, user=user
                 )
                 return Leased(grant=grant, refresh_token=token)
 
@@ -253,7 +260,7 @@ class Store:
 
     async def commit_refresh(
         self,
-        connector: str,
+        resource: str,
         user: str,
         key: str,
         *,
@@ -271,52 +278,52 @@ class Store:
 
         def work(conn: sqlite3.Connection) -> bool:
             with write_transaction(conn):
-                grant, _ = self._grant(conn, connector, user)
+                grant, _ = self._grant(conn, resource, user)
                 current = grant is not None and grant.version == used_version
                 if grant is not None and current:
                     version = used_version
                     if new_refresh_token is not None:
                         version += 1
                         blob = self._keys.encrypt(
-                            new_refresh_token, purpose=_REFRESH, connector=connector, user=user
+                            new_refresh_token, purpose=_REFRESH, connector=resource, user=user
                         )
                         conn.execute(
                             "UPDATE grants SET refresh_ct = ?, version = ?, updated_at = ? "
-                            "WHERE connector = ? AND user = ?",
-                            (blob, version, now, connector, user),
+                            "WHERE resource = ? AND user = ?",
+                            (blob, version, now, resource, user),
                         )
                         conn.execute(
                             "UPDATE access_tokens SET grant_version = ? "
-                            "WHERE connector = ? AND user = ?",
-                            (version, connector, user),
+                            "WHERE resource = ? AND user = ?",
+                            (version, resource, user),
                         )
                     if access is not None:
-                        self._put_access(conn, connector, user, key, version, access)
+                        self._put_access(conn, resource, user, key, version, access)
                     _bump(conn, "upstream_refreshes_committed")
                 conn.execute(
                     "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE connector = ? AND user = ? AND lease_owner = ?",
-                    (connector, user, owner),
+                    "WHERE resource = ? AND user = ? AND lease_owner = ?",
+                    (resource, user, owner),
                 )
                 return current
 
         return await self._db.run(work)
 
-    async def release_lease(self, connector: str, user: str, owner: str) -> None:
+    async def release_lease(self, resource: str, user: str, owner: str) -> None:
         """Gives the lease up (after a failed refresh)."""
 
         def work(conn: sqlite3.Connection) -> None:
             with write_transaction(conn):
                 conn.execute(
                     "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE connector = ? AND user = ? AND lease_owner = ?",
-                    (connector, user, owner),
+                    "WHERE resource = ? AND user = ? AND lease_owner = ?",
+                    (resource, user, owner),
                 )
 
         await self._db.run(work)
 
     async def resolve_invalid_grant(
-        self, connector: str, user: str, *, owner: str, used_version: int
+        self, resource: str, user: str, *, owner: str, used_version: int
     ) -> Literal["race", "revoked"]:
         """After ``invalid_grant``: a race if the row moved on, else mark it revoked.
 
@@ -325,22 +332,22 @@ class Store:
 
         def work(conn: sqlite3.Connection) -> Literal["race", "revoked"]:
             with write_transaction(conn):
-                grant, _ = self._grant(conn, connector, user)
+                grant, _ = self._grant(conn, resource, user)
                 conn.execute(
                     "UPDATE grants SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE connector = ? AND user = ? AND lease_owner = ?",
-                    (connector, user, owner),
+                    "WHERE resource = ? AND user = ? AND lease_owner = ?",
+                    (resource, user, owner),
                 )
                 if grant is None or grant.version != used_version or grant.revoked:
                     _bump(conn, "invalid_grant_races")
                     return "race"
                 conn.execute(
-                    "UPDATE grants SET revoked = 1 WHERE connector = ? AND user = ?",
-                    (connector, user),
+                    "UPDATE grants SET revoked = 1 WHERE resource = ? AND user = ?",
+                    (resource, user),
                 )
                 conn.execute(
-                    "DELETE FROM access_tokens WHERE connector = ? AND user = ?",
-                    (connector, user),
+                    "DELETE FROM access_tokens WHERE resource = ? AND user = ?",
+                    (resource, user),
                 )
                 _bump(conn, "grants_revoked")
                 return "revoked"
@@ -349,7 +356,7 @@ class Store:
 
     async def store_grant(
         self,
-        connector: str,
+        resource: str,
         user: str,
         *,
         scopes: Sequence[str],
@@ -362,33 +369,33 @@ class Store:
 
         def work(conn: sqlite3.Connection) -> Grant:
             blob = self._keys.encrypt(
-                refresh_token, purpose=_REFRESH, connector=connector, user=user
+                refresh_token, purpose=_REFRESH, connector=resource, user=user
             )
             with write_transaction(conn):
                 row = conn.execute(
-                    "SELECT version FROM grants WHERE connector = ? AND user = ?",
-                    (connector, user),
+                    "SELECT version FROM grants WHERE resource = ? AND user = ?",
+                    (resource, user),
                 ).fetchone()
                 version = (row[0] if row else 0) + 1
                 conn.execute(
-                    "INSERT INTO grants (connector, user, version, scopes, refresh_ct, "
+                    "INSERT INTO grants (resource, user, version, scopes, refresh_ct, "
                     "instance_uri, revoked, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
-                    "ON CONFLICT (connector, user) DO UPDATE SET version = excluded.version, "
+                    "ON CONFLICT (resource, user) DO UPDATE SET version = excluded.version, "
                     "scopes = excluded.scopes, refresh_ct = excluded.refresh_ct, "
                     "instance_uri = excluded.instance_uri, revoked = 0, "
                     "updated_at = excluded.updated_at",
-                    (connector, user, version, " ".join(scopes), blob, instance_uri, now),
+                    (resource, user, version, " ".join(scopes), blob, instance_uri, now),
                 )
                 conn.execute(
-                    "DELETE FROM access_tokens WHERE connector = ? AND user = ?",
-                    (connector, user),
+                    "DELETE FROM access_tokens WHERE resource = ? AND user = ?",
+                    (resource, user),
                 )
                 if access is not None:
                     # The token covers exactly the granted scopes: serve it for both keys.
                     for key in {"", scope_key(scopes)}:
-                        self._put_access(conn, connector, user, key, version, access)
+                        self._put_access(conn, resource, user, key, version, access)
                 _bump(conn, "grants_stored")
-            return Grant(connector, user, version, tuple(scopes), False, instance_uri)
+            return Grant(resource, user, version, tuple(scopes), False, instance_uri)
 
         return await self._db.run(work)
 
@@ -396,15 +403,15 @@ class Store:
 
     @staticmethod
     def _grant(
-        conn: sqlite3.Connection, connector: str, user: str
+        conn: sqlite3.Connection, resource: str, user: str
     ) -> tuple[Grant | None, sqlite3.Row | None]:
         row = conn.execute(
-            "SELECT * FROM grants WHERE connector = ? AND user = ?", (connector, user)
+            "SELECT * FROM grants WHERE resource = ? AND user = ?", (resource, user)
         ).fetchone()
         if row is None:
             return None, None
         grant = Grant(
-            connector=connector,
+            resource=resource,
             user=user,
             version=row["version"],
             scopes=tuple(row["scopes"].split()),
@@ -416,13 +423,13 @@ class Store:
     def _cached_token(self, conn: sqlite3.Connection, grant: Grant, key: str) -> CachedToken | None:
         row = conn.execute(
             "SELECT token_ct, scopes, issued_at, expires_at FROM access_tokens "
-            "WHERE connector = ? AND user = ? AND scope_key = ? AND grant_version = ?",
-            (grant.connector, grant.user, key, grant.version),
+            "WHERE resource = ? AND user = ? AND scope_key = ? AND grant_version = ?",
+            (grant.resource, grant.user, key, grant.version),
         ).fetchone()
         if row is None or grant.revoked:
             return None
         token = self._keys.decrypt(
-            row["token_ct"], purpose=_ACCESS, connector=grant.connector, user=grant.user
+            row["token_ct"], purpose=_ACCESS, connector=grant.resource, user=grant.user
         )
         return CachedToken(
             token=token,
@@ -435,18 +442,18 @@ class Store:
     def _put_access(
         self,
         conn: sqlite3.Connection,
-        connector: str,
+        resource: str,
         user: str,
         key: str,
         version: int,
         access: NewAccessToken,
     ) -> None:
-        blob = self._keys.encrypt(access.token, purpose=_ACCESS, connector=connector, user=user)
+        blob = self._keys.encrypt(access.token, purpose=_ACCESS, connector=resource, user=user)
         conn.execute(
-            "INSERT OR REPLACE INTO access_tokens (connector, user, scope_key, grant_version, "
+            "INSERT OR REPLACE INTO access_tokens (resource, user, scope_key, grant_version, "
             "token_ct, scopes, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                connector,
+                resource,
                 user,
                 key,
                 version,

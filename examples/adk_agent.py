@@ -144,32 +144,34 @@ async def user_token(rest: str, email: str) -> str:
 
 
 def emulator_consent_uri(rest: str) -> Callable[[str, Any], Awaitable[str]]:
-    """Builds the consent URL for a data connector (the application's job: the service
-    gives none for connectors)."""
+    """The consent URL for a data connector: the application builds it (the service gives
+    none for connectors); the emulator makes one for the user whose token is passed."""
 
     async def consent_uri(resource: str, credentials: Any) -> str:
-        return f"{rest}/emulator/v1/consent?connector={quote(resource, safe='')}"
+        headers = {"Authorization": f"Bearer {credentials}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{rest}/emulator/v1/consent-uri", json={"resource": resource}, headers=headers
+            ) as response,
+        ):
+            response.raise_for_status()
+            return str((await response.json())["consentUri"])
 
     return consent_uri
 
 
-def emulator_browser(token: str) -> Callable[[str], Awaitable[str]]:
-    """The user's browser: follows the consent URL up to the redirect URI."""
-
-    async def open_consent(url: str) -> str:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession() as http:
-            for _ in range(10):
-                async with http.get(url, headers=headers, allow_redirects=False) as response:
-                    if response.status not in (302, 303):
-                        raise RuntimeError(f"consent failed: HTTP {response.status}")
-                    url = response.headers["Location"]
-                if url.startswith(REDIRECT_URI):
-                    return url
-                headers = {}
-        raise RuntimeError("the consent never reached the redirect URI")
-
-    return open_consent
+async def open_in_browser(url: str) -> str:
+    """The user's browser: follows the consent URL (no credentials) to the redirect URI."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(10):
+            async with http.get(url, allow_redirects=False) as response:
+                if response.status not in (302, 303):
+                    raise RuntimeError(f"consent failed: HTTP {response.status}")
+                url = response.headers["Location"]
+            if url.startswith(REDIRECT_URI):
+                return url
+    raise RuntimeError("the consent never reached the redirect URI")
 
 
 async def run(
@@ -188,10 +190,9 @@ async def run(
     sessions = InMemorySessionService()
     runner = Runner(agent=agent, app_name=APP, session_service=sessions)
     session = await sessions.create_session(app_name=APP, user_id=email)
-    browser = emulator_browser(token)
     return [
-        await converse(runner, email, session.id, "Who am I at the third party?", browser),
-        await converse(runner, email, session.id, "And now?", browser),
+        await converse(runner, email, session.id, "Who am I at the third party?", open_in_browser),
+        await converse(runner, email, session.id, "And now?", open_in_browser),
     ]
 
 

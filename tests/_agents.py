@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
@@ -58,24 +57,14 @@ def probe_for(emu: Emulator, reject: int = 0) -> Probe:
     return Probe(f"{emu.http_url}/provider/userinfo", reject)
 
 
-def consent_uri_of(emu: Emulator) -> Callable[[str, Any], Coroutine[Any, Any, str]]:
-    """The application's consent URL builder for the emulator's data connectors."""
-
-    async def consent_uri(resource: str, credentials: Any) -> str:
-        return f"{emu.http_url}/emulator/v1/consent?connector={quote(resource, safe='')}"
-
-    return consent_uri
-
-
-async def browse(emu: Emulator, url: str, email: str) -> str:
-    """Follows the consent URL as the user's browser would, up to the full redirect URI."""
-    headers = {"Authorization": f"Bearer {emu.user_token(email)}"}
+async def browse(url: str) -> str:
+    """Follows the consent URL as the user's browser would (plain GETs, no credentials), up to
+    the full redirect URI."""
     async with aiohttp.ClientSession() as session:
         for _ in range(10):
-            async with session.get(url, headers=headers, allow_redirects=False) as response:
+            async with session.get(url, allow_redirects=False) as response:
                 assert response.status in (302, 303), await response.text()
                 url = response.headers["Location"]
             if url.startswith(REDIRECT_URI):
                 return url
-            headers = {}
     raise AssertionError("the consent never reached the redirect URI")

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agentspace_grpc import AuthorizationRequired, DataConnectorClient, UsageError
 from agentspace_grpc.adk import connector_tool
 from agentspace_grpc.emulator import Emulator
-from tests._agents import ALICE, BOB, Probe, browse, consent_uri_of, probe_for
+from tests._agents import ALICE, BOB, Probe, browse, probe_for
 from tests._reliability import debug_logging, find_secrets
 
 APP = "agents-test"
@@ -165,7 +165,7 @@ def users_of(emu: Emulator) -> dict[str, Any]:
 
 def make_tool(emu: Emulator, client: DataConnectorClient, probe: Probe, **kwargs: Any) -> Any:
     users = users_of(emu)
-    kwargs.setdefault("consent_uri", consent_uri_of(emu))
+    kwargs.setdefault("consent_uri", emu.consent_uri)
     return connector_tool(
         probe.tool(),
         client=client,
@@ -180,7 +180,7 @@ async def consent_through_adk(agent: Agent, emu: Emulator, user: str, session: s
     events = await agent.ask(user, session)
     [request] = credential_requests(events)
     assert tool_answers(events) == [{"status": "authorization_pending", "resource": emu.connector}]
-    redirect = await browse(emu, consent_url(request), user)
+    redirect = await browse(consent_url(request))
     return await agent.send(user, session, answer(request, redirect))
 
 
@@ -218,7 +218,7 @@ async def test_first_call_asks_for_consent_then_runs_with_the_users_token(
         assert "clientId" not in config["rawAuthCredential"]["oauth2"]
         assert config["credentialKey"] == f"agentspace:{emu.connector}::"
         assert probe.tokens == []
-        redirect = await browse(emu, url, ALICE)
+        redirect = await browse(url)
         events = await agent.send(ALICE, session, answer(request, redirect))
         assert tool_answers(events) == [{"user": ALICE, "detail": "0"}]
         # Consent is remembered by the service, not by ADK: the next turn just runs.
@@ -262,7 +262,7 @@ async def test_calls_of_one_step_share_one_consent_and_one_store(
     session = await agent.session(ALICE)
     events = await agent.ask(ALICE, session)
     [request] = credential_requests(events)  # ADK asks once per credential key
-    redirect = await browse(emu, consent_url(request), ALICE)
+    redirect = await browse(consent_url(request))
     events = await agent.send(ALICE, session, answer(request, redirect))
     assert sorted(a["detail"] for a in tool_answers(events)) == ["0", "1", "2"]
     assert probe.subjects == [ALICE] * 3
@@ -312,7 +312,7 @@ async def test_a_token_rejected_twice_asks_for_consent_and_never_loops(
     assert len(probe.tokens) == 2
     # The user consents, and the third party still refuses: ADK does not ask again from a
     # resumed call, so the model hears "pending"; nothing loops.
-    redirect = await browse(emu, consent_url(request), ALICE)
+    redirect = await browse(consent_url(request))
     events = await agent.send(ALICE, session, answer(request, redirect))
     assert credential_requests(events) == []
     assert tool_answers(events) == [{"status": "authorization_pending", "resource": emu.connector}]

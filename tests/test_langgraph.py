@@ -23,7 +23,7 @@ from langgraph.types import Command
 from agentspace_grpc import AuthorizationRequired, DataConnectorClient, UsageError
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.langgraph import connector_tool
-from tests._agents import ALICE, BOB, Probe, browse, consent_uri_of, probe_for
+from tests._agents import ALICE, BOB, Probe, browse, probe_for
 from tests._reliability import debug_logging, find_secrets
 
 
@@ -142,7 +142,7 @@ def make_tool(emu: Emulator, client: DataConnectorClient, probe: Probe, **kwargs
     async def credentials(config: RunnableConfig) -> Any:  # an async lookup works too
         return users.get(config["configurable"]["user"])
 
-    kwargs.setdefault("consent_uri", consent_uri_of(emu))
+    kwargs.setdefault("consent_uri", emu.consent_uri)
     kwargs.setdefault("credentials", credentials)
     return connector_tool(probe.tool(), client=client, resource=emu.connector, **kwargs)
 
@@ -153,7 +153,7 @@ async def consent_through_graph(graph: Graph, emu: Emulator, user: str, thread: 
     [asked] = interrupts(result)
     assert asked["type"] == "authorization_required"
     assert asked["resource"] == emu.connector
-    return await graph.resume(user, thread, await browse(emu, asked["authorization_uri"], user))
+    return await graph.resume(user, thread, await browse(asked["authorization_uri"]))
 
 
 async def test_the_model_sees_the_functions_parameters_and_docstring_never_the_token(
@@ -191,7 +191,7 @@ async def test_first_call_interrupts_then_the_resume_runs_with_the_users_token(
         assert set(asked) == {"type", "resource", "authorization_uri"}
         assert asked["authorization_uri"].startswith(f"{emu.http_url}/")
         assert probe.tokens == []
-        redirect = await browse(emu, asked["authorization_uri"], ALICE)
+        redirect = await browse(asked["authorization_uri"])
         result = await graph.resume(ALICE, "t1", redirect)
         assert interrupts(result) == []
         assert tool_answers(result) == [{"user": ALICE, "detail": "0"}]
@@ -263,7 +263,7 @@ async def test_a_rejected_token_is_acquired_once_more_then_consent_is_asked(
     [asked] = interrupts(result)
     assert len(probe.tokens) == 4
     # The resumed tool runs from its start; the third party now takes the token.
-    result = await graph.resume(ALICE, "t", await browse(emu, asked["authorization_uri"], ALICE))
+    result = await graph.resume(ALICE, "t", await browse(asked["authorization_uri"]))
     assert interrupts(result) == []
     assert len(probe.tokens) == 5
     assert probe.subjects == [ALICE, ALICE]

@@ -16,7 +16,7 @@ import asyncio
 import textwrap
 import time
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from agentspace_grpc._commands import _common
 from agentspace_grpc._token import AccessToken  # resolved at run time by the agent scene
@@ -333,7 +333,7 @@ class _Walkthrough:
             client=self.grpc,
             resource=self.emu.connector,
             credentials=lambda config: self.credentials[config["configurable"]["user"]],
-            consent_uri=self.consent_uri,
+            consent_uri=self.emu.consent_uri,
         )
         builder = StateGraph(MessagesState)
         builder.add_node("tools", ToolNode([tool]))
@@ -347,7 +347,7 @@ class _Walkthrough:
         url = urlsplit(asked["authorization_uri"])
         _say(f"   {CAROL}'s agent calls whoami: the graph stops with an authorization_required")
         _say(f"   interrupt carrying the consent URL {url.scheme}://{url.netloc}{url.path}?...")
-        redirect = await self.browse(asked["authorization_uri"], CAROL)
+        redirect = await self.browse(asked["authorization_uri"])
         _say("   carol opens it and approves; the app resumes with Command(resume=<redirect URI>)")
         result = await graph.ainvoke(Command(resume=redirect), config)
         answer = [m.content for m in result["messages"] if isinstance(m, ToolMessage)]
@@ -357,19 +357,13 @@ class _Walkthrough:
             f"says it is {CAROL}"
         )
 
-    async def consent_uri(self, resource: str, credentials: Any) -> str:
-        """The consent URL the application builds for a data connector."""
-        return f"{self.emu.http_url}/emulator/v1/consent?connector={quote(resource, safe='')}"
-
-    async def browse(self, url: str, user: str) -> str:
-        """The user's browser: follows the consent URL up to the redirect URI."""
+    async def browse(self, url: str) -> str:
+        """The user's browser: follows the consent URL (no credentials) to the redirect URI."""
         assert self.http is not None
-        headers = {"Authorization": f"Bearer {self.emu.user_token(user)}"}
         for _ in range(10):
-            async with self.http.get(url, headers=headers, allow_redirects=False) as response:
+            async with self.http.get(url, allow_redirects=False) as response:
                 _expect(response.status in (302, 303), f"consent failed: HTTP {response.status}")
                 url = response.headers["Location"]
             if not url.startswith(self.emu.http_url):
                 return url
-            headers = {}
         raise DemoFailed("the consent never reached the redirect URI")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import re
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,12 @@ from typing import Any, Final, TypeVar
 
 from agentspace_grpc._client import DataConnectorClient
 from agentspace_grpc._credentials import CredentialsLike
-from agentspace_grpc._errors import AuthorizationRequired, FailedPrecondition, UsageError
+from agentspace_grpc._errors import (
+    AuthorizationRequired,
+    FailedPrecondition,
+    UsageError,
+    is_authorization_name,
+)
 from agentspace_grpc._token import AccessToken
 
 __all__ = [
@@ -42,7 +46,6 @@ ConsentUri = Callable[[str, CredentialsLike], Awaitable[str]]
 #: FAILED_PRECONDITION reasons that only the user's (re)authorization repairs.
 CONSENT_REASONS: Final = frozenset({"SCOPES_MISSING", "REFRESH_TOKEN_REVOKED"})
 
-_AUTHORIZATION: Final = re.compile(r"projects/[^/]+/locations/[^/]+/authorizations/[^/]+")
 # Stores finished or in flight, per event loop, by (resource, SHA-256 of the redirect URI):
 # several tool calls resumed with one redirect store it once. Bounded; oldest dropped.
 _STORES: weakref.WeakKeyDictionary[
@@ -98,7 +101,7 @@ class Connection:
         for label, value in (("scope", scope), ("action", action)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise UsageError(f"{label} must be a non-empty string or None")
-        self.authorization = _AUTHORIZATION.fullmatch(resource) is not None
+        self.authorization = is_authorization_name(resource)
         if self.authorization and (scope is not None or action is not None):
             raise UsageError("an authorization takes no scope or action: its grant decides")
         if consent_uri is not None and not callable(consent_uri):
@@ -140,16 +143,14 @@ class Connection:
         """The user's token, or :class:`ConsentNeeded` when only their consent repairs it."""
         try:
             if self.authorization:
-                return await self.client.acquire_user_authorization(  # type: ignore[attr-defined,no-any-return]
+                return await self.client.acquire_user_authorization(
                     self.resource, credentials=credentials
                 )
             return await self.client.acquire_access_token(
                 self.resource, scope=self.scope, action=self.action, credentials=credentials
             )
         except AuthorizationRequired as exc:
-            uri = getattr(exc, "authorization_uri", None) or await self._consent_url(
-                credentials, exc
-            )
+            uri = exc.authorization_uri or await self._consent_url(credentials, exc)
             raise ConsentNeeded(self.resource, uri) from None
         except FailedPrecondition as exc:
             if exc.reason not in CONSENT_REASONS:
@@ -184,7 +185,7 @@ class Connection:
 
     async def _store(self, redirect_uri: str, credentials: CredentialsLike) -> None:
         if self.authorization:
-            await self.client.store_user_authorization(  # type: ignore[attr-defined]
+            await self.client.store_user_authorization(
                 self.resource, redirect_uri, credentials=credentials
             )
         else:

@@ -269,6 +269,29 @@ async def test_calls_of_one_step_share_one_consent_and_one_store(
     assert (await emu.stats())["grants_stored"] == 1
 
 
+async def test_an_authorization_asks_with_the_services_own_url_and_stores_there(
+    emu: Emulator, client: DataConnectorClient
+) -> None:
+    probe = probe_for(emu)
+    users = users_of(emu)
+    tool = connector_tool(
+        probe.tool(),
+        client=client,
+        resource=emu.authorization,
+        credentials=lambda context: users[context.user_id],
+    )
+    agent = Agent(tool)
+    session = await agent.session(ALICE)
+    events = await agent.ask(ALICE, session)
+    [request] = credential_requests(events)
+    assert request.args is not None
+    assert request.args["authConfig"]["credentialKey"] == f"agentspace:{emu.authorization}::"
+    redirect = await browse(consent_url(request))
+    events = await agent.send(ALICE, session, answer(request, redirect))
+    assert tool_answers(events) == [{"user": ALICE, "detail": "0"}]
+    assert (await emu.stats())["grants_stored"] == 1
+
+
 REVOKING = {"provider": {"faults": {"invalid_grant_rate": 1.0, "grants": ["refresh_token"]}}}
 
 

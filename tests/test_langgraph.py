@@ -144,7 +144,8 @@ def make_tool(emu: Emulator, client: DataConnectorClient, probe: Probe, **kwargs
 
     kwargs.setdefault("consent_uri", emu.consent_uri)
     kwargs.setdefault("credentials", credentials)
-    return connector_tool(probe.tool(), client=client, resource=emu.connector, **kwargs)
+    kwargs.setdefault("resource", emu.connector)
+    return connector_tool(probe.tool(), client=client, **kwargs)
 
 
 async def consent_through_graph(graph: Graph, emu: Emulator, user: str, thread: str) -> Any:
@@ -230,6 +231,20 @@ async def test_two_users_in_two_threads_each_get_their_own_token(
     assert probe.tokens[0] != probe.tokens[1]
     for user in (ALICE, BOB):
         assert find_secrets(await graph.dump(user, threads[user]), probe.tokens) == []
+
+
+async def test_an_authorization_interrupts_with_the_services_own_url(
+    emu: Emulator, client: DataConnectorClient
+) -> None:
+    probe = probe_for(emu)
+    tool = make_tool(emu, client, probe, resource=emu.authorization, consent_uri=None)
+    graph = Graph(tool)
+    result = await graph.ask(ALICE, "t")
+    [asked] = interrupts(result)
+    assert asked["resource"] == emu.authorization
+    result = await graph.resume(ALICE, "t", await browse(asked["authorization_uri"]))
+    assert tool_answers(result) == [{"user": ALICE, "detail": "0"}]
+    assert probe.subjects == [ALICE]
 
 
 REVOKING = {"provider": {"faults": {"invalid_grant_rate": 1.0, "grants": ["refresh_token"]}}}

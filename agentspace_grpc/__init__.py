@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agentspace_grpc._cache import TokenCache
 from agentspace_grpc._client import DataConnectorClient, RetryPolicy
 from agentspace_grpc._errors import (
     Aborted,
@@ -20,6 +21,7 @@ from agentspace_grpc._errors import (
     OutOfRange,
     PermissionDenied,
     ResourceExhausted,
+    TokenRejected,
     Unauthenticated,
     Unavailable,
     UndecodableAnswer,
@@ -27,6 +29,7 @@ from agentspace_grpc._errors import (
     Unknown,
     UsageError,
 )
+from agentspace_grpc._status import ConnectionStatus
 from agentspace_grpc._token import AccessToken
 
 __version__ = "0.1.0"
@@ -39,6 +42,7 @@ __all__ = [
     "Cancelled",
     "ConnectFailed",
     "ConnectionBroken",
+    "ConnectionStatus",
     "DataConnectorClient",
     "DataConnectorError",
     "DataLoss",
@@ -51,6 +55,8 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "RetryPolicy",
+    "TokenCache",
+    "TokenRejected",
     "Unauthenticated",
     "Unavailable",
     "UndecodableAnswer",

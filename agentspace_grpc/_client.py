@@ -8,7 +8,8 @@ Per call, :meth:`DataConnectorClient._invoke` runs the attempts: resolve the ``a
 header (refreshing in a thread if needed), send over the chosen wire with the time left, and
 on failure decide between falling back to REST (``auto`` mode, when gRPC cannot reach the
 service), one credentials refresh (UNAUTHENTICATED), a retry (UNAVAILABLE, within the
-deadline) or raising. Identical concurrent acquires share one run of it (single-flight).
+deadline) or raising. Identical concurrent acquires share one run of it (single-flight); with
+a :class:`~agentspace_grpc.TokenCache`, an acquire the cache can answer sends nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import random
 import ssl
 import time
 import warnings
-from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Hashable, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, final
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +33,7 @@ import grpc
 from google.protobuf import message
 
 from agentspace_grpc import _proto
+from agentspace_grpc._cache import TokenCache, cache_key
 from agentspace_grpc._credentials import (
     DEFAULT_IDENTITY,
     PENDING,
@@ -51,10 +53,12 @@ from agentspace_grpc._errors import (
     UndecodableAnswer,
     Unimplemented,
     UsageError,
+    is_authorization_name,
     redact,
 )
 from agentspace_grpc._headers import USER_AGENT, Headers, build_headers, check_user_metadata
 from agentspace_grpc._options import resolve as resolve_options
+from agentspace_grpc._status import ConnectionStatus, status_from_error
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint, GrpcTransport, RestTransport, Transport
 from agentspace_grpc._transports.base import format_host_port, is_loopback, proxy_for
@@ -512,6 +516,8 @@ class DataConnectorClient:
         client_options: A ``google.api_core`` ``ClientOptions`` or a dict: ``api_endpoint``,
             ``quota_project_id``, ``universe_domain``, ``scopes`` (default cloud-platform) and
             ``credentials_file`` are honoured; any other option that is set is refused.
+        token_cache: A :class:`TokenCache` to serve repeated acquires from memory (default
+            None: every acquire asks the service).
     """
 
     def __init__(
@@ -528,6 +534,7 @@ class DataConnectorClient:
         ssl_context: ssl.SSLContext | None = None,
         universe_domain: str | None = None,
         client_options: object = None,
+        token_cache: TokenCache | None = None,
     ) -> None:
         if transport not in ("auto", "grpc", "rest"):
             raise UsageError(f"transport must be 'auto', 'grpc' or 'rest', not {transport!r}")
@@ -541,6 +548,8 @@ class DataConnectorClient:
             raise UsageError("quota_project must be a non-empty string or None")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise UsageError("ssl_context must be an ssl.SSLContext or None")
+        if token_cache is not None and not isinstance(token_cache, TokenCache):
+            raise UsageError("token_cache must be a TokenCache or None")
         check_credentials(credentials)
         settings = resolve_options(
             client_options,
@@ -563,6 +572,7 @@ class DataConnectorClient:
         self._quota_project = quota_project
         self._retry = retry
         self._single_flight = single_flight
+        self._token_cache = token_cache
         self._universe = settings.universe
         self._auth = Authorizer(
             credentials,
@@ -995,19 +1005,95 @@ class DataConnectorClient:
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
+        cache = self._token_cache
+        if cache is not None:
+            # Keyed by the header the call would send: refresh the credentials first if due.
+            authorization = self._auth.ready(credentials)
+            if authorization is PENDING:
+                authorization = await self._auth.authorization(credentials, deadline)
+            key = cache_key(name, scope, action, authorization)
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
         if self._single_flight:
             identity = DEFAULT_IDENTITY if credentials is None else credentials
             token: AccessToken = await state.flights.run(
-                (row, name, scope, action, identity, extra),
+                (row, name, scope, action, key if cache is not None else identity, extra),
                 deadline,
                 self._invoke,
                 (row, request, name, credentials, extra, state, endpoint),
             )
-            return token
-        token = await self._invoke(
-            row, request, name, credentials, extra, state, endpoint, deadline
-        )
+        else:
+            token = await self._invoke(
+                row, request, name, credentials, extra, state, endpoint, deadline
+            )
+        if cache is not None:
+            cache.put(key, token)
         return token
+
+    def invalidate(self, token: AccessToken | str) -> None:
+        """Drop ``token`` from the token cache, after the third party rejected it.
+
+        The next acquire asks the service again, which may still answer with the same token
+        from its own cache: a second rejection means the user must authorize again. Without
+        a token cache this does nothing.
+        """
+        value = token.access_token if isinstance(token, AccessToken) else token
+        if not isinstance(value, str):
+            raise UsageError("invalidate() takes the AccessToken (or its token string)")
+        if self._token_cache is not None:
+            self._token_cache.discard(value)
+
+    async def connection_status(
+        self,
+        name: str,
+        *,
+        scope: str | None = None,
+        action: str | None = None,
+        credentials: CredentialsLike = None,
+        consent_uri: Callable[[str, CredentialsLike], Awaitable[str]] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+    ) -> ConnectionStatus:
+        """Whether the end user behind ``credentials`` can use ``name`` (a connector or an
+        authorization) now.
+
+        Acquires a token and discards it (a cached one counts, as it is what the next acquire
+        returns); never calls the deprecated CheckRefreshToken.
+
+        Args:
+            consent_uri: ``async (resource, credentials) -> str`` building the URL that
+                starts the consent flow; called when the state needs consent, with the
+                credentials in effect, and its answer goes in ``authorization_uri``.
+
+        Raises:
+            DataConnectorError: An error that says nothing about the connection (bad
+                credentials, an unknown connector, ...).
+            UsageError: Bad arguments, before any I/O.
+        """
+        if consent_uri is not None and not callable(consent_uri):
+            raise UsageError("consent_uri must be an async callable (resource, credentials)")
+        try:
+            if isinstance(name, str) and is_authorization_name(name):
+                if scope is not None or action is not None:
+                    raise UsageError("an authorization takes no scope or action")
+                token = await self.acquire_user_authorization(
+                    name, credentials=credentials, timeout=timeout
+                )
+            else:
+                token = await self.acquire_access_token(
+                    name, scope=scope, action=action, credentials=credentials, timeout=timeout
+                )
+        except DataConnectorError as exc:
+            status = status_from_error(exc)
+            if status is None:
+                raise
+            if consent_uri is None or not status.needs_consent or status.authorization_uri:
+                return status
+            uri = await consent_uri(name, self._auth.effective(credentials))
+            if not isinstance(uri, str) or not uri:
+                raise UsageError("consent_uri must return the consent URL as a string") from None
+            return replace(status, authorization_uri=uri)
+        return ConnectionStatus("connected", scopes=token.scopes)
 
     async def store_refresh_token(
         self,

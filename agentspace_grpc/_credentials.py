@@ -156,6 +156,12 @@ class Authorizer:
         self._session: requests.Session | None = None
         self._token_cache: tuple[str, str] | None = None  # (token, header) of the last call
 
+    def effective(self, credentials: CredentialsLike) -> CredentialsLike:
+        """The credentials a call with ``credentials`` uses (the default, or ADC once found)."""
+        if credentials is not None:
+            return credentials
+        return self._default if self._default is not None else self._adc
+
     def principal_hint(self, credentials: CredentialsLike) -> str | None:
         """Who the credentials act as, when they say so (a service account's email)."""
         creds = credentials if credentials is not None else (self._default or self._adc)

@@ -29,8 +29,9 @@ or REST (Google's JSON error envelope): both are turned into a ``google.rpc.Stat
     │   │                             the request may have reached the service
     │   ├── DataLoss                  DATA_LOSS
     │   └── Unauthenticated           UNAUTHENTICATED (also: credentials that cannot refresh)
-    └── ValueError
-        └── UsageError                misuse (a malformed name, bad arguments), before any I/O
+    ├── ValueError
+    │   └── UsageError                misuse (a malformed name, bad arguments), before any I/O
+    └── TokenRejected                 raised by a caller's tool: a third party refused a token
 
 The three wire-failure classes say where a call failed, which the retry and fallback rules
 read; they stay an ``Unavailable`` or an ``Internal`` for code that does not care.
@@ -43,12 +44,15 @@ echo what it was sent: :func:`redact` takes that out of every error a call raise
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from urllib.parse import quote, quote_plus
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pool, json_format, message, message_factory
 from google.rpc import error_details_pb2, status_pb2
+
+if TYPE_CHECKING:
+    from agentspace_grpc._token import AccessToken
 
 __all__ = [
     "Aborted",
@@ -67,6 +71,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
+    "TokenRejected",
     "Unauthenticated",
     "Unavailable",
     "UndecodableAnswer",
@@ -88,6 +93,38 @@ _DETAILS_FILE: Final = error_details_pb2.DESCRIPTOR
 
 class UsageError(ValueError):
     """The client was called wrongly (a malformed name, a bad argument); nothing was sent."""
+
+
+class TokenRejected(Exception):
+    """A third party answered 401 to an access token: raise it from a tool that used one.
+
+    Whoever runs the tool (an agent framework adapter) drops the token with
+    ``client.invalidate(token)`` and acquires again; if the new token is refused too, the
+    user must authorize again. ``str()`` and ``repr()`` never show the token: a message that
+    quotes it has it replaced.
+
+    Attributes:
+        message: What the tool said (without the token).
+        token: The refused token (an ``AccessToken`` or the token string), or None.
+    """
+
+    def __init__(self, message: str = "", *, token: AccessToken | str | None = None) -> None:
+        message = str(message)
+        value = getattr(token, "access_token", token)
+        if isinstance(value, str) and value:
+            message = message.replace(value, REDACTED)
+        super().__init__(message)
+        self.message = message
+        self.token = token
+
+    def __str__(self) -> str:
+        return self.message or "the third party rejected the access token (HTTP 401)"
+
+    def __repr__(self) -> str:
+        return f"TokenRejected({self.message!r})"
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.message,)  # the token stays in this process
 
 
 class DataConnectorError(Exception):

@@ -10,6 +10,7 @@ from agentspace_grpc import __version__
 from agentspace_grpc._commands import acquire as _acquire_cli
 from agentspace_grpc._commands import check as _check_cli
 from agentspace_grpc._commands import demo as _demo_cli
+from agentspace_grpc._commands import status as _status_cli
 from agentspace_grpc._commands import store as _store_cli
 from agentspace_grpc.bench import _cli as _bench_cli
 from agentspace_grpc.emulator import _main as _emulator_cli
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _acquire_cli.register(subparsers)
     _store_cli.register(subparsers)
     _check_cli.register(subparsers)
+    _status_cli.register(subparsers)
     _demo_cli.register(subparsers)
     _bench_cli.register(subparsers)
     _emulator_cli.register(subparsers)

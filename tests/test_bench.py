@@ -27,6 +27,8 @@ STACKS = {
     "aiohttp_raw",
     "agentspace_rest",
     "discovery",
+    "agentspace_grpc_cache_hit",
+    "agentspace_rest_cache_hit",
     "emulator_cache_hit_grpc",
     "emulator_cache_hit_rest",
     "emulator_refresh_grpc",
@@ -113,6 +115,25 @@ def test_extras_and_targets(bench_run: tuple[int, str, Path]) -> None:
     assert results["fallback"]["status"] == "ok", results["fallback"]
     assert results["fallback"]["auto_first_call_ms"]["median"] > 0
     assert all(t["result"] in ("pass", "miss") for t in results["targets"]), results["targets"]
+
+
+def test_the_token_cache_hit_and_miss_paths_are_reported(
+    bench_run: tuple[int, str, Path],
+) -> None:
+    _, table, out = bench_run
+    results = json.loads((out / "bench.json").read_text())
+    for wire in ("grpc", "rest"):
+        for figures in results["stacks"][f"agentspace_{wire}_cache_hit"]["modes"].values():
+            assert figures["rpcs_per_call"] == 0.0  # counted at the server
+        cost = results["cache_miss_cost"][wire]
+        assert cost["status"] == "ok", cost
+        assert cost["on_vs_off"]["median"] > 0
+        # Every call missed: the server answered each one.
+        assert results["stacks"][f"agentspace_{wire}"]["modes"]["sequential"]["rpcs_per_call"] == 1
+    names = [t["target"] for t in results["targets"] if "token cache" in t["target"]]
+    assert len(names) == 8, names
+    assert "## Token cache, miss path" in table
+    assert "token cache hit (sequential) 0.000" in table
 
 
 def test_many_users_and_many_connectors_run_and_report(

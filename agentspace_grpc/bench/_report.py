@@ -164,6 +164,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "result": "pass" if rpcs == 1 else "miss",
                 }
             )
+    out += _cache_targets(results)
     out.append(
         _target(
             "emulator cache-hit gRPC calls/s >= 0.75x constant server (64 in flight)",
@@ -175,6 +176,56 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "the emulator runs did not happen",
         )
     )
+    return out
+
+
+def _cache_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """A token cache hit costs at most 20 µs of client CPU and no RPC; its miss path at most
+    1.05x the client without a cache."""
+    out: list[dict[str, Any]] = []
+    for wire in ("grpc", "rest"):
+        label = "gRPC" if wire == "grpc" else "REST"
+        stack = results["stacks"].get(f"agentspace_{wire}_cache_hit", {})
+        modes = stack.get("modes", {}) if stack.get("status") == "ok" else {}
+        missing = f"the {label} cache-hit stack did not run"
+        for mode in ("sequential", "concurrent"):
+            out.append(
+                _target(
+                    f"{label} token cache hit: CPU µs/call <= 20 ({MODE_LABELS[mode]})",
+                    modes.get(mode, {}).get("cpu_us_per_call"),
+                    20.0,
+                    "max",
+                    missing,
+                )
+            )
+        rpcs = [
+            figures["rpcs_per_call"] for figures in modes.values() if "rpcs_per_call" in figures
+        ]
+        name = f"{label} token cache hit: RPCs at the server per call"
+        if rpcs:
+            worst = max(rpcs)
+            out.append(
+                {
+                    "target": name,
+                    "ratio": worst,
+                    "limit": 0,
+                    "result": "pass" if worst == 0 else "miss",
+                }
+            )
+        else:
+            out.append(
+                {"target": name, "ratio": None, "limit": 0, "result": "n/a", "note": missing}
+            )
+        cost = results.get("cache_miss_cost", {}).get(wire, {})
+        out.append(
+            _target(
+                f"{label} CPU/call with a token cache, miss path <= 1.05x without (sequential)",
+                cost.get("on_vs_off") if cost.get("status") == "ok" else None,
+                1.05,
+                "max",
+                cost.get("reason", "the cache miss cost run did not happen"),
+            )
+        )
     return out
 
 
@@ -249,6 +300,19 @@ def _stack_table(results: dict[str, Any], group: str, ratio_label: str) -> list[
     return lines + (["", *skipped] if skipped else [])
 
 
+def _served(results: dict[str, Any], group: str) -> list[str]:
+    """The stacks of ``group`` whose calls did not each reach the server as an RPC."""
+    saved = [
+        f"{stack['title']} ({MODE_LABELS[mode]}) {figures['rpcs_per_call']:.3f}"
+        for _, stack in _rows(results, group)
+        for mode, figures in stack["modes"].items()
+        if figures.get("rpcs_per_call", 1.0) != 1.0
+    ]
+    if not saved:
+        return ["Every call of every stack above reached the server as an RPC of its own."]
+    return [f"RPCs at the server per call: {'; '.join(saved)}."]
+
+
 def _placement(results: dict[str, Any]) -> str:
     cpus = results.get("server_cpus")
     if not cpus:
@@ -284,6 +348,8 @@ def table(results: dict[str, Any]) -> str:
         "",
         *_stack_table(results, "transport", "vs base"),
         "",
+        *_served(results, "transport"),
+        "",
         "## Emulator end to end (agentspace-grpc client; base: the same client on the "
         "constant-answer server)",
         "",
@@ -313,18 +379,7 @@ def table(results: dict[str, Any]) -> str:
         "",
         *_stack_table(results, "workload", "vs base"),
     ]
-    shared = [
-        f"{stack['title']} ({MODE_LABELS[mode]}) {figures['rpcs_per_call']:.3f}"
-        for _, stack in _rows(results, "workload")
-        for mode, figures in stack["modes"].items()
-        if figures.get("rpcs_per_call", 1.0) != 1.0
-    ]
-    out += [
-        "",
-        f"RPCs at the server per call: {'; '.join(shared)}."
-        if shared
-        else "Every call of every stack above reached the server as an RPC of its own.",
-    ]
+    out += ["", *_served(results, "workload")]
     out += ["", "## Single-flight (1000 concurrent identical acquires, one client)", ""]
     out += ["| wire | single-flight | RPCs at the server | wall ms |", "|---|---|--:|--:|"]
     for key, entry in results.get("single_flight", {}).items():
@@ -353,6 +408,26 @@ def table(results: dict[str, Any]) -> str:
             f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
             f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
             f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['off_vs_floor'])} "
+            f"| {_ratio_cell(cost['on_vs_floor'])} |"
+        )
+    out += [
+        "",
+        "## Token cache, miss path (sequential calls; every lookup finds its entry expired, "
+        "every answer is stored; CPU µs per call)",
+        "",
+        "| wire | floor | client, no cache | client, cache missing | miss - none "
+        "| miss vs none | miss vs floor |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for wire, cost in results.get("cache_miss_cost", {}).items():
+        label = "gRPC" if wire == "grpc" else "REST"
+        if cost.get("status") != "ok":
+            out.append(f"| {label} | {cost.get('status')}: {cost.get('reason')} | | | | | |")
+            continue
+        out.append(
+            f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['on_vs_off'])} "
             f"| {_ratio_cell(cost['on_vs_floor'])} |"
         )
     fallback = results.get("fallback", {})

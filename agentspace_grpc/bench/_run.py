@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import itertools
 import logging
 import os
 import platform
@@ -131,6 +132,23 @@ def workload_stacks(grpc_target: str, http_url: str) -> list[tuple[Workload, _st
     return out
 
 
+def _cache_hit_stack(wire: _stacks.Wire, grpc_target: str, http_url: str) -> _stacks.Stack:
+    """The client with a token cache that the warm-up filled: every measured call is a hit
+    (served for an hour, longer than any run), so the server should count no RPC."""
+    floor = _stacks.GRPC_FLOOR if wire == "grpc" else _stacks.REST_FLOOR
+    return _stacks.Agentspace(
+        key=f"agentspace_{wire}_cache_hit",
+        title=f"agentspace-grpc {'gRPC' if wire == 'grpc' else 'REST'}, token cache hit",
+        wire=wire,
+        baseline=floor,
+        grpc_target=grpc_target,
+        http_url=http_url,
+        token=BENCH_TOKEN,
+        name=CONNECTOR,
+        token_cache={"max_age": 3600.0},
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """What to run and for how long.
@@ -168,8 +186,8 @@ class StackRun:
     # Per mode and sample: the server process's CPU time over the sample's wall time (1.0 is
     # one core kept busy: the server, not the client, set the pace).
     server_busy: dict[str, list[float]] = field(default_factory=dict)
-    # Workload stacks, per mode: the RPCs the server answered during the samples and the
-    # calls made in them (equal unless single-flight shared a call).
+    # Stacks on the constant servers, per mode: the RPCs the server answered during the
+    # samples and the calls made in them (equal unless single-flight or a cache saved some).
     served: dict[str, list[int]] = field(default_factory=dict)
 
     @property
@@ -337,6 +355,7 @@ class Bench:
                 token=t,
                 name=n,
             ),
+            _cache_hit_stack("grpc", g, h),
             _stacks.GapicStyle(g, t, n),
             _stacks.RawAiohttp(h, t, n),
             _stacks.Agentspace(
@@ -349,6 +368,7 @@ class Bench:
                 token=t,
                 name=n,
             ),
+            _cache_hit_stack("rest", g, h),
             _stacks.Discovery(h, t, n),
         ]
         self.runs = [StackRun(stack, "transport") for stack in transport]
@@ -482,7 +502,8 @@ class Bench:
             if run.group == "emulator":
                 refreshes = await self._provider_refreshes()
             server = self._server_of(run)
-            if run.group == "workload":
+            counted = run.group != "emulator"  # the constant servers count their RPCs
+            if counted:
                 served = await server.count()
             server_cpu = server.cpu_seconds()
             if mode == "sequential":
@@ -498,7 +519,7 @@ class Bench:
                 counts = run.upstream.setdefault(mode, [0, 0])
                 counts[0] += await self._provider_refreshes() - refreshes
                 counts[1] += sample.calls
-            if run.group == "workload":
+            if counted:
                 counts = run.served.setdefault(mode, [0, 0])
                 counts[0] += await server.count() - served
                 counts[1] += sample.calls
@@ -549,8 +570,8 @@ class Bench:
         return None
 
     def cost_steps(self) -> int:
-        """Samples :meth:`single_flight_cost` takes (for the progress bar)."""
-        return 2 * 3 * self.settings.repeats
+        """Samples :meth:`single_flight_cost` and :meth:`cache_miss_cost` take (progress bar)."""
+        return 2 * 2 * 3 * self.settings.repeats
 
     async def single_flight_cost(self) -> None:
         """Single-flight's bookkeeping when nothing is shared (sequential calls).
@@ -558,28 +579,47 @@ class Bench:
         Per wire, alternated within each repetition: the floor, the client with single-flight
         off (the transport runs' setting) and with it on (the default).
         """
+        self.extras["single_flight_cost"] = await self._cost_against_off(
+            "single-flight", {"single_flight": True}
+        )
+
+    async def cache_miss_cost(self) -> None:
+        """A token cache's cost when it never helps: every lookup finds its entry expired (a
+        clock that jumps 10,000 s per reading), so each call also stores its answer.
+
+        Compared as :meth:`single_flight_cost` is, with the cache in place of single-flight.
+        """
+        clock = itertools.count(0.0, 10_000.0).__next__
+        self.extras["cache_miss_cost"] = await self._cost_against_off(
+            "cache miss", {"token_cache": {"clock": clock}}
+        )
+
+    async def _cost_against_off(self, what: str, variant: dict[str, Any]) -> dict[str, Any]:
+        """Sequential CPU per call, per wire, alternated within each repetition: the floor, the
+        transport runs' client (``off``) and the same client with ``variant``'s settings
+        (``on``)."""
         s = self.settings
         active = sum(1 for run in self.runs if run.status == "ok")
-        # The transport runs' sample length: single-flight's cost is a few percent, and
-        # shorter samples would drown it in this host's noise.
+        # The transport runs' sample length: the costs compared are a few percent, and
+        # shorter samples would drown them in this host's noise.
         cap = s.budget_s / max(1, s.repeats * len(MODES) * active)
         results: dict[str, Any] = {}
         for wire, floor_key in (("grpc", _stacks.GRPC_FLOOR), ("rest", _stacks.REST_FLOOR)):
             floor, off = self._run_of(floor_key), self._run_of(f"agentspace_{wire}")
             if floor is None or off is None or floor.status != "ok" or off.status != "ok":
                 results[wire] = {"status": "skipped", "reason": "a stack it needs did not run"}
-                self._step(f"single-flight cost {wire}: skipped", 3 * s.repeats)
+                self._step(f"{what} cost {wire}: skipped", 3 * s.repeats)
                 continue
             on = _stacks.Agentspace(
-                key=f"agentspace_{wire}_single_flight",
-                title=f"{off.stack.title} (single-flight on)",
+                key=f"agentspace_{wire}_{what.replace(' ', '_').replace('-', '_')}",
+                title=f"{off.stack.title} ({what})",
                 wire=off.stack.wire,
                 baseline=floor_key,
                 grpc_target=self.grpc_target,
                 http_url=self.http_url,
                 token=BENCH_TOKEN,
                 name=CONNECTOR,
-                single_flight=True,
+                **variant,
             )
             cpu: dict[str, list[float]] = {"floor": [], "off": [], "on": []}
             try:
@@ -590,7 +630,7 @@ class Bench:
                 for rep in range(s.repeats):
                     shift = rep % len(stacks)
                     for label, stack in stacks[shift:] + stacks[:shift]:
-                        self._step(f"single-flight cost {wire} {label}")
+                        self._step(f"{what} cost {wire} {label}")
                         sample = await _bounded(
                             _measure.sequential(stack.call, s.size, cap), cap * 3 + 30.0
                         )
@@ -610,6 +650,9 @@ class Bench:
                 "on_minus_off_us": _measure.spread(
                     [a - b for a, b in zip(cpu["on"], cpu["off"], strict=True)]
                 ),
+                "on_vs_off": _measure.spread(
+                    [a / b for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+                ),
                 "off_vs_floor": _measure.spread(
                     [a / b for a, b in zip(cpu["off"], cpu["floor"], strict=True)]
                 ),
@@ -617,7 +660,7 @@ class Bench:
                     [a / b for a, b in zip(cpu["on"], cpu["floor"], strict=True)]
                 ),
             }
-        self.extras["single_flight_cost"] = results
+        return results
 
     async def _single_flight(
         self, wire: str, server: ServerProcess, enabled: bool
@@ -773,6 +816,7 @@ async def run(settings: Settings, progress_stream: Any = None) -> dict[str, Any]
         await bench.measure()
         await bench.single_flight()
         await bench.single_flight_cost()
+        await bench.cache_miss_cost()
         await bench.fallback()
     finally:
         progress.show("closing")

@@ -334,7 +334,8 @@ class Agentspace(Stack):
     share one RPC, and the transport runs measure what one call costs; single-flight (its
     sharing and its bookkeeping cost) is measured on its own. With ``users`` (bearer
     tokens), the calls cycle through those end users, one per call, each passed as the
-    call's ``credentials=``; with ``names``, through those connectors.
+    call's ``credentials=``; with ``names``, through those connectors. With ``token_cache``
+    (``TokenCache`` keyword arguments), the client has a token cache.
     """
 
     def __init__(
@@ -351,6 +352,7 @@ class Agentspace(Stack):
         users: Sequence[str] = (),
         names: Sequence[str] = (),
         single_flight: bool = False,
+        token_cache: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(key=key, title=title, wire=wire, baseline=baseline)
         self._grpc_target = grpc_target
@@ -359,9 +361,13 @@ class Agentspace(Stack):
         self._callers = itertools.cycle(callers(token, name, users, names))
         self._per_user = bool(users)
         self._single_flight = single_flight
+        self._token_cache = token_cache
         self._client: Any = None
 
     async def start(self) -> None:
+        cache = None
+        if self._token_cache is not None:
+            cache = importlib.import_module("agentspace_grpc").TokenCache(**self._token_cache)
         self._client = _client_class()(
             transport=self.wire,
             credentials=self._token,
@@ -369,6 +375,7 @@ class Agentspace(Stack):
             rest_endpoint=self._http_url,
             insecure=True,
             single_flight=self._single_flight,
+            token_cache=cache,
         )
         await self._client.__aenter__()
 

@@ -16,6 +16,7 @@ passes silently. The schema::
     [provider]                      # the built-in third-party OAuth 2.0 provider
     access_token_lifetime = 3600    # seconds (>= 1)
     send_expires_in = true          # include expires_in in token answers
+    jwt_access_tokens = false       # issue access tokens as JWTs carrying exp (not opaque)
     grace_seconds = 60              # the immediately previous refresh token stays valid this
                                     # long after a rotation (0: never)
     code_lifetime = 600             # seconds an authorization code is valid
@@ -131,6 +132,7 @@ class ProviderConfig:
 
     access_token_lifetime: float = 3600.0
     send_expires_in: bool = True
+    jwt_access_tokens: bool = False
     grace_seconds: float = 60.0
     code_lifetime: float = 600.0
     faults: Faults = field(default_factory=Faults)
@@ -317,13 +319,20 @@ def _provider_table(
     _only(
         data,
         where,
-        {"access_token_lifetime", "send_expires_in", "grace_seconds", "code_lifetime"},
+        {
+            "access_token_lifetime",
+            "send_expires_in",
+            "jwt_access_tokens",
+            "grace_seconds",
+            "code_lifetime",
+        },
     )
     return ProviderConfig(
         access_token_lifetime=_number(
             data, "access_token_lifetime", where, base.access_token_lifetime, 1.0
         ),
         send_expires_in=_bool(data, "send_expires_in", where, base.send_expires_in),
+        jwt_access_tokens=_bool(data, "jwt_access_tokens", where, base.jwt_access_tokens),
         grace_seconds=_number(data, "grace_seconds", where, base.grace_seconds, 0.0),
         code_lifetime=_number(data, "code_lifetime", where, base.code_lifetime, 1.0),
         faults=faults,

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import random
 import re
@@ -355,7 +356,7 @@ class Provider:
         if verifier is not None and not _VERIFIER.fullmatch(verifier):
             raise OAuthError("invalid_request", "code_verifier is malformed (RFC 7636)")
         now = time.time()
-        access, refresh = _new_access(), _new_refresh()
+        access, refresh = _new_access(self.config, now), _new_refresh()
         life = self.config.access_token_lifetime
 
         def work(conn: sqlite3.Connection) -> tuple[str, str] | OAuthError:
@@ -420,7 +421,7 @@ class Provider:
             raise OAuthError("invalid_request", "refresh_token is required")
         wanted = tuple(fields.get("scope", "").split())
         now = time.time()
-        access, refresh = _new_access(), _new_refresh()
+        access, refresh = _new_access(self.config, now), _new_refresh()
         life = self.config.access_token_lifetime
         grace = self.config.grace_seconds
 
@@ -546,8 +547,17 @@ def _revoke_family(conn: sqlite3.Connection, family_id: int) -> None:
         log.info("provider: refresh token reuse; grant family %d revoked", family_id)
 
 
-def _new_access() -> str:
-    return "emuat_" + secrets.token_urlsafe(32)
+def _new_access(config: ProviderConfig, now: float) -> str:
+    """An opaque access token, or with ``jwt_access_tokens`` a JWT whose ``exp`` is its expiry.
+
+    The JWT's signature is random bytes: the provider knows its tokens by their hash, and
+    clients only read the claims (as they may with a real provider's JWTs).
+    """
+    if not config.jwt_access_tokens:
+        return "emuat_" + secrets.token_urlsafe(32)
+    claims = {"iat": int(now), "exp": int(now + config.access_token_lifetime)}
+    parts = (b'{"alg":"HS256","typ":"JWT"}', json.dumps(claims).encode(), secrets.token_bytes(32))
+    return ".".join(base64.urlsafe_b64encode(part).rstrip(b"=").decode() for part in parts)
 
 
 def _new_refresh() -> str:

@@ -23,6 +23,7 @@ from agentspace_grpc._credentials import CredentialsLike
 from agentspace_grpc._errors import (
     AuthorizationRequired,
     FailedPrecondition,
+    TokenRejected,
     UsageError,
     is_authorization_name,
 )
@@ -32,7 +33,6 @@ __all__ = [
     "Connection",
     "ConsentNeeded",
     "ConsentUri",
-    "TokenRejected",
     "check_tool_function",
     "user_credentials",
 ]
@@ -52,14 +52,6 @@ _STORES: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, OrderedDict[tuple[str, bytes], asyncio.Future[None]]
 ] = weakref.WeakKeyDictionary()
 _STORES_KEPT: Final = 1024
-
-
-class TokenRejected(Exception):  # replaced by agentspace_grpc.TokenRejected when it lands
-    """The third party answered 401 to the token."""
-
-    def __init__(self, message: str = "", *, token: AccessToken | None = None) -> None:
-        super().__init__(message)
-        self.token = token
 
 
 class ConsentNeeded(Exception):
@@ -131,12 +123,12 @@ class Connection:
         try:
             return await call(token)
         except TokenRejected:
-            self._invalidate(token)
+            self.client.invalidate(token)
         token = await self.acquire(credentials)
         try:
             return await call(token)
         except TokenRejected as exc:
-            self._invalidate(token)
+            self.client.invalidate(token)
             raise ConsentNeeded(self.resource, await self._consent_url(credentials, exc)) from None
 
     async def acquire(self, credentials: CredentialsLike) -> AccessToken:
@@ -192,11 +184,6 @@ class Connection:
             await self.client.store_refresh_token(
                 self.resource, redirect_uri, credentials=credentials
             )
-
-    def _invalidate(self, token: AccessToken) -> None:
-        invalidate = getattr(self.client, "invalidate", None)  # lands with the token cache
-        if invalidate is not None:
-            invalidate(token)
 
     async def _consent_url(self, credentials: CredentialsLike, cause: Exception) -> str:
         """The consent URL from ``consent_uri``; without one, ``cause`` stands."""

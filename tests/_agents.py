@@ -13,8 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from agentspace_grpc import AccessToken
-from agentspace_grpc._agents import TokenRejected
+from agentspace_grpc import AccessToken, TokenRejected
 from agentspace_grpc.emulator import Emulator
 
 ALICE = "alice@example.com"

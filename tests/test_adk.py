@@ -26,11 +26,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentspace_grpc import AuthorizationRequired, DataConnectorClient, UsageError
+from agentspace_grpc import AuthorizationRequired, DataConnectorClient, TokenCache, UsageError
 from agentspace_grpc.adk import connector_tool
 from agentspace_grpc.emulator import Emulator
 from tests._agents import ALICE, BOB, Probe, browse, probe_for
 from tests._reliability import debug_logging, find_secrets
+from tests.test_client_cache import count_rpcs
 
 APP = "agents-test"
 REQUEST = "adk_request_credential"
@@ -320,6 +321,25 @@ async def test_a_rejected_token_is_acquired_once_more(
     assert credential_requests(events) == []
     assert tool_answers(events) == [{"user": ALICE, "detail": "0"}]
     assert len(probe.tokens) == 2
+
+
+async def test_a_warm_cache_answers_without_an_rpc_and_a_rejected_token_leaves_it(
+    emu: Emulator,
+) -> None:
+    alice = emu.user_credentials(ALICE)
+    async with emu.client(token_cache=TokenCache()) as client:
+        await client.store_refresh_token(emu.connector, await emu.consent(ALICE), credentials=alice)
+        probe = probe_for(emu)
+        agent = Agent(make_tool(emu, client, probe))
+        session = await agent.session(ALICE)
+        served = count_rpcs(emu)
+        for _ in range(3):
+            assert tool_answers(await agent.ask(ALICE, session)) == [{"user": ALICE, "detail": "0"}]
+        assert served["AcquireAccessToken"] == 1
+        # The third party refuses the cached token once: it is dropped and acquired again.
+        probe.reject = 1
+        assert tool_answers(await agent.ask(ALICE, session)) == [{"user": ALICE, "detail": "0"}]
+        assert served["AcquireAccessToken"] == 2
 
 
 async def test_a_token_rejected_twice_asks_for_consent_and_never_loops(

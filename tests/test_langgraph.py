@@ -20,11 +20,12 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command
 
-from agentspace_grpc import AuthorizationRequired, DataConnectorClient, UsageError
+from agentspace_grpc import AuthorizationRequired, DataConnectorClient, TokenCache, UsageError
 from agentspace_grpc.emulator import Emulator
 from agentspace_grpc.langgraph import connector_tool
 from tests._agents import ALICE, BOB, Probe, browse, probe_for
 from tests._reliability import debug_logging, find_secrets
+from tests.test_client_cache import count_rpcs
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -282,6 +283,25 @@ async def test_a_rejected_token_is_acquired_once_more_then_consent_is_asked(
     assert interrupts(result) == []
     assert len(probe.tokens) == 5
     assert probe.subjects == [ALICE, ALICE]
+
+
+async def test_a_warm_cache_answers_without_an_rpc_and_a_rejected_token_leaves_it(
+    emu: Emulator,
+) -> None:
+    alice = emu.user_credentials(ALICE)
+    async with emu.client(token_cache=TokenCache()) as client:
+        await client.store_refresh_token(emu.connector, await emu.consent(ALICE), credentials=alice)
+        probe = probe_for(emu)
+        graph = Graph(make_tool(emu, client, probe))
+        served = count_rpcs(emu)
+        for turn in range(3):
+            result = await graph.ask(ALICE, "t")
+            assert len(tool_answers(result)) == turn + 1
+        assert served["AcquireAccessToken"] == 1
+        probe.reject = 1
+        assert interrupts(await graph.ask(ALICE, "t")) == []
+        assert served["AcquireAccessToken"] == 2
+        assert probe.subjects == [ALICE] * 4
 
 
 async def test_without_a_consent_url_the_service_error_stands(

@@ -22,6 +22,7 @@ STEPS = (
     "6. Expiry and refresh-token rotation",
     "7. An authorization: consent URI, store, acquire, a cache hit",
     "8. An error: a user who never consented",
+    "9. An agent: a LangGraph tool call that goes through consent",
 )
 # Prefixes of everything secret the emulator issues: third-party access and refresh tokens,
 # authorization codes, end-user identity tokens.
@@ -42,7 +43,7 @@ def test_the_demo_walks_the_whole_flow() -> None:
     env.pop("NO_PROXY", None)
     env.pop("no_proxy", None)
     done = subprocess.run(
-        [sys.executable, "-m", "agentspace_grpc.cli", "demo"],
+        [sys.executable, "-m", "agentspace_grpc.cli", "demo", "--agent"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -64,6 +65,10 @@ def test_the_demo_walks_the_whole_flow() -> None:
     assert "answers with an authorization URI" in unwrapped
     assert "opens it: /emulator/v1/consent -> /provider/authorize -> back to" in unwrapped
     assert "StoreUserAuthorization over gRPC: grants stored 2 -> 3" in unwrapped
+    assert "stops with an authorization_required" in out
+    assert re.search(
+        r"ran\s+with\s+carol's\s+token\s+\[\w{8}\]:\s+the\s+provider\s+says\s+it\s+is\s+carol", out
+    )
     for prefix in SECRET_PREFIXES:
         assert prefix not in out + done.stderr
 

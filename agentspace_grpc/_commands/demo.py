@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from agentspace_grpc._commands import _common
+from agentspace_grpc._token import AccessToken  # resolved at run time by the agent scene
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from agentspace_grpc import AccessToken
 
 ALICE: Final = "alice@example.com"
 BOB: Final = "bob@example.com"
@@ -59,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"lifetime of the provider's access tokens (default {DEFAULT_LIFETIME:g}; the "
         "demo waits for one to expire)",
     )
+    parser.add_argument(
+        "--agent",
+        action="store_true",
+        help="also show an agent's tool call going through consent (LangGraph; needs the "
+        "langgraph extra)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -72,7 +77,7 @@ def _lifetime(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     """Run the walkthrough; exit status 0 when every step behaved as described."""
     try:
-        asyncio.run(_Walkthrough(args.access_token_lifetime).run())
+        asyncio.run(_Walkthrough(args.access_token_lifetime, agent=args.agent).run())
     except DemoFailed as exc:
         _say(f"\ndemo FAILED: {_common.inert(str(exc))}")
         return _common.EXIT_ERROR
@@ -106,8 +111,9 @@ def _fp(token: AccessToken | str) -> str:
 class _Walkthrough:
     """The demo's steps, in order, sharing one emulator, two clients and an HTTP session."""
 
-    def __init__(self, lifetime: float) -> None:
+    def __init__(self, lifetime: float, *, agent: bool = False) -> None:
         self.lifetime = lifetime
+        self.agent = agent
         self.step = 0
         self.emu: Any = None
         self.http: aiohttp.ClientSession | None = None
@@ -159,6 +165,8 @@ class _Walkthrough:
                 rotated = await self.expiry_and_rotation(first)
                 await self.authorization()
                 await self.error_case()
+                if self.agent:
+                    await self.agent_consent()
                 total = await self.refreshes()
         _say(
             f"\nDone in {time.monotonic() - started:.1f} s: two users, one connector and one "
@@ -373,3 +381,62 @@ class _Walkthrough:
             _say("   (`agentspace-grpc acquire` exits with status 3 for this)")
             return
         raise DemoFailed(f"{CAROL} got a token without consenting")
+
+    async def agent_consent(self) -> None:
+        """An agent's tool call for the user who never consented: interrupt, consent, resume."""
+        from langchain_core.messages import AIMessage, ToolMessage
+        from langgraph.checkpoint.memory import InMemorySaver
+        from langgraph.graph import START, MessagesState, StateGraph
+        from langgraph.prebuilt import ToolNode
+        from langgraph.types import Command
+
+        from agentspace_grpc.langgraph import connector_tool
+
+        self.heading("An agent: a LangGraph tool call that goes through consent")
+        seen: list[AccessToken] = []
+
+        async def whoami(token: AccessToken) -> str:
+            """Tells who the user is at the third party."""
+            seen.append(token)
+            status, info = await self.userinfo(token)
+            return f"HTTP {status}: {info.get('email')}"
+
+        tool = connector_tool(
+            whoami,
+            client=self.grpc,
+            resource=self.emu.connector,
+            credentials=lambda config: self.credentials[config["configurable"]["user"]],
+            consent_uri=self.emu.consent_uri,
+        )
+        builder = StateGraph(MessagesState)
+        builder.add_node("tools", ToolNode([tool]))
+        builder.add_edge(START, "tools")
+        graph = builder.compile(checkpointer=InMemorySaver())
+        config: Any = {"configurable": {"thread_id": "demo", "user": CAROL}}
+        call = AIMessage("", tool_calls=[{"name": "whoami", "args": {}, "id": "call-1"}])
+        result = await graph.ainvoke({"messages": [call]}, config)
+        [asked] = [item.value for item in result.get("__interrupt__", ())]
+        _expect(asked["type"] == "authorization_required", "the tool did not ask for consent")
+        url = urlsplit(asked["authorization_uri"])
+        _say(f"   {CAROL}'s agent calls whoami: the graph stops with an authorization_required")
+        _say(f"   interrupt carrying the consent URL {url.scheme}://{url.netloc}{url.path}?...")
+        redirect = await self.browse(asked["authorization_uri"])
+        _say("   carol opens it and approves; the app resumes with Command(resume=<redirect URI>)")
+        result = await graph.ainvoke(Command(resume=redirect), config)
+        answer = [m.content for m in result["messages"] if isinstance(m, ToolMessage)]
+        _expect(answer == [f"HTTP 200: {CAROL}"], f"the tool answered {answer!r}")
+        _say(
+            f"   the tool stored it and ran with carol's token {_fp(seen[-1])}: the provider "
+            f"says it is {CAROL}"
+        )
+
+    async def browse(self, url: str) -> str:
+        """The user's browser: follows the consent URL (no credentials) to the redirect URI."""
+        assert self.http is not None
+        for _ in range(10):
+            async with self.http.get(url, allow_redirects=False) as response:
+                _expect(response.status in (302, 303), f"consent failed: HTTP {response.status}")
+                url = response.headers["Location"]
+            if not url.startswith(self.emu.http_url):
+                return url
+        raise DemoFailed("the consent never reached the redirect URI")

@@ -50,7 +50,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/agentspace-grpc demo
+	$(BIN)/agentspace-grpc demo --agent
 
 bench: $(STAMP)
 	$(BIN)/agentspace-grpc bench

@@ -38,17 +38,16 @@ read; they stay an ``Unavailable`` or an ``Internal`` for code that does not car
 
 Messages never carry tokens: they are built from the server's status message, the connector
 name and the principal, never from headers or request bodies. A server (or a proxy) can still
-echo what it was sent: :func:`redact` takes that out of every error a call raises.
+echo what it was sent: ``_redact`` takes that out of every error a call raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
-from urllib.parse import quote, quote_plus
 
 import grpc
-from google.protobuf import any_pb2, descriptor_pool, json_format, message, message_factory
+from google.protobuf import any_pb2, descriptor_pool, message, message_factory
 from google.rpc import error_details_pb2, status_pb2
 
 if TYPE_CHECKING:
@@ -80,7 +79,6 @@ __all__ = [
     "UsageError",
     "from_status",
     "is_authorization_name",
-    "redact",
 ]
 
 Transport = Literal["grpc", "rest"]
@@ -88,7 +86,11 @@ Transport = Literal["grpc", "rest"]
 REFRESH_TOKEN_NOT_FOUND: Final = "REFRESH_TOKEN_NOT_FOUND"  # noqa: S105 - a reason code
 
 # Keep the google.rpc detail types registered in the default pool.
-_DETAILS_FILE: Final = error_details_pb2.DESCRIPTOR
+DETAILS_FILE: Final = error_details_pb2.DESCRIPTOR
+
+
+#: What replaces a secret in server-supplied text.
+REDACTED: Final = "[redacted]"
 
 
 class UsageError(ValueError):
@@ -445,87 +447,3 @@ def from_status(
     if cls is Unavailable and not from_service:
         cls = ConnectionBroken
     return cls(message_text, details=details, transport=transport, http_status=http_status)
-
-
-#: What replaces a secret in server-supplied text.
-REDACTED: Final = "[redacted]"
-# Shorter values are not searched for: no real token or code is that short, and replacing
-# them would erase ordinary words of the messages.
-_MIN_SECRET: Final = 8
-
-
-def redact(error: DataConnectorError, sent: Iterable[str | None]) -> None:
-    """Take what the request carried out of ``error``, in place, so no echo of it survives.
-
-    Every value in ``sent`` (raw, percent-encoded and form-encoded), and the start of one that
-    a length limit cut short at the end of a text, is replaced in each attribute's text
-    (message, args, reason, metadata, principal, ...); a ``google.rpc``
-    detail holding one is rewritten, any other detail type holding one is dropped. Along the
-    ``__cause__`` / ``__context__`` chain, errors of this tree are redacted the same way and
-    any other exception (grpc's ``AioRpcError``, a JSON decoder's error keeping the whole body)
-    is cut off: its server-supplied text cannot be cleaned, and the message says what it said.
-    """
-    forms: set[str] = set()
-    for value in sent:
-        if value and len(value) >= _MIN_SECRET:
-            forms.update((value, quote(value, safe=""), quote_plus(value, safe="")))
-    secrets = sorted(forms, key=len, reverse=True)  # a URI before the code inside it
-    pending: list[DataConnectorError] = [error]
-    done: list[DataConnectorError] = []
-    while pending:
-        current = pending.pop()
-        if any(current is seen for seen in done):
-            continue
-        done.append(current)
-        if secrets:
-            for name, value in list(vars(current).items()):
-                cleaned = _clean(value, secrets)
-                setattr(current, name, None if cleaned is _Dropped else cleaned)
-            current.args = _clean(current.args, secrets)
-        for linked in (current.__cause__, current.__context__):
-            if isinstance(linked, DataConnectorError):
-                pending.append(linked)
-        if not isinstance(current.__cause__, DataConnectorError):
-            current.__cause__ = None
-        if not isinstance(current.__context__, DataConnectorError):
-            current.__context__ = None
-
-
-_Dropped: Final = object()  # what _clean makes of a detail it must drop
-
-
-def _clean(value: Any, secrets: Sequence[str]) -> Any:
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        for secret in secrets:  # a quote cut short at a length limit ends in part of one
-            for size in range(len(secret) - 1, _MIN_SECRET - 1, -1):
-                if value.endswith(secret[:size]):
-                    value = value[:-size] + REDACTED
-                    break
-        return value
-    if isinstance(value, tuple | list):
-        cleaned = (_clean(item, secrets) for item in value)
-        return type(value)(item for item in cleaned if item is not _Dropped)
-    if isinstance(value, Mapping):
-        return {_clean(k, secrets): _clean(v, secrets) for k, v in value.items()}
-    if isinstance(value, message.Message):
-        return _clean_detail(value, secrets)
-    return value
-
-
-def _holds(detail: message.Message, secrets: Sequence[str]) -> bool:
-    data = detail.SerializeToString()
-    return any(secret.encode() in data for secret in secrets)
-
-
-def _clean_detail(detail: message.Message, secrets: Sequence[str]) -> object:
-    """The detail without the secrets, or ``_Dropped`` when only dropping can remove them."""
-    if not _holds(detail, secrets):
-        return detail
-    if detail.DESCRIPTOR.file is not _DETAILS_FILE:
-        return _Dropped  # a type whose fields this client does not know
-    cleaned = type(detail)()
-    json_format.ParseDict(_clean(json_format.MessageToDict(detail), secrets), cleaned)
-    return _Dropped if _holds(cleaned, secrets) else cleaned

@@ -1,4 +1,4 @@
-"""``client_options`` and the universe domain: the settings Google's Python clients share.
+"""The constructor's arguments checked, with ``client_options`` and the universe domain merged.
 
 ``client_options`` is a ``google.api_core.client_options.ClientOptions`` or a dict, read by
 attribute or key name (api-core is not imported). The options this client can honour are
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, cast
@@ -18,8 +19,14 @@ import google.auth
 import google.auth.credentials
 import google.auth.exceptions
 
-from agentspace_grpc._credentials import CLOUD_PLATFORM_SCOPE, DEFAULT_UNIVERSE, CredentialsLike
+from agentspace_grpc._credentials import (
+    CLOUD_PLATFORM_SCOPE,
+    DEFAULT_UNIVERSE,
+    CredentialsLike,
+    check_credentials,
+)
 from agentspace_grpc._errors import UsageError
+from agentspace_grpc._policy import RetryPolicy
 
 __all__ = ["DEFAULT_UNIVERSE", "UNIVERSE_ENV", "Settings", "resolve"]
 
@@ -50,17 +57,35 @@ class Settings:
 def resolve(
     client_options: object,
     *,
-    endpoint: str | None,
+    transport: object,
+    insecure: object,
+    single_flight: object,
+    retry: object,
     quota_project: str | None,
-    universe_domain: str | None,
+    ssl_context: object,
     credentials: CredentialsLike,
+    endpoint: str | None,
+    universe_domain: str | None,
 ) -> Settings:
-    """Merge ``client_options`` into the keyword arguments (no network I/O).
+    """Check the constructor's arguments and merge ``client_options`` in (no network I/O).
 
     Raises:
-        UsageError: An unsupported option is set, an option conflicts with a keyword
-            argument, or a value is malformed (``credentials_file`` is loaded here).
+        UsageError: An argument is malformed, an unsupported option is set, an option
+            conflicts with a keyword argument (``credentials_file`` is loaded here).
     """
+    if transport not in ("auto", "grpc", "rest"):
+        raise UsageError(f"transport must be 'auto', 'grpc' or 'rest', not {transport!r}")
+    if not isinstance(insecure, bool):
+        raise UsageError("insecure must be True or False")
+    if not isinstance(single_flight, bool):
+        raise UsageError("single_flight must be True or False")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise UsageError("retry must be a RetryPolicy or None")
+    if quota_project is not None and (not isinstance(quota_project, str) or not quota_project):
+        raise UsageError("quota_project must be a non-empty string or None")
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise UsageError("ssl_context must be an ssl.SSLContext or None")
+    check_credentials(credentials)
     options = _read(client_options)
     endpoint = _merge(endpoint, "endpoint", options, "api_endpoint")
     if "://" in str(options.get("api_endpoint", "")):

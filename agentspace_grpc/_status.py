@@ -8,9 +8,11 @@ connection become states, and every other error (bad credentials, a wrong name) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, Literal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final, Literal
 
+from agentspace_grpc._credentials import CredentialsLike
 from agentspace_grpc._errors import (
     AuthorizationRequired,
     DataConnectorError,
@@ -18,9 +20,14 @@ from agentspace_grpc._errors import (
     FailedPrecondition,
     ResourceExhausted,
     Unavailable,
+    UsageError,
+    is_authorization_name,
 )
 
-__all__ = ["ConnectionState", "ConnectionStatus", "status_from_error"]
+if TYPE_CHECKING:
+    from agentspace_grpc._client import DataConnectorClient
+
+__all__ = ["ConnectionState", "ConnectionStatus", "connection_status", "status_from_error"]
 
 ConnectionState = Literal["connected", "not_connected", "reauthorization_required", "unavailable"]
 
@@ -71,3 +78,42 @@ def status_from_error(error: DataConnectorError) -> ConnectionStatus | None:
     if isinstance(error, Unavailable | DeadlineExceeded | ResourceExhausted):
         return ConnectionStatus("unavailable", reason=reason)
     return None
+
+
+async def connection_status(
+    client: DataConnectorClient,
+    name: str,
+    *,
+    scope: str | None,
+    action: str | None,
+    credentials: CredentialsLike,
+    effective: CredentialsLike,
+    consent_uri: Callable[[str, CredentialsLike], Awaitable[str]] | None,
+    timeout: float | None,  # noqa: ASYNC109 - the call's overall deadline
+) -> ConnectionStatus:
+    """What :meth:`DataConnectorClient.connection_status` answers, through the client's public
+    acquires; ``effective`` is the credentials in effect, handed to ``consent_uri``."""
+    if consent_uri is not None and not callable(consent_uri):
+        raise UsageError("consent_uri must be an async callable (resource, credentials)")
+    try:
+        if isinstance(name, str) and is_authorization_name(name):
+            if scope is not None or action is not None:
+                raise UsageError("an authorization takes no scope or action")
+            token = await client.acquire_user_authorization(
+                name, credentials=credentials, timeout=timeout
+            )
+        else:
+            token = await client.acquire_access_token(
+                name, scope=scope, action=action, credentials=credentials, timeout=timeout
+            )
+    except DataConnectorError as exc:
+        status = status_from_error(exc)
+        if status is None:
+            raise
+        if consent_uri is None or not status.needs_consent or status.authorization_uri:
+            return status
+        uri = await consent_uri(name, effective)
+        if not isinstance(uri, str) or not uri:
+            raise UsageError("consent_uri must return the consent URL as a string") from None
+        return replace(status, authorization_uri=uri)
+    return ConnectionStatus("connected", scopes=token.scopes)

@@ -33,6 +33,8 @@ STACKS = {
     "emulator_cache_hit_rest",
     "emulator_refresh_grpc",
     "emulator_refresh_rest",
+    "emulator_authorization_cache_hit_grpc",
+    "emulator_authorization_cache_hit_rest",
     *(
         f"{stack}_{workload}"
         for stack in ("grpc_stub", "agentspace_grpc", "aiohttp_raw", "agentspace_rest")
@@ -100,6 +102,9 @@ def test_every_stack_has_figures(bench_run: tuple[int, str, Path]) -> None:
             assert all(calls > 0 for calls in figures["calls"])
             if stack["baseline"]:
                 assert figures["ratio_to_baseline"]["cpu_us_per_call"]["median"] > 0
+            # The emulator's cache-hit paths (a connector's, an authorization's) refresh nothing.
+            if stack["group"] == "emulator" and "cache_hit" in key:
+                assert figures["upstream_refreshes_per_call"] == 0, key
 
 
 def test_extras_and_targets(bench_run: tuple[int, str, Path]) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -28,9 +29,11 @@ import pytest
 
 from agentspace_grpc import _proto, cli
 from tests._emulator_helpers import (
+    AUTHORIZATION,
     CONNECTOR,
     connect_user,
     consent_over_http,
+    follow_like_a_browser,
     mint,
     start_emulator,
     userinfo,
@@ -539,6 +542,37 @@ def test_exit_3_when_the_user_never_consented(emu: Emu, command: str) -> None:
     assert error["exit_status"] == 3
     assert error["status"] == "NOT_FOUND"
     assert error["reason"] == "REFRESH_TOKEN_NOT_FOUND"
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_an_authorization_from_consent_uri_to_token(emu: Emu, transport: str) -> None:
+    """acquire exits 3 with the authorization URI on stderr; a browser follows it; store takes
+    the URI it ends at; acquire then prints the user's token (the same one twice: cached)."""
+    user = f"erin-{transport}@example.com"
+    wire = ("--emulator-user", user, "--transport", transport)
+    needed = agentspace(emu, "acquire", AUTHORIZATION, *wire)
+    assert (needed.status, needed.stdout) == (3, "")
+    found = re.search(r"must authorize \S+: open (\S+) in a browser", needed.stderr)
+    assert found, needed.stderr
+    assert found[1].startswith(f"{emu.http}/emulator/v1/consent?state=")
+    assert f"agentspace-grpc store {AUTHORIZATION} --redirect-uri URI" in needed.stderr
+
+    redirect = run_async(follow_like_a_browser(found[1]))[-1]
+    stored = agentspace(emu, "store", AUTHORIZATION, "--redirect-uri", "-", *wire, stdin=redirect)
+    assert stored.status == 0, stored.stderr
+    assert stored.stdout == (
+        f"stored the authorization of {user} for {AUTHORIZATION} (transport {transport})\n"
+    )
+
+    shown = agentspace(emu, "acquire", AUTHORIZATION, *wire, "--show-token")
+    assert shown.status == 0, shown.stderr
+    token = shown.stdout.strip()
+    assert run_async(userinfo(emu.http, token))[1]["sub"] == user
+    again = agentspace(emu, "acquire", AUTHORIZATION, *wire, "--json")
+    assert again.status == 0, again.stderr
+    assert again.json()["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()[:8]
+    assert again.json()["scopes"] == ["read", "write"]
+    assert token not in again.output
 
 
 def test_exit_3_when_scopes_are_missing(emu: Emu) -> None:

@@ -320,7 +320,7 @@ async def test_a_refused_connection_is_retried(servers: Servers, transport: str)
         retried = asyncio.Event()
 
         class Reopen(RetryPolicy):
-            def backoff(self, retry: int) -> float:
+            def backoff(self, retry: int, draw: float | None = None) -> float:
                 retried.set()
                 return 0.05
 

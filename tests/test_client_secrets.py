@@ -24,7 +24,7 @@ from agentspace_grpc import (
     Unauthenticated,
 )
 from agentspace_grpc import _proto as p
-from agentspace_grpc._errors import REDACTED
+from agentspace_grpc._redact import REDACTED
 from tests._raw import closed_port, tcp_server
 from tests._reliability import LogCapture, debug_logging
 from tests._servers import (

@@ -178,3 +178,46 @@ async def test_grpc_service_rejects_missing_or_foreign_credentials(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await grpc_service(empty_pb2.Empty(), metadata=metadata, timeout=30)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---- the agents --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "model"), [("adk_agent", "ScriptedModel"), ("langgraph_agent", "ScriptedChatModel")]
+)
+async def test_agent_goes_through_consent_then_calls_as_each_user(
+    emulator_env: Emulator, name: str, model: str
+) -> None:
+    example = load_example(name)
+    async with example.DataConnectorClient() as client:
+        for user in (ALICE, BOB):
+            replies = await example.run(
+                client,
+                emulator_env.http_url,
+                user,
+                getattr(example, model)(),
+                emulator_env.connector,
+            )
+            assert len(replies) == 2
+            for reply in replies:
+                assert "'status': 200" in reply or '"status": 200' in reply
+                assert f"'sub': '{user}'" in reply or f'"sub": "{user}"' in reply
+    assert (await emulator_env.stats())["grants_stored"] == 2  # one consent per user
+
+
+@pytest.mark.parametrize("name", ["adk_agent", "langgraph_agent"])
+async def test_agent_example_runs_as_a_script(emulator_env: Emulator, name: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / f"{name}.py"),
+        "--user",
+        CAROL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert len(lines) == 2
+    assert all(CAROL in line for line in lines)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-from agentspace_grpc._client import EMULATOR_HOST_ENV, EMULATOR_REST_ENV
+from agentspace_grpc._endpoints import EMULATOR_HOST_ENV, EMULATOR_REST_ENV
 from agentspace_grpc._errors import is_authorization_name
 
 if TYPE_CHECKING:
@@ -363,12 +363,12 @@ class ClientLog(logging.Handler):
 def answered_by(client: DataConnectorClient, token: AccessToken | None = None) -> str:
     """The wire that carried the call that just succeeded: "grpc" or "rest".
 
-    An acquire's token says so itself; for the other calls the client's wire right after the
-    call is the one that answered it (the commands make one call at a time).
+    An acquire's token says so itself; for the other calls the client's current wire right
+    after the call is the one that answered it (the commands make one call at a time).
     """
     if token is not None:
         return token.transport
-    return client._transport_name()
+    return client.current_transport
 
 
 # ---- errors ------------------------------------------------------------------------------

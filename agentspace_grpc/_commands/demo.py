@@ -3,7 +3,8 @@
 Starts an :class:`~agentspace_grpc.emulator.Emulator` in this process (temporary data
 directory, free ports) whose built-in provider issues short-lived access tokens, then walks
 through consent, store, acquire over gRPC and REST, a cache hit, an expiry with a refresh-token
-rotation, two users kept apart and one error, printing each step. Every claim it prints is
+rotation, two users kept apart, an authorization (its consent URI followed like a browser, store,
+acquire, a cache hit) and one error, printing each step. Every claim it prints is
 checked against what the emulator reports (its public stats and the provider's userinfo
 endpoint); if one does not hold, the demo says so and exits with status 1. Tokens appear only as
 fingerprints.
@@ -19,11 +20,10 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from agentspace_grpc._commands import _common
+from agentspace_grpc._token import AccessToken  # resolved at run time by the agent scene
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from agentspace_grpc import AccessToken
 
 ALICE: Final = "alice@example.com"
 BOB: Final = "bob@example.com"
@@ -45,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="walk through the whole flow for two users against the embedded emulator",
         description="Start the emulator in this process and walk through the token flow for "
         "two users: consent, store, acquire over gRPC and REST, a cache hit, an expiry and "
-        "a refresh-token rotation, the users' tokens kept apart, and an error. Tokens are "
-        "shown only as fingerprints. Takes about 5 seconds; exit status 0 when every step "
+        "a refresh-token rotation, the users' tokens kept apart, an authorization from its "
+        "consent URI to a cached token, and an error. Tokens are "
+        "shown only as fingerprints. Takes about 6 seconds; exit status 0 when every step "
         "behaved as described, 1 otherwise.",
     )
     parser.add_argument(
@@ -56,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help=f"lifetime of the provider's access tokens (default {DEFAULT_LIFETIME:g}; the "
         "demo waits for one to expire)",
+    )
+    parser.add_argument(
+        "--agent",
+        action="store_true",
+        help="also show an agent's tool call going through consent (LangGraph; needs the "
+        "langgraph extra)",
     )
     parser.set_defaults(handler=run)
 
@@ -70,7 +77,7 @@ def _lifetime(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     """Run the walkthrough; exit status 0 when every step behaved as described."""
     try:
-        asyncio.run(_Walkthrough(args.access_token_lifetime).run())
+        asyncio.run(_Walkthrough(args.access_token_lifetime, agent=args.agent).run())
     except DemoFailed as exc:
         _say(f"\ndemo FAILED: {_common.inert(str(exc))}")
         return _common.EXIT_ERROR
@@ -104,8 +111,9 @@ def _fp(token: AccessToken | str) -> str:
 class _Walkthrough:
     """The demo's steps, in order, sharing one emulator, two clients and an HTTP session."""
 
-    def __init__(self, lifetime: float) -> None:
+    def __init__(self, lifetime: float, *, agent: bool = False) -> None:
         self.lifetime = lifetime
+        self.agent = agent
         self.step = 0
         self.emu: Any = None
         self.http: aiohttp.ClientSession | None = None
@@ -155,28 +163,38 @@ class _Walkthrough:
                 await self.cache_hit(first)
                 await self.users_apart(first)
                 rotated = await self.expiry_and_rotation(first)
+                await self.authorization()
                 await self.error_case()
+                if self.agent:
+                    await self.agent_consent()
                 total = await self.refreshes()
         _say(
-            f"\nDone in {time.monotonic() - started:.1f} s: two users, one connector, "
-            f"{total} upstream refresh{'es' if total != 1 else ''}; alice's current token is "
-            f"{_fp(rotated)}."
+            f"\nDone in {time.monotonic() - started:.1f} s: two users, one connector and one "
+            f"authorization, {total} upstream refresh{'es' if total != 1 else ''}."
         )
+        _say(f"alice's current token for the connector is {_fp(rotated)}.")
         _say("No token was printed in clear.")
 
     def introduce(self) -> None:
-        _say("agentspace-grpc demo: one data connector, two users, the embedded emulator")
         _say(
-            f"  emulator   gRPC {self.emu.grpc_target}, REST {self.emu.http_url} (in this process)"
+            "agentspace-grpc demo: one data connector, one authorization, two users, the "
+            "embedded emulator"
         )
-        _say(f"  connector  {self.emu.connector}")
         _say(
-            "             backed by the emulator's built-in OAuth provider, whose access tokens "
-            f"live {self.lifetime:g} s"
+            f"  emulator       gRPC {self.emu.grpc_target}, REST {self.emu.http_url} "
+            "(in this process)"
         )
-        _say("  tokens     shown only as [fingerprints]: the first 8 hex digits of their SHA-256")
+        _say(f"  connector      {self.emu.connector}")
+        _say(f"  authorization  {self.emu.authorization}")
         _say(
-            "  clients    one DataConnectorClient per wire, shared by both users "
+            "                 both backed by the emulator's built-in OAuth provider, whose "
+            f"access tokens live {self.lifetime:g} s"
+        )
+        _say(
+            "  tokens         shown only as [fingerprints]: the first 8 hex digits of their SHA-256"
+        )
+        _say(
+            "  clients        one DataConnectorClient per wire, shared by both users "
             "(credentials= per call)"
         )
 
@@ -285,6 +303,69 @@ class _Walkthrough:
         )
         return new
 
+    async def follow_like_a_browser(self, uri: str) -> list[str]:
+        """Opens ``uri`` with no credentials, following redirects until one leaves the
+        emulator (the redirect URI, which the browser would load at Google): every URL."""
+        assert self.http is not None
+        visited = [uri]
+        while visited[-1].startswith(f"{self.emu.http_url}/"):
+            _expect(len(visited) < 10, "the consent URI redirects in a loop")
+            async with self.http.get(visited[-1], allow_redirects=False) as response:
+                _expect(response.status in (302, 303), f"HTTP {response.status} at {visited[-1]}")
+                visited.append(response.headers["Location"])
+        return visited
+
+    async def authorization(self) -> None:
+        from agentspace_grpc import AuthorizationRequired
+
+        self.heading("An authorization: consent URI, store, acquire, a cache hit")
+        name, alice = self.emu.authorization, self.credentials[ALICE]
+        try:
+            await self.rest.acquire_user_authorization(name, credentials=alice, timeout=30)
+            raise DemoFailed(f"{ALICE} got an authorization's token without consenting")
+        except AuthorizationRequired as exc:
+            uri = exc.authorization_uri
+        _expect(uri is not None, "AcquireUserAuthorization answered with no authorization URI")
+        assert uri is not None
+        _say(
+            f"   {ALICE} over REST: AcquireUserAuthorization answers with an authorization URI "
+            f"(AuthorizationRequired.authorization_uri): {uri.partition('?')[0]}?state=..."
+        )
+        visited = await self.follow_like_a_browser(uri)
+        hops = " -> ".join(urlsplit(url).path for url in visited[:-1])
+        back = urlsplit(visited[-1])
+        _expect("code" in parse_qs(back.query), "the consent came back without a code")
+        _say(
+            f"   a browser with no Google credentials opens it: {hops} -> back to "
+            f"{back.scheme}://{back.netloc}{back.path}?code=...&state=..."
+        )
+        stored_before = (await self.emu.stats()).get("grants_stored", 0)
+        await self.grpc.store_user_authorization(name, visited[-1], credentials=alice, timeout=30)
+        stored = (await self.emu.stats()).get("grants_stored", 0)
+        _expect(stored == stored_before + 1, "StoreUserAuthorization stored no grant")
+        _say(f"   StoreUserAuthorization over gRPC: grants stored {stored_before} -> {stored}")
+        token = await self.grpc.acquire_user_authorization(name, credentials=alice, timeout=30)
+        status, info = await self.userinfo(token)
+        _expect(status == 200 and info.get("email") == ALICE, "the token is not alice's")
+        _say(
+            f"   AcquireUserAuthorization: token {_fp(token)}, scopes {' '.join(token.scopes)}; "
+            f"the provider says it is {info['email']}"
+        )
+        before = await self.refreshes()
+        committed_before = (await self.emu.stats()).get("upstream_refreshes_committed", 0)
+        again = await self.rest.acquire_user_authorization(name, credentials=alice, timeout=30)
+        after = await self.refreshes()
+        committed = (await self.emu.stats()).get("upstream_refreshes_committed", 0)
+        _expect(again.access_token == token.access_token, "the repeated acquire got a new token")
+        _expect(
+            (after, committed) == (before, committed_before),
+            "the repeated acquire went to the provider",
+        )
+        _say(
+            f"   again over REST: token {_fp(again)}, served from the cache; provider refreshes "
+            f"still {after}"
+        )
+
     async def error_case(self) -> None:
         from agentspace_grpc import AuthorizationRequired
 
@@ -300,3 +381,62 @@ class _Walkthrough:
             _say("   (`agentspace-grpc acquire` exits with status 3 for this)")
             return
         raise DemoFailed(f"{CAROL} got a token without consenting")
+
+    async def agent_consent(self) -> None:
+        """An agent's tool call for the user who never consented: interrupt, consent, resume."""
+        from langchain_core.messages import AIMessage, ToolMessage
+        from langgraph.checkpoint.memory import InMemorySaver
+        from langgraph.graph import START, MessagesState, StateGraph
+        from langgraph.prebuilt import ToolNode
+        from langgraph.types import Command
+
+        from agentspace_grpc.langgraph import connector_tool
+
+        self.heading("An agent: a LangGraph tool call that goes through consent")
+        seen: list[AccessToken] = []
+
+        async def whoami(token: AccessToken) -> str:
+            """Tells who the user is at the third party."""
+            seen.append(token)
+            status, info = await self.userinfo(token)
+            return f"HTTP {status}: {info.get('email')}"
+
+        tool = connector_tool(
+            whoami,
+            client=self.grpc,
+            resource=self.emu.connector,
+            credentials=lambda config: self.credentials[config["configurable"]["user"]],
+            consent_uri=self.emu.consent_uri,
+        )
+        builder = StateGraph(MessagesState)
+        builder.add_node("tools", ToolNode([tool]))
+        builder.add_edge(START, "tools")
+        graph = builder.compile(checkpointer=InMemorySaver())
+        config: Any = {"configurable": {"thread_id": "demo", "user": CAROL}}
+        call = AIMessage("", tool_calls=[{"name": "whoami", "args": {}, "id": "call-1"}])
+        result = await graph.ainvoke({"messages": [call]}, config)
+        [asked] = [item.value for item in result.get("__interrupt__", ())]
+        _expect(asked["type"] == "authorization_required", "the tool did not ask for consent")
+        url = urlsplit(asked["authorization_uri"])
+        _say(f"   {CAROL}'s agent calls whoami: the graph stops with an authorization_required")
+        _say(f"   interrupt carrying the consent URL {url.scheme}://{url.netloc}{url.path}?...")
+        redirect = await self.browse(asked["authorization_uri"])
+        _say("   carol opens it and approves; the app resumes with Command(resume=<redirect URI>)")
+        result = await graph.ainvoke(Command(resume=redirect), config)
+        answer = [m.content for m in result["messages"] if isinstance(m, ToolMessage)]
+        _expect(answer == [f"HTTP 200: {CAROL}"], f"the tool answered {answer!r}")
+        _say(
+            f"   the tool stored it and ran with carol's token {_fp(seen[-1])}: the provider "
+            f"says it is {CAROL}"
+        )
+
+    async def browse(self, url: str) -> str:
+        """The user's browser: follows the consent URL (no credentials) to the redirect URI."""
+        assert self.http is not None
+        for _ in range(10):
+            async with self.http.get(url, allow_redirects=False) as response:
+                _expect(response.status in (302, 303), f"consent failed: HTTP {response.status}")
+                url = response.headers["Location"]
+            if not url.startswith(self.emu.http_url):
+                return url
+        raise DemoFailed("the consent never reached the redirect URI")

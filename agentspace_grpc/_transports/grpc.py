@@ -108,14 +108,18 @@ class GrpcTransport(Transport):
         """Make the next call to this endpoint try to connect now.
 
         Used before probing gRPC again after a fallback: a channel that failed to connect
-        waits out grpc's reconnect backoff and would fail the probe without trying, so it is
-        replaced (calls fail fast in that state, so none is cut short).
+        waits out grpc's reconnect backoff, or is in the middle of an attempt started before the
+        service came back, and would fail the probe; so it is replaced (during a fallback no
+        call goes over it, so none is cut short).
         """
         channel = self._channels.get(endpoint.grpc_target)
         if channel is None:
             return
         state = channel.channel.get_state(try_to_connect=False)
-        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        if state in (
+            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            grpc.ChannelConnectivity.CONNECTING,
+        ):
             del self._channels[endpoint.grpc_target]
             await channel.channel.close(grace=None)
 

@@ -1,14 +1,15 @@
 """The emulator in its own process, set up for the end-to-end runs.
 
-``python -m agentspace_grpc.bench._emulator_proc [--users N]`` starts :class:`Emulator` on
-loopback with two connectors and prints one JSON line: ``grpc``, ``http``, ``cached`` (a
-connector whose access tokens the emulator caches: the cache-hit path), ``uncached`` (a
-connector whose provider answers carry no ``expires_in``, so no access token is cached and
-every acquire refreshes upstream: the refresh path), ``token`` (the bearer token of the user
-who authorized ``cached``) and ``tokens`` (N users who authorized ``uncached``). The refresh
-path takes many users because the emulator runs one refresh at a time per user and lets
-concurrent callers of the same user share it; with a user per call in flight, every call is a
-real refresh. It stops at end of stdin.
+``python -m agentspace_grpc.bench._emulator_proc [--users N]`` starts :class:`Emulator` on loopback
+with two connectors and an authorization and prints one JSON line: ``grpc``, ``http``, ``cached`` (a
+connector whose access tokens the emulator caches: the cache-hit path), ``authorization`` (an
+authorization whose tokens it caches: AcquireUserAuthorization's cache-hit path), ``uncached`` (a
+connector whose provider answers carry no ``expires_in``, so no access token is cached and every
+acquire refreshes upstream: the refresh path), ``token`` (the bearer token of the user who
+authorized ``cached`` and ``authorization``) and ``tokens`` (N users who authorized ``uncached``).
+The refresh path takes many users because the emulator runs one refresh at a time per user and lets
+concurrent callers of the same user share it; with a user per call in flight, every call is a real
+refresh. It stops at end of stdin.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agentspace_grpc.bench._servers import serve_commands
 
 USER: Final = "bench-user@example.com"
 CACHED: Final = "projects/bench/locations/global/collections/cached/dataConnector"
+AUTHORIZATION: Final = "projects/bench/locations/global/authorizations/cached"
 
 
 def config() -> dict[str, Any]:
@@ -33,6 +35,9 @@ def config() -> dict[str, Any]:
     return {
         "provider": {"send_expires_in": False},
         "connectors": [{"name": CACHED, "default_expires_in": 3600}],
+        "authorizations": [
+            {"name": AUTHORIZATION, "display_name": "Cached", "default_expires_in": 3600}
+        ],
     }
 
 
@@ -55,6 +60,9 @@ async def _main(users: int) -> None:
                 return token
 
             token = await authorize(USER, CACHED)
+            redirect = await emu.consent(USER, connector=AUTHORIZATION)
+            await client.store_user_authorization(AUTHORIZATION, redirect, credentials=token)
+            await client.acquire_user_authorization(AUTHORIZATION, credentials=token)
             tokens: list[str] = []
             for start in range(0, users, 16):
                 batch = range(start, min(users, start + 16))
@@ -65,6 +73,7 @@ async def _main(users: int) -> None:
             "grpc": emu.grpc_target,
             "http": emu.http_url,
             "cached": CACHED,
+            "authorization": AUTHORIZATION,
             "uncached": uncached,
             "token": token,
             "tokens": tokens,

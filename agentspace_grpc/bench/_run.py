@@ -376,12 +376,16 @@ class Bench:
             return
         emulated: list[_stacks.Stack] = []
         ready = self.emulator.ready
-        for path, connector_key in (("cache-hit", "cached"), ("refresh", "uncached")):
+        for path, connector_key in (
+            ("cache-hit", "cached"),
+            ("refresh", "uncached"),
+            ("authorization cache-hit", "authorization"),
+        ):
             for wire in ("grpc", "rest"):
                 label = "gRPC" if wire == "grpc" else "REST"
                 emulated.append(
                     _stacks.Agentspace(
-                        key=f"emulator_{path.replace('-', '_')}_{wire}",
+                        key=f"emulator_{path.replace('-', '_').replace(' ', '_')}_{wire}",
                         title=f"emulator {path}, {label}",
                         wire=wire,
                         baseline=f"agentspace_{wire}",

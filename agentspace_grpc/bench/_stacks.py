@@ -1,4 +1,5 @@
-"""The client stacks under measurement, each making one AcquireAccessToken call per ``call()``.
+"""The client stacks under measurement, each making one AcquireAccessToken call per ``call()``
+(agentspace-grpc's: AcquireUserAuthorization when its name is an authorization's).
 
 Every stack sends the same request body and the same three headers (``authorization``,
 ``x-goog-request-params``, ``x-goog-api-client``), so only the client differs. The peers are
@@ -26,6 +27,7 @@ import aiohttp
 import grpc
 
 from agentspace_grpc import _proto
+from agentspace_grpc._errors import is_authorization_name
 from agentspace_grpc.bench._common import API_CLIENT, INFLIGHT, ROUTING_HEADER
 
 Wire = Literal["grpc", "rest"]
@@ -328,7 +330,8 @@ def _client_class() -> Any:
 
 
 class Agentspace(Stack):
-    """``DataConnectorClient.acquire_access_token`` over one wire.
+    """``DataConnectorClient.acquire_access_token`` over one wire (``acquire_user_authorization``
+    when ``name`` is an authorization).
 
     Single-flight is off unless asked for: 64 identical calls in flight would otherwise
     share one RPC, and the transport runs measure what one call costs; single-flight (its
@@ -362,7 +365,9 @@ class Agentspace(Stack):
         self._per_user = bool(users)
         self._single_flight = single_flight
         self._token_cache = token_cache
+        self._authorization = is_authorization_name(name)
         self._client: Any = None
+        self._acquire: Any = None
 
     async def start(self) -> None:
         cache = None
@@ -378,14 +383,19 @@ class Agentspace(Stack):
             token_cache=cache,
         )
         await self._client.__aenter__()
+        self._acquire = (
+            self._client.acquire_user_authorization
+            if self._authorization
+            else self._client.acquire_access_token
+        )
 
     async def call(self) -> None:
         user, name = next(self._callers)
         if self._per_user:
             # One client, many end users: each call passes its user's credentials.
-            token = await self._client.acquire_access_token(name, credentials=user)
+            token = await self._acquire(name, credentials=user)
         else:
-            token = await self._client.acquire_access_token(name)
+            token = await self._acquire(name)
         _check(token.access_token)
 
     async def aclose(self) -> None:

@@ -1,0 +1,186 @@
+"""Single-flight: identical concurrent calls on one event loop share one run of the call.
+
+The shared call is started with a deadline and the arguments it needs; nothing here knows the
+client (the wire a waiter's own DEADLINE_EXCEEDED names comes from a callable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Literal, TypeVar
+
+from agentspace_grpc._errors import Cancelled, DeadlineExceeded
+from agentspace_grpc._policy import MIN_ATTEMPT_SECONDS
+
+__all__ = ["Flights"]
+
+_log = logging.getLogger("agentspace_grpc")
+_T = TypeVar("_T")
+
+
+class _Flight:
+    __slots__ = ("deadline", "task", "timers", "waiters")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # the one the shared call runs with
+        self.task: asyncio.Task[None] | None = None
+        self.waiters: dict[asyncio.Future[Any], float] = {}  # waiter -> its own deadline
+        # Timers set when the call ran again for later waiters (None until then).
+        self.timers: list[asyncio.TimerHandle] | None = None
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def stop_timers(self) -> None:
+        if self.timers is not None:
+            for timer in self.timers:
+                timer.cancel()
+
+
+class Flights:
+    """Concurrent identical calls on one loop share one task; each waiter keeps its deadline.
+
+    The shared call runs with the deadline of the waiter that started it (its retries are
+    planned against it). A waiter whose deadline is earlier stops waiting at its own deadline
+    (a timer, not a wrapper). When the shared call ends in DEADLINE_EXCEEDED, the waiters whose
+    own deadline is later, with time left for an attempt, do not get it: the task runs the call
+    once more for them, with the latest of their deadlines (a new call, not a retry), so no
+    waiter gets DEADLINE_EXCEEDED because of another's deadline. A waiter that leaves
+    (deadline or cancellation) never cancels the task for the others; the task is cancelled
+    when no waiter is left. Nothing outlives the call: this is not a cache.
+    """
+
+    __slots__ = ("_flights", "_wire")
+
+    def __init__(self, wire: Callable[[], Literal["grpc", "rest"]]) -> None:
+        self._flights: dict[Hashable, _Flight] = {}
+        self._wire = wire  # names the wire in a waiter's own DEADLINE_EXCEEDED
+
+    async def run(
+        self,
+        key: Hashable,
+        deadline: float,
+        start: Callable[..., Coroutine[Any, Any, _T]],
+        args: tuple[Any, ...],
+    ) -> _T:
+        """Join the flight for ``key`` or start one running ``start(*args, deadline)``."""
+        loop = asyncio.get_running_loop()
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = _Flight(deadline)
+            flight.task = loop.create_task(self._fly(key, flight, start, args))
+            self._flights[key] = flight
+        waiter: asyncio.Future[_T] = loop.create_future()
+        flight.waiters[waiter] = deadline
+        timer = None
+        if deadline < flight.deadline:
+            timer = loop.call_at(deadline, self._expire, flight, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            flight.waiters.pop(waiter, None)
+            task = flight.task
+            if not flight.waiters and task is not None and not task.done():
+                task.cancel()
+                # Like wait_for: return once the shared call has really stopped.
+                await asyncio.wait((task,))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _fly(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        start: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+    ) -> None:
+        # The outcome goes to the waiters from here (not from a done callback), which saves
+        # an event-loop turn per call.
+        while True:
+            try:
+                result = await start(*args, flight.deadline)
+            except asyncio.CancelledError:
+                self._settle(key, flight, None, Cancelled("the call was cancelled"))
+                raise
+            except DeadlineExceeded as exc:
+                if self._again_for_later_waiters(flight, exc):
+                    continue
+                self._settle(key, flight, None, exc)
+            except BaseException as exc:  # handed to every waiter
+                self._settle(key, flight, None, exc)
+            else:
+                self._settle(key, flight, result, None)
+            return
+
+    def _again_for_later_waiters(self, flight: _Flight, error: DeadlineExceeded) -> bool:
+        """After the shared call ran out of time: True when waiters with a later deadline and
+        time for an attempt remain; they stay, with the flight's deadline now the latest of
+        theirs, and every other waiter gets ``error``."""
+        loop = asyncio.get_running_loop()
+        cutoff = max(flight.deadline, loop.time() + MIN_ATTEMPT_SECONDS)
+        later = {w: d for w, d in flight.waiters.items() if d > cutoff and not w.done()}
+        if not later:
+            return False
+        for waiter in flight.waiters:
+            if waiter not in later and not waiter.done():
+                waiter.set_exception(error)
+        flight.waiters = later
+        flight.deadline = max(later.values())
+        timers = flight.timers if flight.timers is not None else []
+        for waiter, deadline in later.items():
+            if deadline < flight.deadline:  # they had no timer: their deadline was later
+                timers.append(loop.call_at(deadline, self._expire, flight, waiter))
+        flight.timers = timers
+        _log.debug(
+            "a shared call ran out of its deadline; %d waiter(s) with more time share a new one",
+            len(later),
+        )
+        return True
+
+    def _settle(
+        self, key: Hashable, flight: _Flight, result: Any, error: BaseException | None
+    ) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if flight.timers is not None:
+            flight.stop_timers()
+        for waiter in flight.waiters:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(result)
+
+    def _expire(self, flight: _Flight, waiter: asyncio.Future[Any]) -> None:
+        if waiter.done():
+            return
+        waiter.set_exception(
+            DeadlineExceeded(
+                "the call's deadline passed before the answer came",
+                transport=self._wire(),
+            )
+        )
+        flight.waiters.pop(waiter, None)
+        if not flight.waiters:
+            flight.cancel()
+
+    def cancel_all(self, reason: str) -> list[asyncio.Task[None]]:
+        """Fail every waiter with Cancelled and cancel the tasks (the client is closing)."""
+        tasks = []
+        for flight in list(self._flights.values()):
+            for waiter in flight.waiters:
+                if not waiter.done():
+                    waiter.set_exception(Cancelled(reason))
+            flight.waiters.clear()
+            flight.stop_timers()
+            flight.cancel()
+            if flight.task is not None:
+                tasks.append(flight.task)
+        self._flights.clear()
+        return tasks

@@ -156,12 +156,14 @@ async def test_a_reset_mid_call_is_unavailable_and_loses_no_token(
     emulator: EmulatorProcess, tokens: dict[str, str], proxy: TcpProxy, transport: str
 ) -> None:
     before = await provider_stats(emulator.http)
-    committed_before = (await emulator_stats(emulator.http)).get("upstream_refreshes_committed", 0)
+    own = await emulator_stats(emulator.http)
     client = client_for(proxy, transport, retry=RETRY)
     calls = [asyncio.ensure_future(acquire(client, tokens[u], 5.0, u)) for u in USERS]
-    arrived = before["token_requests"] + len(USERS)
-    await until_counted(lambda: provider_stats(emulator.http), "token_requests", arrived)
-    assert proxy.reset_all() > 0  # every call waits on the provider now
+    started = own.get("upstream_refreshes_started", 0) + len(USERS)
+    await until_counted(
+        lambda: emulator_stats(emulator.http), "upstream_refreshes_started", started
+    )
+    assert proxy.reset_all() > 0  # every call is at the provider now
     cut = await asyncio.gather(*calls)
     # An acquire may have rotated a refresh token before the connection broke, so the
     # client never resends it (failure mode 7): the documented error is Unavailable.
@@ -169,7 +171,7 @@ async def test_a_reset_mid_call_is_unavailable_and_loses_no_token(
     assert not any(o.ok for o in cut), tally(cut)
     assert_on_time(cut)
     # The server finishes the rotations it started.
-    committed = committed_before + len(USERS)
+    committed = own.get("upstream_refreshes_committed", 0) + len(USERS)
     await until_counted(
         lambda: emulator_stats(emulator.http), "upstream_refreshes_committed", committed
     )
@@ -228,10 +230,13 @@ async def test_aclose_during_a_partition_is_prompt_and_ends_every_call(
     emulator: EmulatorProcess, tokens: dict[str, str], proxy: TcpProxy, transport: str
 ) -> None:
     before = await provider_stats(emulator.http)
+    own = await emulator_stats(emulator.http)
     client = client_for(proxy, transport, retry=RETRY)
     calls = [asyncio.ensure_future(acquire(client, tokens[u], 30.0, u)) for u in USERS]
-    arrived = before["token_requests"] + len(USERS)
-    await until_counted(lambda: provider_stats(emulator.http), "token_requests", arrived)
+    started = own.get("upstream_refreshes_started", 0) + len(USERS)
+    await until_counted(
+        lambda: emulator_stats(emulator.http), "upstream_refreshes_started", started
+    )
     proxy.pause()  # the calls are in flight ...
     proxy.mode = "stall"
     answered = before["refreshes"] + len(USERS)

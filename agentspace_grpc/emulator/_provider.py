@@ -11,8 +11,7 @@ HTTP port) and its storage :class:`~._provider_store.ProviderStore`; this module
 - Token: ``authorization_code`` and ``refresh_token`` grants, client authentication by HTTP
   Basic or form fields; injected faults (latency, 429, 5xx, ``invalid_grant``) first.
 - Userinfo: the third party's "API": who an access token belongs to.
-- Stats: counters (:data:`COUNTERS`), for tests and operators; ``token_requests`` counts the
-  requests of authenticated clients as they arrive, before any injected fault or latency.
+- Stats: counters (:data:`COUNTERS`), for tests and operators.
 
 Refresh tokens are single use and rotate. Presenting the immediately previous token of a
 family within ``grace_seconds`` of its rotation is accepted (the answer to the rotation may
@@ -49,7 +48,6 @@ _CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 
 #: Every counter that the provider's stats report (zero until it first happens).
 COUNTERS: Final = (
-    "token_requests",
     "authorizations",
     "code_exchanges",
     "refresh_requests",
@@ -167,7 +165,6 @@ class Provider:
         """
         try:
             client = self._authenticate(authorization, fields)
-            await self._count("token_requests")  # on arrival: before any injected fault
             grant_type = fields.get("grant_type", "")
             await self._inject_faults(grant_type)
             if grant_type == "authorization_code":

@@ -8,8 +8,8 @@ version-1 file is migrated when opened):
   ``version`` that grows with every new refresh token, a ``revoked`` flag, and the refresh
   lease (``lease_owner``, ``lease_until``).
 - ``access_tokens``: cached access tokens per (resource, user, scope key), encrypted.
-- ``counters``: what the emulator did (upstream refreshes, races, reads that found another
-  process's refresh lease and waited), for tests and operators.
+- ``counters``: what the emulator did (upstream refreshes started and committed, races, reads
+  that found another process's refresh lease and waited), for tests and operators.
 
 Refresh protocol (one refresh at a time per (resource, user), across processes):
 
@@ -256,6 +256,7 @@ class Store:
                     "WHERE resource = ? AND user = ?",
                     (owner, now + lease_seconds, resource, user),
                 )
+                bump(conn, "upstream_refreshes_started")
                 token = self._keys.decrypt(
                     row["refresh_ct"], purpose=_REFRESH, connector=resource, user=user
                 )

@@ -186,15 +186,16 @@ class Call:
         row = self._row
         span = self.span
         if span is not None:
+            found: dict[str, str | int | bool] = {"agentspace.attempts": self.attempts}
             if wire is not None:
-                span.set_attribute("rpc.system", _RPC_SYSTEM[wire])
-                span.set_attribute("agentspace.transport", wire)
-            span.set_attribute("agentspace.attempts", self.attempts)
+                found["rpc.system"] = _RPC_SYSTEM[wire]
+                found["agentspace.transport"] = wire
             if cached:
-                span.set_attribute("agentspace.cache_hit", True)
+                found["agentspace.cache_hit"] = True
             if error_type is not None:
-                span.set_attribute("error.type", error_type)
+                found["error.type"] = error_type
                 span.set_status(_trace.StatusCode.ERROR, error_type)
+            span.set_attributes(found)
             span.end()
         if self._observer is not None:
             labels = {"rpc.method": row.name, "outcome": "ok" if error is None else status}

@@ -28,6 +28,7 @@ from agentspace_grpc._headers import Headers, build_headers
 from agentspace_grpc._loops import LoopState
 from agentspace_grpc._policy import REFRESH, Fallback, RetryPolicy, decide
 from agentspace_grpc._redact import redact, sent_secrets
+from agentspace_grpc._telemetry import Call
 from agentspace_grpc._transports import Endpoint
 from agentspace_grpc._wire import Row
 
@@ -66,8 +67,11 @@ class CallLoop:
         extra: Headers,
         state: LoopState,
         endpoint: Endpoint,
+        record: Call | None,
         deadline: float,
     ) -> Any:
+        """Send ``request`` until it is answered or the policy gives up; ``record`` observes
+        each attempt (None: nothing does)."""
         loop = asyncio.get_running_loop()
         attempt = 1
         refreshed = False
@@ -112,23 +116,30 @@ class CallLoop:
                     "the call's deadline passed before an attempt could start",
                     transport=transport.kind,
                 )
+            span = None
+            if record is not None:
+                span, headers = record.attempt(transport.kind, headers)
             try:
                 response = await transport.call(row, endpoint, request, headers, time_left)
             except DataConnectorError as exc:
                 redact(exc, sent_secrets(request, authorization))
-                if state.closed:
+                action = None
+                if not state.closed:
+                    action = decide(
+                        exc,
+                        row=row,
+                        attempt=attempt,
+                        time_left=deadline - loop.time(),
+                        mode=self._fallback.mode,
+                        wire=transport.kind,
+                        can_refresh=not refreshed and self._auth.refreshable(credentials),
+                        retry=self._retry,
+                        draw=random.random(),
+                    )
+                if span is not None:
+                    Call.attempt_ended(span, exc, "raise" if action is None else action.kind)
+                if action is None:
                     raise Cancelled(_CLOSED_MID_CALL, transport=transport.kind) from exc
-                action = decide(
-                    exc,
-                    row=row,
-                    attempt=attempt,
-                    time_left=deadline - loop.time(),
-                    mode=self._fallback.mode,
-                    wire=transport.kind,
-                    can_refresh=not refreshed and self._auth.refreshable(credentials),
-                    retry=self._retry,
-                    draw=random.random(),
-                )
                 if action is REFRESH:
                     refreshed = True
                     await self._auth.refresh_rejected(credentials, authorization, deadline)
@@ -156,6 +167,12 @@ class CallLoop:
                 if isinstance(exc, AuthorizationRequired) and exc.principal is None:
                     exc.principal = self._auth.principal_hint(credentials)
                 raise
+            except BaseException as exc:  # cancelled
+                if span is not None:
+                    Call.attempt_ended(span, exc, "raise")
+                raise
+            if span is not None:
+                Call.attempt_ended(span, None, None)
             if self._fallback.rest_until and transport is state.grpc:
                 self._fallback.recovered()
                 _log.info("gRPC reaches the service again; leaving REST")

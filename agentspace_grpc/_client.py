@@ -43,6 +43,7 @@ from agentspace_grpc._policy import (
     deadline_after,
 )
 from agentspace_grpc._status import ConnectionStatus, connection_status
+from agentspace_grpc._telemetry import Observer
 from agentspace_grpc._token import AccessToken
 from agentspace_grpc._transports import Endpoint
 from agentspace_grpc._wire import ROWS, Row
@@ -90,10 +91,14 @@ class DataConnectorClient:
             else googleapis.com); it names the default hosts, and credentials of another
             universe are refused.
         client_options: A ``google.api_core`` ``ClientOptions`` or a dict: ``api_endpoint``,
-            ``quota_project_id``, ``universe_domain``, ``scopes`` (default cloud-platform) and
-            ``credentials_file`` are honoured; any other option that is set is refused.
+            ``quota_project_id``, ``universe_domain``, ``scopes`` (default cloud-platform),
+            ``credentials_file`` and ``tracer_provider`` are honoured; any other option that is
+            set is refused.
         token_cache: A :class:`TokenCache` to serve repeated acquires from memory (default
             None: every acquire asks the service).
+        tracer_provider, meter_provider: OpenTelemetry providers for the calls' spans and
+            metrics (default: the global ones; needs the ``otel`` extra). ``client_options``
+            may carry ``tracer_provider`` instead.
     """
 
     def __init__(
@@ -111,6 +116,8 @@ class DataConnectorClient:
         universe_domain: str | None = None,
         client_options: object = None,
         token_cache: TokenCache | None = None,
+        tracer_provider: object = None,
+        meter_provider: object = None,
     ) -> None:
         settings = resolve_options(
             client_options,
@@ -123,6 +130,7 @@ class DataConnectorClient:
             credentials=credentials,
             endpoint=endpoint,
             universe_domain=universe_domain,
+            tracer_provider=tracer_provider,
         )
         endpoint, quota_project = settings.endpoint, settings.quota_project
         credentials = settings.credentials
@@ -155,6 +163,7 @@ class DataConnectorClient:
             tuple[Row, str, str | None, str | None], tuple[Endpoint, message.Message]
         ] = {}
         self._calls = CallLoop(self._auth, self._fallback, retry, quota_project)
+        self._observer = Observer(settings.tracer_provider, meter_provider)
 
     def _acquire_request(
         self, row: Row, name: str, scope: str | None, action: str | None
@@ -254,28 +263,43 @@ class DataConnectorClient:
         if credentials is not None:
             check_credentials(credentials)
         extra = check_user_metadata(metadata) if metadata else ()
-        cache = self._token_cache
-        if cache is not None:
-            # Keyed by the header the call would send: refresh the credentials first if due.
-            authorization = self._auth.ready(credentials)
-            if authorization is PENDING:
-                authorization = await self._auth.authorization(credentials, deadline)
-            key = cache_key(name, scope, action, authorization)
-            cached = cache.get(key)
-            if cached is not None:
-                return cached
-        if self._single_flight:
-            identity = DEFAULT_IDENTITY if credentials is None else credentials
-            token: AccessToken = await state.flights.run(
-                (row, name, scope, action, key if cache is not None else identity, extra),
-                deadline,
-                self._calls.run,
-                (row, request, name, credentials, extra, state, endpoint),
-            )
-        else:
-            token = await self._calls.run(
-                row, request, name, credentials, extra, state, endpoint, deadline
-            )
+        record = self._observer.start(row)
+        try:
+            cache = self._token_cache
+            if cache is not None:
+                # Keyed by the header the call would send: refresh the credentials first if due.
+                authorization = self._auth.ready(credentials)
+                if authorization is PENDING:
+                    authorization = await self._auth.authorization(credentials, deadline)
+                key = cache_key(name, scope, action, authorization)
+                cached = cache.get(key)
+                if cached is not None:
+                    if record is not None:
+                        record.ended(None, cached.transport, cached=True)
+                    return cached
+            if self._single_flight:
+                identity = DEFAULT_IDENTITY if credentials is None else credentials
+                flight = (row, name, scope, action, key if cache is not None else identity, extra)
+                if record is not None and record.span is not None:
+                    shared = state.flights.in_flight(flight)
+                    if shared is not None:
+                        record.joined(shared[-1])
+                token: AccessToken = await state.flights.run(
+                    flight,
+                    deadline,
+                    self._calls.run,
+                    (row, request, name, credentials, extra, state, endpoint, record),
+                )
+            else:
+                token = await self._calls.run(
+                    row, request, name, credentials, extra, state, endpoint, record, deadline
+                )
+        except BaseException as exc:
+            if record is not None:
+                record.ended(exc)
+            raise
+        if record is not None:
+            record.ended(None, token.transport)
         if cache is not None:
             cache.put(key, token)
         return token
@@ -419,7 +443,20 @@ class DataConnectorClient:
         if credentials is not None:
             check_credentials(credentials)
         request = row.request_class(**{row.field: name}, **fields)
-        return await self._calls.run(row, request, name, credentials, (), state, endpoint, deadline)
+        record = self._observer.start(row)
+        if record is None:
+            return await self._calls.run(
+                row, request, name, credentials, (), state, endpoint, None, deadline
+            )
+        try:
+            response = await self._calls.run(
+                row, request, name, credentials, (), state, endpoint, record, deadline
+            )
+        except BaseException as exc:
+            record.ended(exc)
+            raise
+        record.ended(None)
+        return response
 
     async def aclose(self) -> None:
         """Close connections promptly (calls in flight end with Cancelled); idempotent."""

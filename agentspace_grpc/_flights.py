@@ -21,10 +21,11 @@ _T = TypeVar("_T")
 
 
 class _Flight:
-    __slots__ = ("deadline", "task", "timers", "waiters")
+    __slots__ = ("args", "deadline", "task", "timers", "waiters")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, args: tuple[Any, ...]) -> None:
         self.deadline = deadline  # the one the shared call runs with
+        self.args = args  # the starting waiter's
         self.task: asyncio.Task[None] | None = None
         self.waiters: dict[asyncio.Future[Any], float] = {}  # waiter -> its own deadline
         # Timers set when the call ran again for later waiters (None until then).
@@ -70,7 +71,7 @@ class Flights:
         loop = asyncio.get_running_loop()
         flight = self._flights.get(key)
         if flight is None:
-            flight = _Flight(deadline)
+            flight = _Flight(deadline, args)
             flight.task = loop.create_task(self._fly(key, flight, start, args))
             self._flights[key] = flight
         waiter: asyncio.Future[_T] = loop.create_future()
@@ -91,6 +92,11 @@ class Flights:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def in_flight(self, key: Hashable) -> tuple[Any, ...] | None:
+        """The arguments the shared call for ``key`` runs with, if one is in flight."""
+        flight = self._flights.get(key)
+        return None if flight is None else flight.args
 
     async def _fly(
         self,

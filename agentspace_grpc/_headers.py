@@ -29,6 +29,7 @@ from agentspace_grpc._errors import UsageError
 __all__ = [
     "API_CLIENT",
     "USER_AGENT",
+    "VERSION",
     "Headers",
     "build_headers",
     "check_user_metadata",
@@ -46,7 +47,9 @@ def _library_version() -> str:
         return "0+unknown"
 
 
-_LIBRARY: Final = f"agentspace-grpc/{_library_version()}"
+#: This library's version, as installed.
+VERSION: Final = _library_version()
+_LIBRARY: Final = f"agentspace-grpc/{VERSION}"
 # Python, the wire (in Google's format: grpc/<v>, rest/<http library>@<v>) and protobuf.
 _PYTHON: Final = f"gl-python/{platform.python_version()}"
 _PROTOBUF: Final = f"pb/{protobuf.__version__}"

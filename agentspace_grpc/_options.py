@@ -39,6 +39,7 @@ _HONOURED: Final = (
     "universe_domain",
     "scopes",
     "credentials_file",
+    "tracer_provider",
 )
 _DOMAIN: Final = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
@@ -52,6 +53,7 @@ class Settings:
     universe: str
     scopes: tuple[str, ...]
     credentials: CredentialsLike
+    tracer_provider: object
 
 
 def resolve(
@@ -66,6 +68,7 @@ def resolve(
     credentials: CredentialsLike,
     endpoint: str | None,
     universe_domain: str | None,
+    tracer_provider: object,
 ) -> Settings:
     """Check the constructor's arguments and merge ``client_options`` in (no network I/O).
 
@@ -112,7 +115,14 @@ def resolve(
                 "client_options credentials_file and credentials= are both set; pass one"
             )
         credentials = _load(credentials_file, scopes)
-    return Settings(endpoint, quota_project, universe, scopes, credentials)
+    option_tracer = options.get("tracer_provider")
+    if option_tracer is not None:
+        if tracer_provider is not None and tracer_provider is not option_tracer:
+            raise UsageError(
+                "client_options tracer_provider conflicts with tracer_provider=; set one of them"
+            )
+        tracer_provider = option_tracer
+    return Settings(endpoint, quota_project, universe, scopes, credentials, tracer_provider)
 
 
 def _read(client_options: object) -> dict[str, object]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import pytest
@@ -66,15 +66,21 @@ class ScriptedModel(BaseLlm):
 
 
 @pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    """ADK's OpenTelemetry spans, kept in memory."""
+def spans() -> Iterator[InMemorySpanExporter]:
+    """ADK's OpenTelemetry spans, kept in memory while this module runs.
+
+    The global provider stays set for the rest of the session (it cannot be unset), so every
+    later client traces through it: the exporter stops keeping spans when the module ends.
+    """
     exporter = InMemorySpanExporter()
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+    yield exporter
+    exporter.shutdown()
+    exporter.clear()
 
 
 class Agent:

@@ -140,6 +140,18 @@ def test_the_token_cache_hit_and_miss_paths_are_reported(
     assert "token cache hit (sequential) 0.000" in table
 
 
+def test_tracing_on_and_off_are_reported(bench_run: tuple[int, str, Path]) -> None:
+    _, table, out = bench_run
+    results = json.loads((out / "bench.json").read_text())
+    for wire in ("grpc", "rest"):
+        cost = results["tracing_cost"][wire]
+        assert cost["status"] == "ok", cost
+        for figure in ("off_cpu_us_per_call", "on_cpu_us_per_call", "on_vs_off"):
+            assert cost[figure]["median"] > 0, figure
+    assert "## Tracing (sequential calls" in table
+    assert "| client, no provider (no span made) | client, SDK providers |" in table
+
+
 def test_many_users_and_many_connectors_run_and_report(
     bench_run: tuple[int, str, Path],
 ) -> None:

@@ -430,6 +430,26 @@ def table(results: dict[str, Any]) -> str:
             f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['on_vs_off'])} "
             f"| {_ratio_cell(cost['on_vs_floor'])} |"
         )
+    out += [
+        "",
+        "## Tracing (sequential calls; OpenTelemetry SDK providers, spans batched to an exporter "
+        "that drops them; CPU µs per call)",
+        "",
+        "| wire | floor | client, no provider (no span made) | client, SDK providers "
+        "| on - off | on vs off | off vs floor |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for wire, cost in results.get("tracing_cost", {}).items():
+        label = "gRPC" if wire == "grpc" else "REST"
+        if cost.get("status") != "ok":
+            out.append(f"| {label} | {cost.get('status')}: {cost.get('reason')} | | | | | |")
+            continue
+        out.append(
+            f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['on_vs_off'])} "
+            f"| {_ratio_cell(cost['off_vs_floor'])} |"
+        )
     fallback = results.get("fallback", {})
     out += ["", "## Fallback (auto mode, gRPC port closed; fresh client each time)", ""]
     if fallback.get("status") == "ok":

@@ -574,8 +574,9 @@ class Bench:
         return None
 
     def cost_steps(self) -> int:
-        """Samples :meth:`single_flight_cost` and :meth:`cache_miss_cost` take (progress bar)."""
-        return 2 * 2 * 3 * self.settings.repeats
+        """Samples :meth:`single_flight_cost`, :meth:`cache_miss_cost` and
+        :meth:`tracing_cost` take (progress bar)."""
+        return 3 * 2 * 3 * self.settings.repeats
 
     async def single_flight_cost(self) -> None:
         """Single-flight's bookkeeping when nothing is shared (sequential calls).
@@ -597,6 +598,14 @@ class Bench:
         self.extras["cache_miss_cost"] = await self._cost_against_off(
             "cache miss", {"token_cache": {"clock": clock}}
         )
+
+    async def tracing_cost(self) -> None:
+        """OpenTelemetry's cost: the transport runs' client (no provider configured: no span
+        is made) against the same client with SDK providers (:func:`_stacks.sdk_providers`).
+
+        Compared as :meth:`single_flight_cost` is, with the providers in place of single-flight.
+        """
+        self.extras["tracing_cost"] = await self._cost_against_off("tracing", {"telemetry": True})
 
     async def _cost_against_off(self, what: str, variant: dict[str, Any]) -> dict[str, Any]:
         """Sequential CPU per call, per wire, alternated within each repetition: the floor, the
@@ -821,6 +830,7 @@ async def run(settings: Settings, progress_stream: Any = None) -> dict[str, Any]
         await bench.single_flight()
         await bench.single_flight_cost()
         await bench.cache_miss_cost()
+        await bench.tracing_cost()
         await bench.fallback()
     finally:
         progress.show("closing")

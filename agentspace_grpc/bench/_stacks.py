@@ -338,7 +338,8 @@ class Agentspace(Stack):
     sharing and its bookkeeping cost) is measured on its own. With ``users`` (bearer
     tokens), the calls cycle through those end users, one per call, each passed as the
     call's ``credentials=``; with ``names``, through those connectors. With ``token_cache``
-    (``TokenCache`` keyword arguments), the client has a token cache.
+    (``TokenCache`` keyword arguments), the client has a token cache. With ``telemetry``, it
+    has OpenTelemetry SDK providers (see :func:`sdk_providers`).
     """
 
     def __init__(
@@ -356,8 +357,11 @@ class Agentspace(Stack):
         names: Sequence[str] = (),
         single_flight: bool = False,
         token_cache: dict[str, Any] | None = None,
+        telemetry: bool = False,
     ) -> None:
         super().__init__(key=key, title=title, wire=wire, baseline=baseline)
+        self._telemetry = telemetry
+        self._providers: dict[str, Any] = {}
         self._grpc_target = grpc_target
         self._http_url = http_url
         self._token = token
@@ -373,6 +377,8 @@ class Agentspace(Stack):
         cache = None
         if self._token_cache is not None:
             cache = importlib.import_module("agentspace_grpc").TokenCache(**self._token_cache)
+        if self._telemetry:
+            self._providers = sdk_providers()
         self._client = _client_class()(
             transport=self.wire,
             credentials=self._token,
@@ -381,6 +387,7 @@ class Agentspace(Stack):
             insecure=True,
             single_flight=self._single_flight,
             token_cache=cache,
+            **self._providers,
         )
         await self._client.__aenter__()
         self._acquire = (
@@ -401,6 +408,34 @@ class Agentspace(Stack):
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        for provider in self._providers.values():
+            provider.shutdown()
+
+
+def sdk_providers() -> dict[str, Any]:
+    """``tracer_provider`` and ``meter_provider`` as an application sets them up: spans
+    batched to an exporter on the SDK's thread (one that drops them, so no export I/O is
+    counted), metrics aggregated in memory until a reader collects them."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError as exc:
+        raise StackUnavailable(f"opentelemetry-sdk is not installed ({exc})") from None
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
 
 
 def new_client(**kwargs: Any) -> Any:

@@ -55,6 +55,10 @@ _BASE_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
     # Drop idle connections before typical NAT / proxy idle timeouts do it silently.
     ("grpc.client_idle_timeout_ms", 240_000),
     ("grpc.max_reconnect_backoff_ms", 10_000),
+    # Subchannels of this client's own: by default grpc shares them process-wide, so the new
+    # channel that probes gRPC after a fallback would reuse a connection attempt still in its
+    # reconnect backoff and fail with the old error, without trying.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 

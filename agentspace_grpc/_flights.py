@@ -1,7 +1,9 @@
 """Single-flight: identical concurrent calls on one event loop share one run of the call.
 
-The shared call is started with a deadline and the arguments it needs; nothing here knows the
-client (the wire a waiter's own DEADLINE_EXCEEDED names comes from a callable).
+The first caller runs the call itself, in its own task (no task is created for it: a task and
+its two extra event-loop turns are most of what single-flight would cost a call that nobody
+joins); callers that arrive while it runs wait for its outcome. Nothing here knows the client
+(the wire a waiter's own DEADLINE_EXCEEDED names comes from a callable).
 """
 
 from __future__ import annotations
@@ -42,16 +44,17 @@ class _Flight:
 
 
 class Flights:
-    """Concurrent identical calls on one loop share one task; each waiter keeps its deadline.
+    """Concurrent identical calls on one loop share one call; each waiter keeps its deadline.
 
-    The shared call runs with the deadline of the waiter that started it (its retries are
-    planned against it). A waiter whose deadline is earlier stops waiting at its own deadline
-    (a timer, not a wrapper). When the shared call ends in DEADLINE_EXCEEDED, the waiters whose
-    own deadline is later, with time left for an attempt, do not get it: the task runs the call
-    once more for them, with the latest of their deadlines (a new call, not a retry), so no
-    waiter gets DEADLINE_EXCEEDED because of another's deadline. A waiter that leaves
-    (deadline or cancellation) never cancels the task for the others; the task is cancelled
-    when no waiter is left. Nothing outlives the call: this is not a cache.
+    The shared call runs in the task of the caller that started it, with that caller's
+    deadline (its retries are planned against it). A waiter whose deadline is earlier stops
+    waiting at its own deadline (a timer, not a wrapper). No waiter gets an outcome that only
+    concerns another: when the shared call ends in DEADLINE_EXCEEDED, the waiters whose own
+    deadline is later, with time left for an attempt, share a new call (in a task of its own,
+    with the latest of their deadlines; a new call, not a retry), and when the caller that
+    started it is cancelled, the waiters share a new call the same way. A waiter of such a new
+    call that leaves never cancels it for the others; it is cancelled when no waiter is left.
+    Nothing outlives the call: this is not a cache.
     """
 
     __slots__ = ("_flights", "_wire")
@@ -68,12 +71,26 @@ class Flights:
         args: tuple[Any, ...],
     ) -> _T:
         """Join the flight for ``key`` or start one running ``start(*args, deadline)``."""
-        loop = asyncio.get_running_loop()
         flight = self._flights.get(key)
         if flight is None:
-            flight = _Flight(deadline, args)
-            flight.task = loop.create_task(self._fly(key, flight, start, args))
-            self._flights[key] = flight
+            # The first caller runs the call inline; its outcome goes to whoever joined.
+            flight = self._flights[key] = _Flight(deadline, args)
+            try:
+                result = await start(*args, deadline)
+            except asyncio.CancelledError:
+                if not self._again(key, flight, start, args, None):
+                    self._settle(key, flight, None, Cancelled("the call was cancelled"))
+                raise
+            except DeadlineExceeded as exc:
+                if not self._again(key, flight, start, args, exc):
+                    self._settle(key, flight, None, exc)
+                raise
+            except BaseException as exc:  # handed to every waiter
+                self._settle(key, flight, None, exc)
+                raise
+            self._settle(key, flight, result, None)
+            return result
+        loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_T] = loop.create_future()
         flight.waiters[waiter] = deadline
         timer = None
@@ -92,6 +109,22 @@ class Flights:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _again(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        start: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+        error: DeadlineExceeded | None,
+    ) -> bool:
+        """After the first caller's call ended without an outcome for the others (it ran out of
+        its deadline, or the caller was cancelled): True when waiters remain that get a new
+        call, in a task of its own."""
+        if not self._again_for_later_waiters(flight, error):
+            return False
+        flight.task = asyncio.get_running_loop().create_task(self._fly(key, flight, start, args))
+        return True
 
     def in_flight(self, key: Hashable) -> tuple[Any, ...] | None:
         """The arguments the shared call for ``key`` runs with, if one is in flight."""
@@ -123,18 +156,25 @@ class Flights:
                 self._settle(key, flight, result, None)
             return
 
-    def _again_for_later_waiters(self, flight: _Flight, error: DeadlineExceeded) -> bool:
-        """After the shared call ran out of time: True when waiters with a later deadline and
-        time for an attempt remain; they stay, with the flight's deadline now the latest of
-        theirs, and every other waiter gets ``error``."""
+    def _again_for_later_waiters(self, flight: _Flight, error: DeadlineExceeded | None) -> bool:
+        """After the shared call ran out of time (``error``), or its caller was cancelled
+        (None): True when waiters with time for an attempt (and, after a DEADLINE_EXCEEDED, a
+        later deadline) remain; they stay, with the flight's deadline now the latest of theirs,
+        and every other waiter gets ``error`` (or stops at its own deadline's timer)."""
         loop = asyncio.get_running_loop()
-        cutoff = max(flight.deadline, loop.time() + MIN_ATTEMPT_SECONDS)
+        cutoff = loop.time() + MIN_ATTEMPT_SECONDS
+        if error is not None:
+            cutoff = max(flight.deadline, cutoff)
         later = {w: d for w, d in flight.waiters.items() if d > cutoff and not w.done()}
         if not later:
             return False
-        for waiter in flight.waiters:
-            if waiter not in later and not waiter.done():
+        for waiter, deadline in flight.waiters.items():
+            if waiter in later or waiter.done():
+                continue
+            if error is not None:
                 waiter.set_exception(error)
+            else:  # too close to its own deadline for an attempt: it ends there
+                loop.call_at(deadline, self._expire, flight, waiter)
         flight.waiters = later
         flight.deadline = max(later.values())
         timers = flight.timers if flight.timers is not None else []
@@ -143,7 +183,8 @@ class Flights:
                 timers.append(loop.call_at(deadline, self._expire, flight, waiter))
         flight.timers = timers
         _log.debug(
-            "a shared call ran out of its deadline; %d waiter(s) with more time share a new one",
+            "a shared call ended early (its caller's deadline or cancellation); %d waiter(s) "
+            "with more time share a new one",
             len(later),
         )
         return True

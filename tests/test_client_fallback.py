@@ -115,7 +115,8 @@ async def test_grpc_is_probed_again_after_a_bounded_interval(
             clock.offset += 10 * 60  # past any re-probe interval
             await client.acquire_access_token(CONNECTOR, action="later")
             await client.acquire_access_token(CONNECTOR, action="after")
-    assert wires(servers) == ["rest", "rest", "grpc", "grpc"]
+    seen = [(s.wire, s.request.action) for s in servers.service.seen]
+    assert wires(servers) == ["rest", "rest", "grpc", "grpc"], seen
 
 
 async def test_pitfall_5_tls_without_alpn_fails_grpc_fast_and_auto_uses_rest(

@@ -141,7 +141,7 @@ async def test_each_waiter_stops_at_its_own_deadline(servers: Servers, transport
     assert servers.service.cancelled == 0
 
 
-async def test_one_waiters_cancellation_never_cancels_the_shared_rpc(
+async def test_a_joining_waiters_cancellation_never_cancels_the_shared_rpc(
     servers: Servers, transport: str
 ) -> None:
     gate = Gate(servers)
@@ -152,15 +152,40 @@ async def test_one_waiters_cancellation_never_cancels_the_shared_rpc(
         await gate.entered.wait()
         others = [asyncio.ensure_future(client.acquire_access_token(CONNECTOR)) for _ in range(5)]
         await settle()
-        first.cancel()  # the waiter that started the call leaves
+        others[0].cancel()  # a waiter that joined leaves
         with pytest.raises(asyncio.CancelledError):
-            await first
+            await others[0]
         await settle()
         gate.open.set()
-        tokens = await asyncio.gather(*others)
+        tokens = await asyncio.gather(first, *others[1:])
     assert len({t.access_token for t in tokens}) == 1
     assert len(servers.service.seen) == 1
     assert servers.service.cancelled == 0
+
+
+async def test_when_the_starting_caller_leaves_the_others_share_a_new_call(
+    servers: Servers, transport: str
+) -> None:
+    """The first caller runs the shared call in its own task (single-flight costs no task);
+    if it is cancelled, the call goes with it, and the waiters share one new call instead of
+    seeing the cancellation."""
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs(transport)
+    ) as client:
+        first = asyncio.ensure_future(client.acquire_access_token(CONNECTOR))
+        await gate.arrivals.get()
+        others = [asyncio.ensure_future(client.acquire_access_token(CONNECTOR)) for _ in range(5)]
+        await settle()
+        first.cancel()  # the caller that started the call leaves
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(gate.arrivals.get(), 10)  # the new call, one for all five
+        gate.open.set()
+        tokens = await asyncio.gather(*others)
+    assert len({t.access_token for t in tokens}) == 1
+    assert len(servers.service.seen) == 2
+    assert own_pending_tasks() == []
 
 
 async def test_the_rpc_is_cancelled_when_every_waiter_left(

@@ -35,7 +35,6 @@ from urllib.parse import quote
 import pytest
 
 if TYPE_CHECKING:
-    import aiohttp
     import google.oauth2.credentials
 
     from agentspace_grpc import DataConnectorClient
@@ -109,20 +108,11 @@ class RunningEmulator:
         ``connector`` names a data connector or an authorization (default: the default
         connector).
         """
-        import aiohttp
+        from agentspace_grpc.emulator._consent import consent_over_http
 
-        params = {"connector": connector or self.connector}
-        if scopes:
-            params["scope"] = " ".join(scopes)
-        headers = {"Authorization": f"Bearer {self.user_token(email)}"}
-        async with aiohttp.ClientSession(trust_env=False) as session:
-            start = f"{self.http_url}/emulator/v1/consent"
-            async with session.get(
-                start, params=params, headers=headers, allow_redirects=False
-            ) as response:
-                authorize = _redirect(response, email)
-            async with session.get(authorize, allow_redirects=False) as response:
-                return _redirect(response, email)
+        return await consent_over_http(
+            self.http_url, self.user_token(email), email, connector or self.connector, scopes
+        )
 
     async def consent_uri(self, resource: str, credentials: CredentialsLike) -> str:
         """A URL that starts consent to ``resource`` in a browser with no credentials, for the
@@ -136,15 +126,6 @@ class RunningEmulator:
         from agentspace_grpc import DataConnectorClient
 
         return DataConnectorClient(**kwargs)
-
-
-def _redirect(response: aiohttp.ClientResponse, email: str) -> str:
-    """Where a step of the consent sends the browser next."""
-    if response.status != 302:
-        raise RuntimeError(
-            f"consent for {email} failed at {response.url.path}: HTTP {response.status}"
-        )
-    return response.headers["Location"]
 
 
 def _running_emulator() -> RunningEmulator | None:

@@ -1,4 +1,6 @@
-"""Asking an emulator for a consent URI over HTTP (``POST /emulator/v1/consent-uri``).
+"""An emulator's consent over HTTP, as a test drives it: asking for a consent URI
+(``POST /emulator/v1/consent-uri``) and running the consent for a user
+(``GET /emulator/v1/consent`` and the provider's authorize redirect).
 
 Shared by :class:`~agentspace_grpc.emulator.Emulator` and the pytest plugin's running-emulator
 stand-in; it needs only the client's dependencies. The credentials become the bearer header the
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import aiohttp
 
@@ -55,3 +58,31 @@ async def request_consent_uri(http_url: str, resource: str, credentials: Credent
             "the emulator's consent-uri answer has no consentUri", transport="rest"
         )
     return uri
+
+
+async def consent_over_http(
+    http_url: str, bearer: str, email: str, resource: str, scopes: Sequence[str] | None
+) -> str:
+    """Runs the consent for ``email`` (whose identity token is ``bearer``): the emulator's
+    consent endpoint, then the provider's authorize redirect; returns the full redirect URI.
+
+    Raises:
+        RuntimeError: a step did not redirect (its HTTP status is named, never a token).
+    """
+    params = {"connector": resource}
+    if scopes:
+        params["scope"] = " ".join(scopes)
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        location = f"{http_url}/emulator/v1/consent"
+        headers: dict[str, str] | None = {"Authorization": f"Bearer {bearer}"}
+        for _ in range(2):  # the emulator's consent endpoint, then the provider's authorize
+            async with session.get(
+                location, params=params, headers=headers, allow_redirects=False
+            ) as response:
+                if response.status != 302:
+                    raise RuntimeError(
+                        f"consent for {email} failed at {response.url.path}: HTTP {response.status}"
+                    )
+                location = response.headers["Location"]
+            params, headers = {}, None
+        return location

@@ -34,7 +34,7 @@ from agentspace_grpc.emulator._config import (
     Connector,
     load_config,
 )
-from agentspace_grpc.emulator._consent import request_consent_uri
+from agentspace_grpc.emulator._consent import consent_over_http, request_consent_uri
 from agentspace_grpc.emulator._crash import CRASH_POINTS
 from agentspace_grpc.emulator._crypto import Keyring, load_keyring
 from agentspace_grpc.emulator._emulator_front import EmulatorFront
@@ -413,30 +413,9 @@ class Emulator:
         ``connector`` names a data connector or an authorization (default: the default
         connector).
         """
-        params = {"connector": connector or self.connector}
-        if scopes:
-            params["scope"] = " ".join(scopes)
-        headers = {"Authorization": f"Bearer {self.user_token(email)}"}
-        async with aiohttp.ClientSession(trust_env=False) as session:
-            async with session.get(
-                f"{self.http_url}/emulator/v1/consent",
-                params=params,
-                headers=headers,
-                allow_redirects=False,
-            ) as response:
-                if response.status != 302:
-                    raise EmulatorError(
-                        f"consent could not start: HTTP {response.status}: "
-                        f"{(await response.text())[:300]}"
-                    )
-                authorize = response.headers["Location"]
-            async with session.get(authorize, allow_redirects=False) as response:
-                if response.status != 302:
-                    raise EmulatorError(
-                        f"the authorize endpoint refused: HTTP {response.status}: "
-                        f"{(await response.text())[:300]}"
-                    )
-                return response.headers["Location"]
+        return await consent_over_http(
+            self.http_url, self.user_token(email), email, connector or self.connector, scopes
+        )
 
     async def consent_uri(self, resource: str, credentials: CredentialsLike) -> str:
         """A URL that starts consent to ``resource`` in a browser with no credentials, for the

@@ -21,12 +21,12 @@ from typing import Any, Final, TypeVar
 from agentspace_grpc._client import DataConnectorClient
 from agentspace_grpc._credentials import CredentialsLike
 from agentspace_grpc._errors import (
-    AuthorizationRequired,
-    FailedPrecondition,
+    DataConnectorError,
     TokenRejected,
     UsageError,
     is_authorization_name,
 )
+from agentspace_grpc._status import status_from_error
 from agentspace_grpc._token import AccessToken
 
 __all__ = [
@@ -42,9 +42,6 @@ _C = TypeVar("_C")
 
 #: Builds the consent URL for a resource and the end user's credentials.
 ConsentUri = Callable[[str, CredentialsLike], Awaitable[str]]
-
-#: FAILED_PRECONDITION reasons that only the user's (re)authorization repairs.
-CONSENT_REASONS: Final = frozenset({"SCOPES_MISSING", "REFRESH_TOKEN_REVOKED"})
 
 # Stores finished or in flight, per event loop, by (resource, SHA-256 of the redirect URI):
 # several tool calls resumed with one redirect store it once. Bounded; oldest dropped.
@@ -141,13 +138,13 @@ class Connection:
             return await self.client.acquire_access_token(
                 self.resource, scope=self.scope, action=self.action, credentials=credentials
             )
-        except AuthorizationRequired as exc:
-            uri = exc.authorization_uri or await self._consent_url(credentials, exc)
-            raise ConsentNeeded(self.resource, uri) from None
-        except FailedPrecondition as exc:
-            if exc.reason not in CONSENT_REASONS:
+        except DataConnectorError as exc:
+            # The same reading of the service's errors as connection_status's.
+            status = status_from_error(exc)
+            if status is None or not status.needs_consent:
                 raise
-            raise ConsentNeeded(self.resource, await self._consent_url(credentials, exc)) from None
+            uri = status.authorization_uri or await self._consent_url(credentials, exc)
+            raise ConsentNeeded(self.resource, uri) from None
 
     async def store(self, redirect_uri: str, credentials: CredentialsLike) -> None:
         """Stores the user's redirect URI once, however many tool calls bring it."""

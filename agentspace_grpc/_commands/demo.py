@@ -311,7 +311,10 @@ class _Walkthrough:
         while visited[-1].startswith(f"{self.emu.http_url}/"):
             _expect(len(visited) < 10, "the consent URI redirects in a loop")
             async with self.http.get(visited[-1], allow_redirects=False) as response:
-                _expect(response.status in (302, 303), f"HTTP {response.status} at {visited[-1]}")
+                _expect(
+                    response.status in (302, 303),
+                    f"HTTP {response.status} at {urlsplit(visited[-1]).path}",
+                )
                 visited.append(response.headers["Location"])
         return visited
 
@@ -420,7 +423,7 @@ class _Walkthrough:
         url = urlsplit(asked["authorization_uri"])
         _say(f"   {CAROL}'s agent calls whoami: the graph stops with an authorization_required")
         _say(f"   interrupt carrying the consent URL {url.scheme}://{url.netloc}{url.path}?...")
-        redirect = await self.browse(asked["authorization_uri"])
+        redirect = (await self.follow_like_a_browser(asked["authorization_uri"]))[-1]
         _say("   carol opens it and approves; the app resumes with Command(resume=<redirect URI>)")
         result = await graph.ainvoke(Command(resume=redirect), config)
         answer = [m.content for m in result["messages"] if isinstance(m, ToolMessage)]
@@ -429,14 +432,3 @@ class _Walkthrough:
             f"   the tool stored it and ran with carol's token {_fp(seen[-1])}: the provider "
             f"says it is {CAROL}"
         )
-
-    async def browse(self, url: str) -> str:
-        """The user's browser: follows the consent URL (no credentials) to the redirect URI."""
-        assert self.http is not None
-        for _ in range(10):
-            async with self.http.get(url, allow_redirects=False) as response:
-                _expect(response.status in (302, 303), f"consent failed: HTTP {response.status}")
-                url = response.headers["Location"]
-            if not url.startswith(self.emu.http_url):
-                return url
-        raise DemoFailed("the consent never reached the redirect URI")

@@ -229,13 +229,18 @@ class Authorizer:
         return self._adc
 
     async def _run_adc(self) -> _GoogleCredentials:
+        # Raised after the except block: google-auth's error may chain the key file's parse
+        # error, which holds the whole file (a private key among it).
+        failure = None
         try:
             creds, _ = await asyncio.to_thread(google.auth.default, scopes=list(self._scopes))
         except google.auth.exceptions.DefaultCredentialsError as exc:
-            raise Unauthenticated(
+            failure = Unauthenticated(
                 "no credentials were given and Application Default Credentials are not set up: "
                 f"{_refresh.describe(exc)}"
-            ) from exc
+            )
+        if failure is not None:
+            raise failure
         return creds
 
     def _token_session(self) -> requests.Session:

@@ -25,6 +25,7 @@ import google.auth.transport.requests
 import requests
 
 from agentspace_grpc._errors import DeadlineExceeded, Unauthenticated, Unavailable, UsageError
+from agentspace_grpc._redact import redact
 from agentspace_grpc._transports.base import is_loopback, proxy_for
 
 __all__ = [
@@ -48,6 +49,8 @@ Credentials = google.auth.credentials.Credentials | _Aio
 # (google-auth's own margin for its synchronous credentials).
 _AIO_REFRESH_MARGIN: Final = datetime.timedelta(minutes=3, seconds=45)
 _MAX_ERROR_TEXT: Final = 200
+# What a refresh request carries that its error text must not repeat.
+_SENT_ON_REFRESH: Final = ("token", "refresh_token", "client_secret")
 _T = TypeVar("_T")
 
 # The shared work in flight (or last done) per credentials object.
@@ -171,6 +174,8 @@ async def _refresh(creds: Credentials, session: requests.Session) -> None:
     except google.auth.exceptions.GoogleAuthError as exc:
         failure = Unauthenticated(f"the credentials could not be refreshed: {describe(exc)}")
     if failure is not None:
+        # A token endpoint (or a proxy) may echo the request in its error text.
+        redact(failure, [getattr(creds, n, None) for n in _SENT_ON_REFRESH])
         raise failure
 
 

@@ -367,6 +367,7 @@ class TokenEndpoint:
         delay: Seconds to wait before answering (a slow identity provider).
         status: HTTP status to answer with (503 makes google-auth fail the refresh).
         body: A JSON document to answer with instead of a minted token.
+        echo: Answer HTTP 400 with the request's form as plain text (a proxy that echoes).
     """
 
     def __init__(self, service: FakeService, *, delay: float = 0.0) -> None:
@@ -374,6 +375,7 @@ class TokenEndpoint:
         self.delay = delay
         self.status = 200
         self.body: dict[str, object] | None = None  # answered as is when set
+        self.echo = False
         self.refreshes = 0
         self.minted: list[str] = []
         self.assertions: list[dict[str, Any]] = []
@@ -395,6 +397,8 @@ class TokenEndpoint:
             await self._runner.cleanup()
 
     async def _token(self, request: web.Request) -> web.Response:
+        if self.echo:
+            return web.Response(status=400, text=f"bad request: {await request.text()}")
         form = await request.post()
         self.refreshes += 1
         if self.delay:

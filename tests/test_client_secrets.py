@@ -397,3 +397,23 @@ async def test_an_authorization_uri_echoing_the_bearer_is_redacted(
             await client.acquire_user_authorization(AUTHORIZATION)
     assert caught.value.authorization_uri == f"https://consent.example/?state=s&echo={REDACTED}"
     assert CANARY not in exposed(caught.value)
+
+
+async def test_a_token_endpoint_echoing_the_refresh_request_puts_no_secret_in_the_error(
+    servers: Servers, transport: str
+) -> None:
+    """google-auth puts a non-JSON error body in its exception: the refresh token and the
+    client secret sent to the token endpoint must not reach ours."""
+    async with TokenEndpoint(servers.service) as idp:
+        idp.echo = True
+        credentials = idp.credentials("CANARY-refresher")
+        async with DataConnectorClient(
+            credentials=credentials, retry=None, **servers.client_kwargs(transport)
+        ) as client:
+            with pytest.raises(Unauthenticated) as caught:
+                await client.acquire_access_token(CONNECTOR)
+    text = exposed(caught.value)
+    assert "bad request" in text  # the endpoint's answer is described
+    for secret in (credentials.refresh_token, CLIENT_SECRET):
+        assert secret not in text
+        assert quote(secret, safe="") not in text

@@ -139,9 +139,7 @@ class DataConnectorClient:
             raise UsageError("token_cache must be a TokenCache or None")
         emulator = emulator_variables() if endpoint is None else (None, None)
         self._token_cache = token_cache
-        self._retry = retry
         self._single_flight = single_flight
-        self._quota_project = quota_project
         self._auth = Authorizer(
             credentials,
             use_adc=emulator == (None, None),
@@ -340,7 +338,7 @@ class DataConnectorClient:
             scope=scope,
             action=action,
             credentials=credentials,
-            effective=self._auth.effective(credentials),
+            effective=lambda: self._auth.effective(credentials),
             consent_uri=consent_uri,
             timeout=timeout,
         )

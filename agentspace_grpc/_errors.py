@@ -386,11 +386,6 @@ _CLASSES: Final[dict[int, type[DataConnectorError]]] = {
 }
 
 
-def error_class(code: grpc.StatusCode) -> type[DataConnectorError]:
-    """The exception class of a canonical code."""
-    return _CLASSES.get(code.value[0], Unknown)
-
-
 def unpack_details(details: Sequence[any_pb2.Any]) -> tuple[message.Message, ...]:
     """Unpack ``google.rpc`` status details; types this process does not know stay packed."""
     unpacked: list[message.Message] = []

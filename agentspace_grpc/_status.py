@@ -87,12 +87,13 @@ async def connection_status(
     scope: str | None,
     action: str | None,
     credentials: CredentialsLike,
-    effective: CredentialsLike,
+    effective: Callable[[], CredentialsLike],
     consent_uri: Callable[[str, CredentialsLike], Awaitable[str]] | None,
     timeout: float | None,  # noqa: ASYNC109 - the call's overall deadline
 ) -> ConnectionStatus:
     """What :meth:`DataConnectorClient.connection_status` answers, through the client's public
-    acquires; ``effective`` is the credentials in effect, handed to ``consent_uri``."""
+    acquires; ``effective()`` is the credentials in effect (asked after the acquire, which
+    may have looked up ADC), handed to ``consent_uri``."""
     if consent_uri is not None and not callable(consent_uri):
         raise UsageError("consent_uri must be an async callable (resource, credentials)")
     try:
@@ -112,7 +113,7 @@ async def connection_status(
             raise
         if consent_uri is None or not status.needs_consent or status.authorization_uri:
             return status
-        uri = await consent_uri(name, effective)
+        uri = await consent_uri(name, effective())
         if not isinstance(uri, str) or not uri:
             raise UsageError("consent_uri must return the consent URL as a string") from None
         return replace(status, authorization_uri=uri)

@@ -29,6 +29,7 @@ from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
 
 from agentspace_grpc import _proto
+from agentspace_grpc.emulator import _consent
 
 CONNECTOR = "projects/demo/locations/global/collections/default_collection/dataConnector"
 AUTHORIZATION = "projects/demo/locations/global/authorizations/default_authorization"
@@ -165,15 +166,9 @@ async def consent_location(http: str, token: str, **params: str) -> str:
 async def consent_over_http(
     http: str, token: str, connector: str = CONNECTOR, scopes: Sequence[str] = ()
 ) -> str:
-    """The full redirect URI after consent, driven over HTTP like a browser would."""
-    params = {"connector": connector} | ({"scope": " ".join(scopes)} if scopes else {})
-    authorize = await consent_location(http, token, **params)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(authorize, allow_redirects=False) as response,
-    ):
-        assert response.status == 302, await response.text()
-        return response.headers["Location"]
+    """The full redirect URI after consent, driven over HTTP like a browser would (the
+    package's own helper, which the emulator's ``consent`` uses too)."""
+    return await _consent.consent_over_http(http, token, "the test's user", connector, scopes)
 
 
 async def follow_like_a_browser(uri: str, stop_at: str = REDIRECT) -> list[str]:

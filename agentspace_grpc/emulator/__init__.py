@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agentspace_grpc.emulator._emulator import Emulator, EmulatorError
+    from agentspace_grpc.emulator._consent import EmulatorError
+    from agentspace_grpc.emulator._emulator import Emulator
 
 __all__ = ["Emulator", "EmulatorError"]
 
@@ -19,5 +20,5 @@ def __getattr__(name: str) -> Any:
     if name in __all__:
         from agentspace_grpc.emulator import _emulator
 
-        return getattr(_emulator, name)
+        return getattr(_emulator, name)  # EmulatorError too (imported there)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

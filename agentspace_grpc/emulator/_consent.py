@@ -23,6 +23,10 @@ from agentspace_grpc._wire import status_from_http
 _TIMEOUT = 30.0
 
 
+class EmulatorError(RuntimeError):
+    """The emulator could not start, or a helper's HTTP exchange failed."""
+
+
 async def request_consent_uri(http_url: str, resource: str, credentials: CredentialsLike) -> str:
     """The consent URI of ``resource`` for the user ``credentials`` identify.
 
@@ -67,7 +71,7 @@ async def consent_over_http(
     consent endpoint, then the provider's authorize redirect; returns the full redirect URI.
 
     Raises:
-        RuntimeError: a step did not redirect (its HTTP status is named, never a token).
+        EmulatorError: a step did not redirect (its HTTP status is named, never a token).
     """
     params = {"connector": resource}
     if scopes:
@@ -80,7 +84,7 @@ async def consent_over_http(
                 location, params=params, headers=headers, allow_redirects=False
             ) as response:
                 if response.status != 302:
-                    raise RuntimeError(
+                    raise EmulatorError(
                         f"consent for {email} failed at {response.url.path}: HTTP {response.status}"
                     )
                 location = response.headers["Location"]

@@ -34,7 +34,11 @@ from agentspace_grpc.emulator._config import (
     Connector,
     load_config,
 )
-from agentspace_grpc.emulator._consent import consent_over_http, request_consent_uri
+from agentspace_grpc.emulator._consent import (
+    EmulatorError,
+    consent_over_http,
+    request_consent_uri,
+)
 from agentspace_grpc.emulator._crash import CRASH_POINTS
 from agentspace_grpc.emulator._crypto import Keyring, load_keyring
 from agentspace_grpc.emulator._emulator_front import EmulatorFront
@@ -59,10 +63,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentspace_grpc.emulator")
 
 _WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - only compared against
-
-
-class EmulatorError(RuntimeError):
-    """The emulator could not start, or a helper's HTTP exchange failed."""
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -120,6 +120,9 @@ class TokenCache:
 
     def put(self, key: CacheKey, token: AccessToken) -> None:
         """Store ``token`` under ``key`` (unless it expires within ``skew``)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] is token:
+            return  # the waiters of one shared call all store its answer: once is enough
         life = min(self.max_age, jwt_seconds_left(token.access_token, time.time()) - self.skew)
         if life <= 0:
             return

@@ -19,6 +19,7 @@ from google.protobuf import message
 
 from agentspace_grpc._credentials import PENDING, Authorizer, CredentialsLike
 from agentspace_grpc._errors import (
+    CLOSED_MID_CALL,
     AuthorizationRequired,
     Cancelled,
     DataConnectorError,
@@ -37,7 +38,6 @@ __all__ = ["CallLoop"]
 _log = logging.getLogger("agentspace_grpc")
 
 _HEADER_CACHE_SIZE: Final = 1024
-_CLOSED_MID_CALL: Final = "the client was closed while the call was in flight"
 
 
 class CallLoop:
@@ -77,7 +77,7 @@ class CallLoop:
         refreshed = False
         while True:
             if state.closed:
-                raise Cancelled(_CLOSED_MID_CALL)
+                raise Cancelled(CLOSED_MID_CALL)
             transport = state.fixed or (
                 state.rest
                 if self._fallback.rest_until and time.monotonic() < self._fallback.rest_until
@@ -139,7 +139,7 @@ class CallLoop:
                 if span is not None:
                     Call.attempt_ended(span, exc, "raise" if action is None else action.kind)
                 if action is None:
-                    raise Cancelled(_CLOSED_MID_CALL, transport=transport.kind) from exc
+                    raise Cancelled(CLOSED_MID_CALL, transport=transport.kind) from exc
                 if action is REFRESH:
                     refreshed = True
                     await self._auth.refresh_rejected(credentials, authorization, deadline)

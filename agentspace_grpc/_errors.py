@@ -91,6 +91,8 @@ DETAILS_FILE: Final = error_details_pb2.DESCRIPTOR
 
 #: What replaces a secret in server-supplied text.
 REDACTED: Final = "[redacted]"
+#: The message of a call that ``aclose()`` ended.
+CLOSED_MID_CALL: Final = "the client was closed while the call was in flight"
 
 
 class UsageError(ValueError):

@@ -12,13 +12,12 @@ import contextlib
 import ssl
 from collections.abc import AsyncGenerator
 
+from agentspace_grpc._errors import CLOSED_MID_CALL
 from agentspace_grpc._flights import Flights
 from agentspace_grpc._policy import Fallback
 from agentspace_grpc._transports import GrpcTransport, RestTransport, Transport
 
 __all__ = ["LoopState", "Loops"]
-
-_CLOSED_MID_CALL = "the client was closed while the call was in flight"
 
 
 class LoopState:
@@ -41,7 +40,7 @@ class LoopState:
         if self.closed:
             return
         self.closed = True
-        tasks = self.flights.cancel_all(_CLOSED_MID_CALL)
+        tasks = self.flights.cancel_all(CLOSED_MID_CALL)
         await asyncio.gather(self.grpc.aclose(), self.rest.aclose())
         if tasks:
             await asyncio.wait(tasks)

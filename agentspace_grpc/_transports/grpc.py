@@ -17,6 +17,7 @@ from google.protobuf import message
 from google.rpc import status_pb2
 
 from agentspace_grpc._errors import (
+    CLOSED_MID_CALL,
     Cancelled,
     ConnectFailed,
     ConnectionBroken,
@@ -157,9 +158,7 @@ class GrpcTransport(Transport):
         """
         task = asyncio.current_task()
         if self._closed and (task is None or not task.cancelling()):
-            raise Cancelled(
-                "the client was closed while the call was in flight", transport="grpc"
-            ) from None
+            raise Cancelled(CLOSED_MID_CALL, transport="grpc") from None
 
     async def aclose(self) -> None:
         """Close every channel; calls in flight end with Cancelled."""

@@ -62,11 +62,7 @@ def _shaped_error(
     """An error in the shape of the endpoint at ``path`` (OAuth or Google)."""
     if path.startswith(_OAUTH_PREFIXES):
         error = "server_error" if status >= 500 else "invalid_request"
-        return web.json_response(
-            {"error": error, "error_description": message},
-            status=status,
-            headers={"Cache-Control": "no-store", **(headers or {})},
-        )
+        return oauth_error(OAuthError(error, message, status, headers))
     code = code_for_http_status(status)
     if code == code_pb2.UNKNOWN:
         code = code_pb2.INVALID_ARGUMENT if status < 500 else code_pb2.INTERNAL
@@ -140,23 +136,19 @@ class ApiFront:
         return "ApiFront()"
 
     async def handle(self, request: web.Request) -> web.Response:
-        """One REST call: ServiceError -> Google's JSON error, anything else -> INTERNAL."""
+        """One REST call: ServiceError -> Google's JSON error (anything else is INTERNAL, from
+        the application's error middleware)."""
         try:
             return await self._call(request)
         except ServiceError as exc:
             return error_response(exc)
-        except Exception:
-            incident = secrets.token_hex(4)
-            log.exception("internal error in the REST front (incident %s)", incident)
-            return error_response(internal(incident))
 
     async def _call(self, request: web.Request) -> web.Response:
         raw_path = request.raw_path.split("?", 1)[0]
         try:
             row, value = match(request.method, raw_path)
         except MethodNotAllowed as exc:
-            error = {"code": 405, "message": str(exc), "status": "UNIMPLEMENTED", "details": []}
-            return web.json_response({"error": error}, status=405)
+            return _shaped_error(raw_path, 405, str(exc))
         except RouteNotFound as exc:
             raise ServiceError(code_pb2.NOT_FOUND, str(exc)) from None
         body = await request.read()

@@ -85,6 +85,11 @@ AUTHORIZATION_PATTERN: Final = re.compile(r"projects/[^/]+/locations/[^/]+/autho
 #: The two kinds of OAuth resource, as :attr:`Connector.kind` names them.
 CONNECTOR: Final = "data connector"
 AUTHORIZATION: Final = "authorization"
+#: Each kind of resource: its name pattern, and the pattern as the reference writes it.
+RESOURCE_SHAPES: Final = {
+    CONNECTOR: (CONNECTOR_PATTERN, "projects/*/locations/*/collections/*/dataConnector"),
+    AUTHORIZATION: (AUTHORIZATION_PATTERN, "projects/*/locations/*/authorizations/*"),
+}
 _OAUTH_KEYS: Final = frozenset(
     {
         "name",
@@ -364,10 +369,9 @@ def _connector(item: Any, where: str, kind: str) -> Connector:
         raise ConfigError(f"{where} must be a table")
     if kind == CONNECTOR:
         _only(item, where, _OAUTH_KEYS | {"actions", "instance_hosts"})
-        pattern, shape = CONNECTOR_PATTERN, "projects/*/locations/*/collections/*/dataConnector"
     else:
         _only(item, where, _OAUTH_KEYS | {"display_name"})
-        pattern, shape = AUTHORIZATION_PATTERN, "projects/*/locations/*/authorizations/*"
+    pattern, shape = RESOURCE_SHAPES[kind]
     name = _string(item, "name", where, None)
     if not pattern.fullmatch(name):
         raise ConfigError(f"{where}.name {name!r} does not match {shape}")

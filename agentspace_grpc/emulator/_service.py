@@ -43,8 +43,8 @@ from agentspace_grpc.emulator._config import (
     AUTHORIZATION,
     AUTHORIZATION_PATTERN,
     CONNECTOR,
-    CONNECTOR_PATTERN,
     INSTANCE_PLACEHOLDER,
+    RESOURCE_SHAPES,
     Config,
     Connector,
 )
@@ -82,18 +82,16 @@ _STANDARD_FIELDS: Final = frozenset(
     {"access_token", "refresh_token", "id_token", "token_type", "expires_in", "scope"}
 )
 _INT64: Final = (-(2**63), 2**63 - 1)
-# kind -> (name pattern, the kind with its article, the pattern as the docs write it, its RPCs)
+# kind -> (name pattern, the pattern as the docs write it, the kind with its article, its RPCs)
 _SHAPES: Final = {
     CONNECTOR: (
-        CONNECTOR_PATTERN,
+        *RESOURCE_SHAPES[CONNECTOR],
         "a data connector",
-        "projects/*/locations/*/collections/*/dataConnector",
         "AcquireAccessToken and AcquireAndStoreRefreshToken",
     ),
     AUTHORIZATION: (
-        AUTHORIZATION_PATTERN,
+        *RESOURCE_SHAPES[AUTHORIZATION],
         "an authorization",
-        "projects/*/locations/*/authorizations/*",
         "AcquireUserAuthorization and StoreUserAuthorization",
     ),
 }
@@ -183,10 +181,10 @@ class Service:
             kind = AUTHORIZATION if AUTHORIZATION_PATTERN.fullmatch(name) else CONNECTOR
         if not name:
             raise invalid_argument(f"name is required (the {kind}'s resource name)")
-        pattern, what, shape, _ = _SHAPES[kind]
+        pattern, shape, what, _ = _SHAPES[kind]
         if not pattern.fullmatch(name):
             hint = ""
-            for other, (other_pattern, other_what, _, methods) in _SHAPES.items():
+            for other, (other_pattern, _, other_what, methods) in _SHAPES.items():
                 if other != kind and other_pattern.fullmatch(name):
                     hint = f" ({other_what} is served by {methods})"
             raise invalid_argument(f"name {name!r} is not {what}: expected {shape}{hint}")

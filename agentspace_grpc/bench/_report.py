@@ -391,65 +391,29 @@ def table(results: dict[str, Any]) -> str:
             )
         else:
             out.append(f"| {wire} | {state} | {entry.get('status')}: {entry.get('reason')} | - |")
-    out += [
-        "",
-        "## Single-flight bookkeeping (sequential calls, nothing shared; CPU µs per call)",
-        "",
-        "| wire | floor | client, single-flight off | client, single-flight on (default) "
-        "| on - off | off vs floor | on vs floor |",
-        "|---|--:|--:|--:|--:|--:|--:|",
-    ]
-    for wire, cost in results.get("single_flight_cost", {}).items():
-        label = "gRPC" if wire == "grpc" else "REST"
-        if cost.get("status") != "ok":
-            out.append(f"| {label} | {cost.get('status')}: {cost.get('reason')} | | | | | |")
-            continue
-        out.append(
-            f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
-            f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
-            f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['off_vs_floor'])} "
-            f"| {_ratio_cell(cost['on_vs_floor'])} |"
-        )
-    out += [
-        "",
-        "## Token cache, miss path (sequential calls; every lookup finds its entry expired, "
+    out += _cost_table(
+        results.get("single_flight_cost", {}),
+        "Single-flight bookkeeping (sequential calls, nothing shared; CPU µs per call)",
+        ("client, single-flight off", "client, single-flight on (default)", "on - off"),
+        ("off_vs_floor", "off vs floor"),
+        ("on_vs_floor", "on vs floor"),
+    )
+    out += _cost_table(
+        results.get("cache_miss_cost", {}),
+        "Token cache, miss path (sequential calls; every lookup finds its entry expired, "
         "every answer is stored; CPU µs per call)",
-        "",
-        "| wire | floor | client, no cache | client, cache missing | miss - none "
-        "| miss vs none | miss vs floor |",
-        "|---|--:|--:|--:|--:|--:|--:|",
-    ]
-    for wire, cost in results.get("cache_miss_cost", {}).items():
-        label = "gRPC" if wire == "grpc" else "REST"
-        if cost.get("status") != "ok":
-            out.append(f"| {label} | {cost.get('status')}: {cost.get('reason')} | | | | | |")
-            continue
-        out.append(
-            f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
-            f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
-            f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['on_vs_off'])} "
-            f"| {_ratio_cell(cost['on_vs_floor'])} |"
-        )
-    out += [
-        "",
-        "## Tracing (sequential calls; OpenTelemetry SDK providers, spans batched to an exporter "
+        ("client, no cache", "client, cache missing", "miss - none"),
+        ("on_vs_off", "miss vs none"),
+        ("on_vs_floor", "miss vs floor"),
+    )
+    out += _cost_table(
+        results.get("tracing_cost", {}),
+        "Tracing (sequential calls; OpenTelemetry SDK providers, spans batched to an exporter "
         "that drops them; CPU µs per call)",
-        "",
-        "| wire | floor | client, no provider (no span made) | client, SDK providers "
-        "| on - off | on vs off | off vs floor |",
-        "|---|--:|--:|--:|--:|--:|--:|",
-    ]
-    for wire, cost in results.get("tracing_cost", {}).items():
-        label = "gRPC" if wire == "grpc" else "REST"
-        if cost.get("status") != "ok":
-            out.append(f"| {label} | {cost.get('status')}: {cost.get('reason')} | | | | | |")
-            continue
-        out.append(
-            f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
-            f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
-            f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost['on_vs_off'])} "
-            f"| {_ratio_cell(cost['off_vs_floor'])} |"
-        )
+        ("client, no provider (no span made)", "client, SDK providers", "on - off"),
+        ("on_vs_off", "on vs off"),
+        ("off_vs_floor", "off vs floor"),
+    )
     fallback = results.get("fallback", {})
     out += ["", "## Fallback (auto mode, gRPC port closed; fresh client each time)", ""]
     if fallback.get("status") == "ok":
@@ -549,3 +513,33 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     figure.tight_layout(rect=(0, 0.07, 1, 0.96))
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _cost_table(
+    costs: dict[str, Any],
+    heading: str,
+    columns: tuple[str, str, str],
+    first: tuple[str, str],
+    second: tuple[str, str],
+) -> list[str]:
+    """A cost comparison (floor, the client off, the client on) per wire; ``first`` and
+    ``second`` name the two ratio fields shown and their column titles."""
+    out = [
+        "",
+        f"## {heading}",
+        "",
+        f"| wire | floor | {' | '.join(columns)} | {first[1]} | {second[1]} |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for wire, cost in costs.items():
+        label = "gRPC" if wire == "grpc" else "REST"
+        if cost.get("status") != "ok":
+            out.append(f"| {label} | {cost.get('status')}: {cost.get('reason')} | | | | | |")
+            continue
+        out.append(
+            f"| {label} ({cost['floor']}) | {_cell(cost['floor_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['off_cpu_us_per_call'], 0)} | {_cell(cost['on_cpu_us_per_call'], 0)} "
+            f"| {_cell(cost['on_minus_off_us'], 1)} | {_ratio_cell(cost[first[0]])} "
+            f"| {_ratio_cell(cost[second[0]])} |"
+        )
+    return out

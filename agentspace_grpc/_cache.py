@@ -25,20 +25,37 @@ from typing import Final
 from agentspace_grpc._errors import UsageError
 from agentspace_grpc._token import AccessToken
 
-__all__ = ["CacheKey", "TokenCache", "cache_key"]
+__all__ = ["CacheKey", "CacheKeys", "TokenCache"]
 
 #: (resource, scope, action, SHA-256 of the authorization header).
 CacheKey = tuple[str, str | None, str | None, bytes]
 
-_NO_HEADER: Final = hashlib.sha256(b"").digest()
+_DIGESTS_KEPT: Final = 4096
 
 
-def cache_key(
-    resource: str, scope: str | None, action: str | None, authorization: str | None
-) -> CacheKey:
-    """The key of an acquire: the header is hashed, so the cache holds no bearer credential."""
-    digest = hashlib.sha256(authorization.encode()).digest() if authorization else _NO_HEADER
-    return resource, scope, action, digest
+class CacheKeys:
+    """Makes the cache keys of one client's acquires.
+
+    The header is hashed, so a token cache holds no bearer credential. Each header's digest is
+    remembered here, in the client (which keeps its recent headers anyway, to send them): a
+    SHA-256 per call costs a miss several microseconds, a lookup well under one.
+    """
+
+    __slots__ = ("_digests",)
+
+    def __init__(self) -> None:
+        self._digests: dict[str | None, bytes] = {}
+
+    def __call__(
+        self, resource: str, scope: str | None, action: str | None, authorization: str | None
+    ) -> CacheKey:
+        digest = self._digests.get(authorization)
+        if digest is None:
+            digest = hashlib.sha256(authorization.encode() if authorization else b"").digest()
+            if len(self._digests) >= _DIGESTS_KEPT:
+                self._digests.clear()
+            self._digests[authorization] = digest
+        return resource, scope, action, digest
 
 
 def jwt_seconds_left(token: str, now: float) -> float:
@@ -120,17 +137,22 @@ class TokenCache:
 
     def put(self, key: CacheKey, token: AccessToken) -> None:
         """Store ``token`` under ``key`` (unless it expires within ``skew``)."""
-        entry = self._entries.get(key)
-        if entry is not None and entry[1] is token:
-            return  # the waiters of one shared call all store its answer: once is enough
-        life = min(self.max_age, jwt_seconds_left(token.access_token, time.time()) - self.skew)
+        life = self.max_age
+        value = token.access_token
+        if value.count(".") == 2:  # perhaps a JWT: its exp counts too
+            life = min(life, jwt_seconds_left(value, time.time()) - self.skew)
         if life <= 0:
             return
         with self._lock:
-            self._entries[key] = (self._clock() + life, token)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            entries = self._entries
+            entry = entries.get(key)
+            if entry is not None:
+                if entry[1] is token:
+                    return  # the waiters of one shared call all store its answer: once is enough
+                entries.move_to_end(key)
+            entries[key] = (self._clock() + life, token)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
 
     def discard(self, access_token: str) -> int:
         """Drop every entry holding ``access_token``; returns how many were dropped."""

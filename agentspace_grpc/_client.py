@@ -21,7 +21,7 @@ from typing import Any, Final, Literal, final
 from google.protobuf import message
 
 from agentspace_grpc import _proto
-from agentspace_grpc._cache import TokenCache, cache_key
+from agentspace_grpc._cache import CacheKeys, TokenCache
 from agentspace_grpc._calls import CallLoop
 from agentspace_grpc._credentials import (
     DEFAULT_IDENTITY,
@@ -139,6 +139,7 @@ class DataConnectorClient:
             raise UsageError("token_cache must be a TokenCache or None")
         emulator = emulator_variables() if endpoint is None else (None, None)
         self._token_cache = token_cache
+        self._cache_key = CacheKeys()
         self._single_flight = single_flight
         self._auth = Authorizer(
             credentials,
@@ -269,7 +270,7 @@ class DataConnectorClient:
                 authorization = self._auth.ready(credentials)
                 if authorization is PENDING:
                     authorization = await self._auth.authorization(credentials, deadline)
-                key = cache_key(name, scope, action, authorization)
+                key = self._cache_key(name, scope, action, authorization)
                 cached = cache.get(key)
                 if cached is not None:
                     if record is not None:

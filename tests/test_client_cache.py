@@ -284,3 +284,43 @@ def test_token_rejected_never_shows_the_token() -> None:
         assert pickle.loads(pickle.dumps(error)).token is None
     assert str(TokenRejected()) == "the third party rejected the access token (HTTP 401)"
     assert isinstance(TokenRejected(), Exception)
+
+
+def reachable_strings(root: object) -> set[str]:
+    """Every string reachable from ``root`` through the garbage collector's references, not
+    through classes, modules or functions (the data, not the code)."""
+    import gc
+    import types
+
+    seen: set[int] = set()
+    found: set[str] = set()
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            found.add(obj)
+        elif isinstance(obj, bytes):
+            found.add(obj.decode("latin-1"))
+        elif not isinstance(
+            obj, type | types.ModuleType | types.FunctionType | types.BuiltinFunctionType
+        ):
+            todo.extend(gc.get_referents(obj))
+    return found
+
+
+async def test_the_cache_holds_no_bearer_credential(servers: Servers, transport: str) -> None:
+    """Entries are keyed by a digest of the header: the caller's bearer is nowhere in the cache
+    (the client remembers digests, not the cache, which several clients may share)."""
+    cache = TokenCache()
+    bearer = "carol-secret-bearer-0123456789"
+    async with DataConnectorClient(token_cache=cache, **servers.client_kwargs(transport)) as client:
+        first = await client.acquire_access_token(CONNECTOR, credentials=bearer)
+        assert await client.acquire_access_token(CONNECTOR, credentials=bearer) is first
+        assert len(cache) == 1
+        strings = reachable_strings(cache)
+        assert CONNECTOR in strings  # the walk does reach the entries
+        strings.discard(first.access_token)  # the test service's answer names its caller
+        assert not [s for s in strings if "carol-secret" in s]

@@ -4,9 +4,10 @@ on a loop shares that loop's channel (gRPC) or session (REST).
 
 The public methods check their arguments (no I/O), choose the endpoint (``_endpoints``) and
 the loop's state (``_loops``), and hand the call to :class:`~agentspace_grpc._calls.CallLoop`,
-which carries out what :func:`~agentspace_grpc._policy.decide` says after a failure. Identical
-concurrent acquires share one call (``_flights``); an opt-in :class:`~agentspace_grpc.TokenCache`
-answers repeated acquires with nothing sent.
+which carries out what :func:`~agentspace_grpc._policy.decide` says after a failure. Acquires
+go through :class:`~agentspace_grpc._calls.Acquires` first: an opt-in
+:class:`~agentspace_grpc.TokenCache` answers repeated ones with nothing sent, and identical
+concurrent ones share one call (``_flights``).
 """
 
 from __future__ import annotations
@@ -18,25 +19,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, final
 
-from google.protobuf import message
-
 from agentspace_grpc import _proto
-from agentspace_grpc._cache import CacheKeys, TokenCache
-from agentspace_grpc._calls import CallLoop
+from agentspace_grpc._cache import TokenCache
+from agentspace_grpc._calls import Acquires, CallLoop
 from agentspace_grpc._credentials import (
-    DEFAULT_IDENTITY,
-    PENDING,
     Authorizer,
     CredentialsLike,
     check_credentials,
 )
 from agentspace_grpc._endpoints import Endpoints, emulator_variables
 from agentspace_grpc._errors import UsageError
-from agentspace_grpc._headers import check_user_metadata
 from agentspace_grpc._loops import Loops
 from agentspace_grpc._options import resolve as resolve_options
 from agentspace_grpc._policy import (
-    DEFAULT_TIMEOUT,
     Fallback,
     RetryPolicy,
     TransportMode,
@@ -45,13 +40,11 @@ from agentspace_grpc._policy import (
 from agentspace_grpc._status import ConnectionStatus, connection_status
 from agentspace_grpc._telemetry import Observer
 from agentspace_grpc._token import AccessToken
-from agentspace_grpc._transports import Endpoint
 from agentspace_grpc._wire import ROWS, Row
 
 __all__ = ["DataConnectorClient", "RetryPolicy"]
 
 _DEFAULT_RETRY: Final = RetryPolicy()
-_NAME_CACHE_SIZE: Final = 4096
 
 _ACQUIRE: Final = ROWS["AcquireAccessToken"]
 _STORE: Final = ROWS["AcquireAndStoreRefreshToken"]
@@ -138,9 +131,6 @@ class DataConnectorClient:
         if token_cache is not None and not isinstance(token_cache, TokenCache):
             raise UsageError("token_cache must be a TokenCache or None")
         emulator = emulator_variables() if endpoint is None else (None, None)
-        self._token_cache = token_cache
-        self._cache_key = CacheKeys()
-        self._single_flight = single_flight
         self._auth = Authorizer(
             credentials,
             use_adc=emulator == (None, None),
@@ -158,35 +148,17 @@ class DataConnectorClient:
         # The wire choice (auto mode's fallback), shared by the client's loops.
         self._fallback = Fallback(self._endpoints.mode(transport))
         self._loops = Loops(self._fallback, ssl_context)
-        self._acquires: dict[
-            tuple[Row, str, str | None, str | None], tuple[Endpoint, message.Message]
-        ] = {}
         self._calls = CallLoop(self._auth, self._fallback, retry, quota_project)
         self._observer = Observer(settings.tracer_provider, meter_provider)
-
-    def _acquire_request(
-        self, row: Row, name: str, scope: str | None, action: str | None
-    ) -> tuple[Endpoint, message.Message]:
-        """Validate an acquire's arguments (no I/O), choose the endpoint and build the request.
-
-        Cached: acquires repeat, and a request is never modified once built.
-        """
-        if scope is not None and not isinstance(scope, str):
-            raise UsageError("scope must be a string or None")
-        if action is not None and not isinstance(action, str):
-            raise UsageError("action must be a string or None")
-        endpoint = self._endpoints.for_name(row, name)
-        request: message.Message
-        if row is _ACQUIRE:
-            request = _proto.AcquireAccessTokenRequest(
-                name=name, scope=scope or "", action=action or ""
-            )
-        else:
-            request = _proto.AcquireUserAuthorizationRequest(name=name)
-        if len(self._acquires) >= _NAME_CACHE_SIZE:
-            self._acquires.clear()
-        self._acquires[row, name, scope, action] = endpoint, request
-        return endpoint, request
+        self._acquires = Acquires(
+            self._calls,
+            self._auth,
+            self._endpoints,
+            self._loops,
+            self._observer,
+            token_cache=token_cache,
+            single_flight=single_flight,
+        )
 
     # ---- public API ------------------------------------------------------------------
 
@@ -215,7 +187,9 @@ class DataConnectorClient:
             DataConnectorError: Any other failure (see the exception tree).
             UsageError: Bad arguments, before any I/O.
         """
-        return await self._acquire(_ACQUIRE, name, scope, action, credentials, timeout, metadata)
+        return await self._acquires.run(
+            _ACQUIRE, name, scope, action, credentials, timeout, metadata
+        )
 
     async def acquire_user_authorization(
         self,
@@ -234,74 +208,9 @@ class DataConnectorClient:
                 ``authorization_uri``, then call :meth:`store_user_authorization`.
             DataConnectorError, UsageError: As for :meth:`acquire_access_token`.
         """
-        return await self._acquire(_ACQUIRE_USER, name, None, None, credentials, timeout, metadata)
-
-    async def _acquire(
-        self,
-        row: Row,
-        name: str,
-        scope: str | None,
-        action: str | None,
-        credentials: CredentialsLike,
-        timeout: float | None,  # noqa: ASYNC109 - the call's overall deadline
-        metadata: Sequence[tuple[str, str]],
-    ) -> AccessToken:
-        """Either acquire: validated before any I/O, identical concurrent ones share a call."""
-        loop = asyncio.get_running_loop()
-        state = self._loops.last_state if loop is self._loops.last_loop else None
-        if state is None:
-            state = self._loops.get(loop)
-        if timeout is None:
-            deadline = loop.time() + DEFAULT_TIMEOUT
-        else:
-            deadline = deadline_after(loop.time(), timeout)
-        try:
-            endpoint, request = self._acquires[row, name, scope, action]
-        except (KeyError, TypeError):  # not seen yet, or unhashable (refused there)
-            endpoint, request = self._acquire_request(row, name, scope, action)
-        if credentials is not None:
-            check_credentials(credentials)
-        extra = check_user_metadata(metadata) if metadata else ()
-        record = self._observer.start(row)
-        try:
-            cache = self._token_cache
-            if cache is not None:
-                # Keyed by the header the call would send: refresh the credentials first if due.
-                authorization = self._auth.ready(credentials)
-                if authorization is PENDING:
-                    authorization = await self._auth.authorization(credentials, deadline)
-                key = self._cache_key(name, scope, action, authorization)
-                cached = cache.get(key)
-                if cached is not None:
-                    if record is not None:
-                        record.ended(None, cached.transport, cached=True)
-                    return cached
-            if self._single_flight:
-                identity = DEFAULT_IDENTITY if credentials is None else credentials
-                flight = (row, name, scope, action, key if cache is not None else identity, extra)
-                if record is not None and record.span is not None:
-                    shared = state.flights.in_flight(flight)
-                    if shared is not None:
-                        record.joined(shared[-1])
-                token: AccessToken = await state.flights.run(
-                    flight,
-                    deadline,
-                    self._calls.run,
-                    (row, request, name, credentials, extra, state, endpoint, record),
-                )
-            else:
-                token = await self._calls.run(
-                    row, request, name, credentials, extra, state, endpoint, record, deadline
-                )
-        except BaseException as exc:
-            if record is not None:
-                record.ended(exc)
-            raise
-        if record is not None:
-            record.ended(None, token.transport)
-        if cache is not None:
-            cache.put(key, token)
-        return token
+        return await self._acquires.run(
+            _ACQUIRE_USER, name, None, None, credentials, timeout, metadata
+        )
 
     def invalidate(self, token: AccessToken | str) -> None:
         """Drop ``token`` from the token cache, after the third party rejected it.
@@ -313,8 +222,8 @@ class DataConnectorClient:
         value = token.access_token if isinstance(token, AccessToken) else token
         if not isinstance(value, str):
             raise UsageError("invalidate() takes the AccessToken (or its token string)")
-        if self._token_cache is not None:
-            self._token_cache.discard(value)
+        if self._acquires.token_cache is not None:
+            self._acquires.token_cache.discard(value)
 
     async def connection_status(
         self,
@@ -443,18 +352,16 @@ class DataConnectorClient:
             check_credentials(credentials)
         request = row.request_class(**{row.field: name}, **fields)
         record = self._observer.start(row)
-        if record is None:
-            return await self._calls.run(
-                row, request, name, credentials, (), state, endpoint, None, deadline
-            )
         try:
             response = await self._calls.run(
                 row, request, name, credentials, (), state, endpoint, record, deadline
             )
         except BaseException as exc:
-            record.ended(exc)
+            if record is not None:
+                record.ended(exc)
             raise
-        record.ended(None)
+        if record is not None:
+            record.ended(None)
         return response
 
     async def aclose(self) -> None:

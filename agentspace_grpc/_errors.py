@@ -77,6 +77,7 @@ __all__ = [
     "Unimplemented",
     "Unknown",
     "UsageError",
+    "first_line",
     "from_status",
     "is_authorization_name",
 ]
@@ -93,6 +94,12 @@ DETAILS_FILE: Final = error_details_pb2.DESCRIPTOR
 REDACTED: Final = "[redacted]"
 #: The message of a call that ``aclose()`` ended.
 CLOSED_MID_CALL: Final = "the client was closed while the call was in flight"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text, at most 200 characters (its type's name if none)."""
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 class UsageError(ValueError):

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, TypeVar, cast, final
 from google.protobuf import descriptor, json_format, message
 
 from agentspace_grpc import _proto
-from agentspace_grpc._errors import AuthorizationRequired, UndecodableAnswer
+from agentspace_grpc._errors import AuthorizationRequired, UndecodableAnswer, first_line
 
 __all__ = [
     "AccessToken",
@@ -240,7 +240,7 @@ def _from_data(data: Any, cls: type[_M]) -> _M:
     try:
         json_format.ParseDict(data, answer, ignore_unknown_fields=True)
     except Exception as exc:  # json_format.Parse also turns any failure into a ParseError
-        raise ValueError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+        raise ValueError(first_line(exc)) from None
     return answer
 
 

@@ -25,6 +25,7 @@ from google.protobuf.descriptor_pb2 import MethodOptions
 from google.rpc import code_pb2, status_pb2
 
 from agentspace_grpc import _proto
+from agentspace_grpc._errors import first_line
 from agentspace_grpc._token import (
     answer_from_json,
     token_from_json,
@@ -35,7 +36,6 @@ from agentspace_grpc._token import (
 
 __all__ = [
     "ROWS",
-    "SYSTEM_PARAMETERS",
     "MethodNotAllowed",
     "RouteNotFound",
     "Row",
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: Google's system query parameters: accepted on every method and ignored.
-SYSTEM_PARAMETERS: Final = frozenset(
+_SYSTEM_PARAMETERS: Final = frozenset(
     {"$.xgafv", "alt", "$alt", "callback", "$callback", "fields", "$fields", "key"}
     | {"prettyPrint", "$prettyPrint", "quotaUser", "upload_protocol", "uploadType"}
 )
@@ -124,7 +124,7 @@ class Row:
         """The request of an HTTP request :func:`match` gave this row (server side); strict as
         Google's parser: unknown fields, one field twice (both names) and bad text are refused."""
         for key in query:
-            if key not in SYSTEM_PARAMETERS:
+            if key not in _SYSTEM_PARAMETERS:
                 raise TranscodingError(f"unknown query parameter {key!r}")
         request = self.request_class()
         if body.strip():
@@ -162,11 +162,8 @@ class Row:
             try:
                 json_format.ParseDict({key: value}, request)
             except Exception as exc:  # json_format.Parse turns any failure into a ParseError
-                raise TranscodingError(f"invalid value for field {key}: {_first(exc)}") from None
-
-
-def _first(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
+                problem = first_line(exc)
+                raise TranscodingError(f"invalid value for field {key}: {problem}") from None
 
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -199,8 +196,6 @@ _TEMPLATE: Final = re.compile(
     rf"(?P<prefix>(?:/{_LITERAL})*)/\{{(?P<field>[a-z_][a-z0-9_]*)="
     rf"(?P<pattern>(?:{_LITERAL}|\*)(?:/(?:{_LITERAL}|\*))*)\}}(?P<verb>:{_LITERAL})?"
 )
-_STRING: Final = descriptor.FieldDescriptor.TYPE_STRING
-_UNKNOWN_IDEMPOTENCY: Final = MethodOptions.IDEMPOTENCY_UNKNOWN
 
 
 def compile_row(method: descriptor.MethodDescriptor) -> Row:
@@ -213,7 +208,7 @@ def compile_row(method: descriptor.MethodDescriptor) -> Row:
     if (
         found is None
         or field is None
-        or field.type != _STRING
+        or field.type != descriptor.FieldDescriptor.TYPE_STRING
         or field.is_repeated
         or rule.additional_bindings
         or rule.response_body
@@ -230,18 +225,17 @@ def compile_row(method: descriptor.MethodDescriptor) -> Row:
     suffix = found["verb"] or ""
     request_class = message_factory.GetMessageClass(request)
     response_class = message_factory.GetMessageClass(method.output_type)
-    default = (
+    from_message, from_json = _READERS.get(method.name) or (
         lambda answer, name: answer,
         lambda body, name: answer_from_json(body, response_class),
     )
-    from_message, from_json = _READERS.get(method.name, default)
     return Row(
         name=method.name,
         service=method.containing_service.full_name,
         grpc_path=f"/{method.containing_service.full_name}/{method.name}",
         request_class=request_class,
         response_class=response_class,
-        idempotent=method.GetOptions().idempotency_level != _UNKNOWN_IDEMPOTENCY,
+        idempotent=method.GetOptions().idempotency_level != MethodOptions.IDEMPOTENCY_UNKNOWN,
         reads_grant=method.name in _READS_GRANT,
         http_method=kind.upper(),
         rule=getattr(rule, kind),

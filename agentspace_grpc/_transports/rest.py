@@ -26,6 +26,7 @@ from agentspace_grpc._errors import (
     ResourceExhausted,
     UndecodableAnswer,
     UsageError,
+    first_line,
     from_status,
 )
 from agentspace_grpc._headers import Headers
@@ -138,7 +139,7 @@ class RestTransport(Transport):
                 raise UndecodableAnswer(
                     f"the HTTP {status} answer is not a valid {row.response_class.__name__} JSON "
                     f"document ({len(answer)} bytes of {content_type or 'no content type'}): "
-                    f"{_first_line(exc)}",
+                    f"{first_line(exc)}",
                     transport="rest",
                     http_status=status,
                 ) from exc
@@ -211,10 +212,6 @@ def _looks_like_google_error(content_type: str | None, body: bytes) -> bool:
     return b'"error"' in body
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
 def _translate(exc: BaseException, time_left: float) -> DataConnectorError:
     """Translate aiohttp's and the socket layer's exceptions; the one place that does it."""
     if isinstance(exc, TimeoutError):
@@ -223,9 +220,9 @@ def _translate(exc: BaseException, time_left: float) -> DataConnectorError:
         )
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError):
         # The connection (TCP, TLS or the proxy's CONNECT) was never established.
-        return ConnectFailed(f"cannot connect: {_first_line(exc)}", transport="rest")
+        return ConnectFailed(f"cannot connect: {first_line(exc)}", transport="rest")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return ConnectionBroken(f"the answer was cut off: {_first_line(exc)}", transport="rest")
+        return ConnectionBroken(f"the answer was cut off: {first_line(exc)}", transport="rest")
     return ConnectionBroken(
-        f"the connection failed during the call: {_first_line(exc)}", transport="rest"
+        f"the connection failed during the call: {first_line(exc)}", transport="rest"
     )

@@ -137,6 +137,9 @@ class TokenCache:
 
     def put(self, key: CacheKey, token: AccessToken) -> None:
         """Store ``token`` under ``key`` (unless it expires within ``skew``)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] is token:
+            return  # the waiters of one shared call all store its answer: once is enough
         life = self.max_age
         value = token.access_token
         if value.count(".") == 2:  # perhaps a JWT: its exp counts too
@@ -144,15 +147,10 @@ class TokenCache:
         if life <= 0:
             return
         with self._lock:
-            entries = self._entries
-            entry = entries.get(key)
-            if entry is not None:
-                if entry[1] is token:
-                    return  # the waiters of one shared call all store its answer: once is enough
-                entries.move_to_end(key)
-            entries[key] = (self._clock() + life, token)
-            while len(entries) > self.max_entries:
-                entries.popitem(last=False)
+            self._entries[key] = (self._clock() + life, token)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
     def discard(self, access_token: str) -> int:
         """Drop every entry holding ``access_token``; returns how many were dropped."""

@@ -67,10 +67,10 @@ PENDING: Final = _Pending.PENDING
 
 def check_credentials(credentials: object, what: str = "credentials") -> None:
     """Reject anything but google-auth credentials, a token string or None (no I/O)."""
-    if credentials is None or isinstance(credentials, _CREDENTIALS_TYPES):
-        return
-    if isinstance(credentials, str):
+    if isinstance(credentials, str):  # first: the credentials types are ABCs, slow to test
         _check_token(credentials)
+        return
+    if credentials is None or isinstance(credentials, _CREDENTIALS_TYPES):
         return
     raise UsageError(
         f"{what} must be google.auth.credentials.Credentials, "

@@ -153,3 +153,25 @@ def test_exit_2_for_the_connector_flags_with_an_authorization_before_any_call(
     assert status == 2
     assert words in err
     assert service.seen == []
+
+
+def test_status_names_an_authorization_as_a_resource(
+    servers: Servers, service: FakeService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(servers, tmp_path, capsys, "status", AUTHORIZATION)
+    assert status == 0, err
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert (lines["resource"], lines["state"]) == (AUTHORIZATION, "connected")
+    assert "connector" not in lines
+    assert "ua:alice" not in out + err
+    (seen,) = service.seen
+    assert seen.method == "AcquireUserAuthorization"
+
+    status, out, err = run(servers, tmp_path, capsys, "status", AUTHORIZATION, "--json")
+    assert status == 0, err
+    data = json.loads(out)
+    assert (data["resource"], data["connector"], data["state"]) == (
+        AUTHORIZATION,
+        AUTHORIZATION,
+        "connected",
+    )

@@ -202,6 +202,7 @@ async def test_the_status_command_exits_0_3_or_5_and_never_prints_a_token(
     code, out, err = await status_command(emulator, "--emulator-user", CAROL, "--json")
     assert code == 3, err
     assert json.loads(out) == {
+        "resource": emulator.connector,
         "connector": emulator.connector,
         "state": "not_connected",
         "scopes": [],

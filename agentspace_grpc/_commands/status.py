@@ -12,6 +12,7 @@ import sys
 from typing import Final
 
 from agentspace_grpc._commands import _common
+from agentspace_grpc._errors import is_authorization_name
 
 _EXIT: Final = {
     "connected": _common.EXIT_OK,
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             _common.print_json(
                 {
+                    "resource": args.name,
                     "connector": args.name,
                     "state": status.state,
                     "scopes": list(status.scopes),
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
             return _EXIT[status.state]
-        print(f"connector  {args.name}")
+        label = "resource " if is_authorization_name(args.name) else "connector"
+        print(f"{label}  {args.name}")
         print(f"state      {status.state}")
         if status.scopes:
             print(f"scopes     {_common.inert(' '.join(status.scopes))}")

@@ -2,12 +2,12 @@
 awaited from asyncio. One client serves many end users (per-call credentials), and every call
 on a loop shares that loop's channel (gRPC) or session (REST).
 
-The public methods check their arguments (no I/O), choose the endpoint (``_endpoints``) and
-the loop's state (``_loops``), and hand the call to :class:`~agentspace_grpc._calls.CallLoop`,
-which carries out what :func:`~agentspace_grpc._policy.decide` says after a failure. Acquires
-go through :class:`~agentspace_grpc._calls.Acquires` first: an opt-in
-:class:`~agentspace_grpc.TokenCache` answers repeated ones with nothing sent, and identical
-concurrent ones share one call (``_flights``).
+The two acquires go to :class:`~agentspace_grpc._calls.Acquires`, which checks their arguments
+(no I/O), answers from the opt-in :class:`~agentspace_grpc.TokenCache` when it can, and lets
+identical concurrent acquires share one call (``_flights``). The other methods check their
+arguments here and choose the endpoint (``_endpoints``) and the loop's state (``_loops``). Every
+call then runs in :class:`~agentspace_grpc._calls.CallLoop`, which carries out what
+:func:`~agentspace_grpc._policy.decide` says after a failure.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``agentspace-grpc status``: whether an end user can use a data connector now.
+"""``agentspace-grpc status``: whether an end user can use a data connector (or an
+authorization) now.
 
 Asks as ``client.connection_status`` does (an acquire whose token is discarded; never the
 deprecated CheckRefreshToken) and says so in the exit status: 0 connected, 3 the user must
@@ -27,13 +28,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = _common.new_parser(
         subparsers,
         "status",
-        help_text="say whether an end user is connected to a data connector",
+        help_text="say whether an end user is connected to a data connector or authorization",
         description="Acquire a token and discard it: prints whether the end user is "
         "connected, must connect, must reconnect (a scope is missing or the grant was "
         "revoked) or the service is unavailable, and exits 0, 3, 3 or 5 accordingly. "
         "Never prints a token.",
     )
-    parser.add_argument("--scope", help="ask about this scope instead of the connector's default")
+    parser.add_argument(
+        "--scope", help="ask about this scope instead of the connector's default (connectors only)"
+    )
     parser.add_argument(
         "--action", help="ask about the tool or action about to run (its scopes are checked)"
     )

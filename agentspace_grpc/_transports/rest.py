@@ -31,8 +31,7 @@ from agentspace_grpc._errors import (
 )
 from agentspace_grpc._headers import Headers
 from agentspace_grpc._transports.base import Endpoint, Transport
-from agentspace_grpc._wire import Row, TranscodingError
-from agentspace_grpc._wire import status_from_http as _status_from_http
+from agentspace_grpc._wire import Row, TranscodingError, code_for_http_status, status_from_http
 
 __all__ = ["MAX_RESPONSE_BYTES", "RestTransport"]
 
@@ -151,10 +150,9 @@ class RestTransport(Transport):
                     transport="rest",
                     http_status=status,
                 )
-            classified = _status_from_http(status, b"", content_type).code
             raise from_status(
                 status_pb2.Status(
-                    code=classified,
+                    code=code_for_http_status(status),
                     message=f"HTTP {status} with a {content_type or 'untyped'} body larger "
                     f"than {limit}",
                 ),
@@ -165,7 +163,7 @@ class RestTransport(Transport):
         # A proxy's or gateway's page (not a Google error): whether the service saw the request
         # is unknown, so its UNAVAILABLE is a ConnectionBroken.
         raise from_status(
-            _status_from_http(status, answer, content_type),
+            status_from_http(status, answer, content_type),
             transport="rest",
             http_status=status,
             connector=name if row.reads_grant else None,
@@ -173,12 +171,9 @@ class RestTransport(Transport):
         )
 
     async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        """The body, or (b"", True) when it is larger than the limit."""
-        length = response.content_length
-        if length is not None:
-            if length > self._max:
-                return b"", True
-            return await response.read(), False
+        """The body, or (b"", True) when it is (or says it is) larger than the limit."""
+        if response.content_length is not None:  # call() reads one declared within the limit
+            return b"", True
         chunks: list[bytes] = []
         total = 0
         async for chunk in response.content.iter_chunked(64 * 1024):

@@ -396,20 +396,17 @@ _CLASSES: Final[dict[int, type[DataConnectorError]]] = {
 
 
 def unpack_details(details: Sequence[any_pb2.Any]) -> tuple[message.Message, ...]:
-    """Unpack ``google.rpc`` status details; types this process does not know stay packed."""
+    """Unpack ``google.rpc`` status details; types this process does not know, and details that
+    do not decode, stay packed."""
     unpacked: list[message.Message] = []
     pool = descriptor_pool.Default()
     for packed in details:
         try:
             desc = pool.FindMessageTypeByName(packed.TypeName())
-        except KeyError:
-            unpacked.append(packed)
-            continue
-        detail = message_factory.GetMessageClass(desc)()
-        if packed.Unpack(detail):
-            unpacked.append(detail)
-        else:
-            unpacked.append(packed)
+            detail = message_factory.GetMessageClass(desc).FromString(packed.value)
+        except (KeyError, message.DecodeError):
+            detail = packed
+        unpacked.append(detail)
     return tuple(unpacked)
 
 

@@ -372,26 +372,10 @@ class Unauthenticated(DataConnectorError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+# The class of each canonical code derives from DataConnectorError directly (the other
+# classes refine one of those).
 _CLASSES: Final[dict[int, type[DataConnectorError]]] = {
-    cls.code.value[0]: cls
-    for cls in (
-        Cancelled,
-        Unknown,
-        InvalidArgument,
-        DeadlineExceeded,
-        NotFound,
-        AlreadyExists,
-        PermissionDenied,
-        ResourceExhausted,
-        FailedPrecondition,
-        Aborted,
-        OutOfRange,
-        Unimplemented,
-        Internal,
-        Unavailable,
-        DataLoss,
-        Unauthenticated,
-    )
+    cls.code.value[0]: cls for cls in DataConnectorError.__subclasses__()
 }
 
 

@@ -132,6 +132,13 @@ async def test_known_details_are_unpacked_and_unknown_ones_kept(
     assert "example.v1.Custom" in str(details[2])
 
 
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK])
+def test_every_code_has_its_class(code: grpc.StatusCode) -> None:
+    error = from_status(status_pb2.Status(code=code.value[0]), transport="grpc")
+    assert error.code == code
+    assert type(error).__name__.upper() == code.name.replace("_", "")  # NOT_FOUND: NotFound
+
+
 def test_a_detail_that_does_not_decode_is_kept_packed() -> None:
     garbled = any_pb2.Any(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff")
     status = status_pb2.Status(code=grpc.StatusCode.ABORTED.value[0], message="m")

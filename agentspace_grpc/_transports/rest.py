@@ -25,13 +25,12 @@ from agentspace_grpc._errors import (
     DeadlineExceeded,
     ResourceExhausted,
     UndecodableAnswer,
-    UsageError,
     first_line,
     from_status,
 )
 from agentspace_grpc._headers import Headers
 from agentspace_grpc._transports.base import Endpoint, Transport
-from agentspace_grpc._wire import Row, TranscodingError, code_for_http_status, status_from_http
+from agentspace_grpc._wire import Row, code_for_http_status, status_from_http
 
 __all__ = ["MAX_RESPONSE_BYTES", "RestTransport"]
 
@@ -185,11 +184,9 @@ class RestTransport(Transport):
 
     @staticmethod
     def _prepare(row: Row, base: str, request: message.Message) -> _HttpForm:
-        """Method, URL and body of a request (kept: see _prepared)."""
-        try:
-            method, path, body = row.to_http(request)
-        except TranscodingError as exc:
-            raise UsageError(str(exc)) from exc
+        """Method, URL and body of a request (kept: see _prepared); the client checked the name
+        against the row's pattern already."""
+        method, path, body = row.to_http(request)
         return method, URL(base + path, encoded=True), body
 
     async def aclose(self) -> None:

@@ -48,19 +48,12 @@ class RestTransport(Transport):
 
     Args:
         ssl_context: The TLS context for https endpoints (None: the system's CAs).
-        max_response_bytes: Larger responses fail with :class:`ResourceExhausted`.
     """
 
     kind = "rest"
 
-    def __init__(
-        self,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        max_response_bytes: int = MAX_RESPONSE_BYTES,
-    ) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._max = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
         # Transcoded requests of the RPCs that read a grant (they repeat), by what they depend
         # on (row, base URL, the request's bytes): a repeat costs a dict lookup.
@@ -121,7 +114,7 @@ class RestTransport(Transport):
                 status = response.status
                 content_type = response.headers.get("Content-Type")
                 length = response.content_length
-                if length is not None and length <= self._max:
+                if length is not None and length <= MAX_RESPONSE_BYTES:
                     answer, oversize = await response.read(), False
                 else:
                     answer, oversize = await self._read(response)
@@ -142,7 +135,7 @@ class RestTransport(Transport):
                     http_status=status,
                 ) from exc
         if oversize:
-            limit = f"the {self._max}-byte limit"
+            limit = f"the {MAX_RESPONSE_BYTES}-byte limit"
             if 200 <= status < 300:
                 raise ResourceExhausted(
                     f"the HTTP {status} answer is larger than {limit}",
@@ -177,7 +170,7 @@ class RestTransport(Transport):
         total = 0
         async for chunk in response.content.iter_chunked(64 * 1024):
             total += len(chunk)
-            if total > self._max:
+            if total > MAX_RESPONSE_BYTES:
                 return b"", True
             chunks.append(chunk)
         return b"".join(chunks), False

@@ -372,44 +372,25 @@ class Unauthenticated(DataConnectorError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+# The class of each canonical code derives from DataConnectorError directly (the other
+# classes refine one of those).
 _CLASSES: Final[dict[int, type[DataConnectorError]]] = {
-    cls.code.value[0]: cls
-    for cls in (
-        Cancelled,
-        Unknown,
-        InvalidArgument,
-        DeadlineExceeded,
-        NotFound,
-        AlreadyExists,
-        PermissionDenied,
-        ResourceExhausted,
-        FailedPrecondition,
-        Aborted,
-        OutOfRange,
-        Unimplemented,
-        Internal,
-        Unavailable,
-        DataLoss,
-        Unauthenticated,
-    )
+    cls.code.value[0]: cls for cls in DataConnectorError.__subclasses__()
 }
 
 
 def unpack_details(details: Sequence[any_pb2.Any]) -> tuple[message.Message, ...]:
-    """Unpack ``google.rpc`` status details; types this process does not know stay packed."""
+    """Unpack ``google.rpc`` status details; types this process does not know, and details that
+    do not decode, stay packed."""
     unpacked: list[message.Message] = []
     pool = descriptor_pool.Default()
     for packed in details:
         try:
             desc = pool.FindMessageTypeByName(packed.TypeName())
-        except KeyError:
-            unpacked.append(packed)
-            continue
-        detail = message_factory.GetMessageClass(desc)()
-        if packed.Unpack(detail):
-            unpacked.append(detail)
-        else:
-            unpacked.append(packed)
+            detail = message_factory.GetMessageClass(desc).FromString(packed.value)
+        except (KeyError, message.DecodeError):
+            detail = packed
+        unpacked.append(detail)
     return tuple(unpacked)
 
 

@@ -17,14 +17,14 @@ import importlib.metadata
 import platform
 import re
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import urlencode
 
 import aiohttp
 import grpc
 from google import protobuf
 
-from agentspace_grpc._errors import UsageError
+from agentspace_grpc._errors import Transport, UsageError
 
 __all__ = [
     "API_CLIENT",
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 Headers = tuple[tuple[str, str], ...]
-Wire = Literal["grpc", "rest"]
 
 
 def _library_version() -> str:
@@ -53,14 +52,14 @@ _LIBRARY: Final = f"agentspace-grpc/{VERSION}"
 # Python, the wire (in Google's format: grpc/<v>, rest/<http library>@<v>) and protobuf.
 _PYTHON: Final = f"gl-python/{platform.python_version()}"
 _PROTOBUF: Final = f"pb/{protobuf.__version__}"
-_TOKENS: Final[dict[Wire, str]] = {
+_TOKENS: Final[dict[Transport, str]] = {
     "grpc": f"{_PYTHON} grpc/{grpc.__version__} {_PROTOBUF}",
     "rest": f"{_PYTHON} rest/aiohttp@{aiohttp.__version__} {_PROTOBUF}",
 }
 #: ``x-goog-api-client`` per wire: Python, the wire, protobuf and this library.
-API_CLIENT: Final[dict[Wire, str]] = {wire: f"{t} {_LIBRARY}" for wire, t in _TOKENS.items()}
+API_CLIENT: Final[dict[Transport, str]] = {wire: f"{t} {_LIBRARY}" for wire, t in _TOKENS.items()}
 #: ``user-agent`` per wire: this library first, then the same tokens.
-USER_AGENT: Final[dict[Wire, str]] = {wire: f"{_LIBRARY} {t}" for wire, t in _TOKENS.items()}
+USER_AGENT: Final[dict[Transport, str]] = {wire: f"{_LIBRARY} {t}" for wire, t in _TOKENS.items()}
 
 _API_CLIENT_KEY: Final = "x-goog-api-client"
 # Headers the client owns; the caller's metadata may not set them.
@@ -117,7 +116,7 @@ def check_user_metadata(metadata: Sequence[tuple[str, str]]) -> Headers:
 
 def build_headers(
     *,
-    wire: Wire,
+    wire: Transport,
     authorization: str | None,
     name: str,
     quota_project: str | None,

@@ -35,10 +35,6 @@ StoreUserAuthorizationRequest = authz_pb2.StoreUserAuthorizationRequest
 StoreUserAuthorizationResponse = authz_pb2.StoreUserAuthorizationResponse
 
 AuthorizationServiceStub = authz_pb2_grpc.AuthorizationServiceStub
-AuthorizationServiceServicer = authz_pb2_grpc.AuthorizationServiceServicer
-add_AuthorizationServiceServicer_to_server = (
-    authz_pb2_grpc.add_AuthorizationServiceServicer_to_server
-)
 
 SERVICE: descriptor.ServiceDescriptor = pb2.DESCRIPTOR.services_by_name["DataConnectorService"]
 FILE: descriptor.FileDescriptor = pb2.DESCRIPTOR

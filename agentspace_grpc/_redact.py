@@ -16,7 +16,7 @@ from google.protobuf import json_format, message
 
 from agentspace_grpc._errors import DETAILS_FILE, REDACTED, DataConnectorError
 
-__all__ = ["REDACTED", "redact", "sent_secrets"]
+__all__ = ["redact", "sent_secrets"]
 
 
 def sent_secrets(request: message.Message, authorization: str | None) -> list[str]:

@@ -9,12 +9,12 @@ read back once, and ``json_format`` costs more than the rest of the client's wor
 from __future__ import annotations
 
 import json
-from typing import Any, Final, Literal, TypeVar, cast, final
+from typing import Any, Final, TypeVar, cast, final
 
 from google.protobuf import descriptor, json_format, message
 
 from agentspace_grpc import _proto
-from agentspace_grpc._errors import AuthorizationRequired, UndecodableAnswer, first_line
+from agentspace_grpc._errors import AuthorizationRequired, Transport, UndecodableAnswer, first_line
 
 __all__ = [
     "AccessToken",
@@ -86,7 +86,7 @@ class AccessToken:
         *,
         resource: str,
         scopes: tuple[str, ...],
-        transport: Literal["grpc", "rest"],
+        transport: Transport,
     ) -> None:
         self._secret = _Secret(access_token)
         self._resource = resource
@@ -114,7 +114,7 @@ class AccessToken:
         return self._scopes
 
     @property
-    def transport(self) -> Literal["grpc", "rest"]:
+    def transport(self) -> Transport:
         """The wire that carried the answer (in ``auto`` mode, after any fallback)."""
         return self._transport
 
@@ -131,7 +131,7 @@ class AccessToken:
 
 
 def token_from_response(
-    response: _proto.AcquireAccessTokenResponse, name: str, transport: Literal["grpc", "rest"]
+    response: _proto.AcquireAccessTokenResponse, name: str, transport: Transport
 ) -> AccessToken:
     """The token in an AcquireAccessToken response to a request for connector ``name``.
 
@@ -167,7 +167,7 @@ def token_from_json(body: bytes, name: str) -> AccessToken:
 def user_token_from_response(
     response: _proto.AcquireUserAuthorizationResponse,
     name: str,
-    transport: Literal["grpc", "rest"],
+    transport: Transport,
 ) -> AccessToken:
     """The token in an AcquireUserAuthorization response to a request for ``name``.
 

@@ -390,11 +390,11 @@ def _detail_from_json(item: Any, packed: Any) -> None:
         try:
             json_format.ParseDict(item, packed)
             return
-        except (json_format.ParseError, TypeError, KeyError, ValueError):
+        except (json_format.ParseError, TypeError, KeyError, ValueError, OverflowError):
             pass
     kept = struct_pb2.Value()
     try:
         json_format.ParseDict(item, kept)
-    except (json_format.ParseError, TypeError, ValueError):
+    except (json_format.ParseError, TypeError, ValueError, OverflowError):  # an int past a double
         kept.string_value = repr(item)[:_MAX_QUOTED_BODY]
     packed.Pack(kept)

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from aiohttp import web
 from google.protobuf import any_pb2, struct_pb2
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from agentspace_grpc import (
     Aborted,
@@ -38,6 +38,7 @@ from agentspace_grpc import (
     Unimplemented,
     Unknown,
 )
+from agentspace_grpc._errors import from_status
 from tests._raw import TcpProxy, closed_port, reset_connection
 from tests._servers import CONNECTOR, RpcFault, Seen, Servers, error_info, retry_info
 
@@ -129,6 +130,23 @@ async def test_known_details_are_unpacked_and_unknown_ones_kept(
     # The unknown type is kept: packed as is over gRPC, as the JSON it was over REST.
     assert isinstance(details[2], any_pb2.Any | struct_pb2.Value)
     assert "example.v1.Custom" in str(details[2])
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK])
+def test_every_code_has_its_class(code: grpc.StatusCode) -> None:
+    error = from_status(status_pb2.Status(code=code.value[0]), transport="grpc")
+    assert error.code == code
+    assert type(error).__name__.upper() == code.name.replace("_", "")  # NOT_FOUND: NotFound
+
+
+def test_a_detail_that_does_not_decode_is_kept_packed() -> None:
+    garbled = any_pb2.Any(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff")
+    status = status_pb2.Status(code=grpc.StatusCode.ABORTED.value[0], message="m")
+    status.details.append(garbled)
+    error = from_status(status, transport="grpc")
+    assert type(error) is Aborted
+    assert error.details == (garbled,)
+    assert error.reason is None
 
 
 # ---- AuthorizationRequired ----------------------------------------------------------------

@@ -429,6 +429,19 @@ def test_non_google_error_bodies(
     assert not status.details
 
 
+def test_a_detail_with_an_integer_too_large_for_a_double_is_kept_as_text() -> None:
+    big = 10**400  # valid JSON that no double holds
+    value = {"@type": "type.googleapis.com/google.protobuf.Value", "value": big}
+    error = {"code": 400, "message": "m", "status": "INVALID_ARGUMENT", "details": [value, big]}
+    status = w.status_from_http(400, json.dumps({"error": error}).encode(), None)
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    assert len(status.details) == 2
+    for detail in status.details:
+        kept = struct_pb2.Value()
+        assert detail.Unpack(kept)
+        assert kept.string_value.startswith(("{'@type'", "1000"))
+
+
 def test_unknown_detail_types_are_kept() -> None:
     body = json.dumps(
         {

@@ -33,7 +33,6 @@ from agentspace_grpc._wire import ROWS, Row
 __all__ = ["GrpcTransport"]
 
 _DETAILS_KEY: Final = "grpc-status-details-bin"
-_UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE
 
 # grpc core's texts for failures below the service. The connection-phase ones mean that the
 # request never left the client (grpc sends nothing before the connection is ready).
@@ -141,7 +140,11 @@ class GrpcTransport(Transport):
         except grpc.aio.AioRpcError as exc:
             raise _error_from_rpc(exc, name if row.reads_grant else None) from exc
         except asyncio.CancelledError:
-            self._closed_under_call()
+            # grpc ends calls with CancelledError when their channel closes: say why instead,
+            # unless the awaiting task itself was cancelled.
+            task = asyncio.current_task()
+            if self._closed and (task is None or not task.cancelling()):
+                raise Cancelled(CLOSED_MID_CALL, transport="grpc") from None
             raise
         if response is None:  # grpc.aio logs the decoding error and returns None
             raise UndecodableAnswer(
@@ -150,15 +153,6 @@ class GrpcTransport(Transport):
                 transport="grpc",
             )
         return row.from_message(response, name)
-
-    def _closed_under_call(self) -> None:
-        """grpc ends calls with CancelledError when their channel closes: say why instead.
-
-        A CancelledError is passed on as is when the awaiting task itself was cancelled.
-        """
-        task = asyncio.current_task()
-        if self._closed and (task is None or not task.cancelling()):
-            raise Cancelled(CLOSED_MID_CALL, transport="grpc") from None
 
     async def aclose(self) -> None:
         """Close every channel; calls in flight end with Cancelled."""
@@ -178,15 +172,14 @@ def _error_from_rpc(exc: grpc.aio.AioRpcError, connector: str | None) -> DataCon
     text = exc.details() or ""
     for key, value in exc.trailing_metadata() or ():
         if key == _DETAILS_KEY and isinstance(value, bytes):
-            status = status_pb2.Status()
             try:
-                status.ParseFromString(value)
+                status = status_pb2.Status.FromString(value)
             except Exception:  # a garbled detail must not hide the status
                 break
             if status.code == code.value[0]:
                 return from_status(status, transport="grpc", connector=connector)
             break
-    if code == _UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE:
         if any(phrase in text for phrase in _CONNECT_PHASE):
             return ConnectFailed(text, transport="grpc")
         if any(phrase in text for phrase in _AFTER_CONNECT):

@@ -25,14 +25,12 @@ from agentspace_grpc._errors import (
     DeadlineExceeded,
     ResourceExhausted,
     UndecodableAnswer,
-    UsageError,
     first_line,
     from_status,
 )
 from agentspace_grpc._headers import Headers
 from agentspace_grpc._transports.base import Endpoint, Transport
-from agentspace_grpc._wire import Row, TranscodingError
-from agentspace_grpc._wire import status_from_http as _status_from_http
+from agentspace_grpc._wire import Row, code_for_http_status, status_from_http
 
 __all__ = ["MAX_RESPONSE_BYTES", "RestTransport"]
 
@@ -50,19 +48,12 @@ class RestTransport(Transport):
 
     Args:
         ssl_context: The TLS context for https endpoints (None: the system's CAs).
-        max_response_bytes: Larger responses fail with :class:`ResourceExhausted`.
     """
 
     kind = "rest"
 
-    def __init__(
-        self,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        max_response_bytes: int = MAX_RESPONSE_BYTES,
-    ) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._max = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
         # Transcoded requests of the RPCs that read a grant (they repeat), by what they depend
         # on (row, base URL, the request's bytes): a repeat costs a dict lookup.
@@ -123,7 +114,7 @@ class RestTransport(Transport):
                 status = response.status
                 content_type = response.headers.get("Content-Type")
                 length = response.content_length
-                if length is not None and length <= self._max:
+                if length is not None and length <= MAX_RESPONSE_BYTES:
                     answer, oversize = await response.read(), False
                 else:
                     answer, oversize = await self._read(response)
@@ -144,17 +135,16 @@ class RestTransport(Transport):
                     http_status=status,
                 ) from exc
         if oversize:
-            limit = f"the {self._max}-byte limit"
+            limit = f"the {MAX_RESPONSE_BYTES}-byte limit"
             if 200 <= status < 300:
                 raise ResourceExhausted(
                     f"the HTTP {status} answer is larger than {limit}",
                     transport="rest",
                     http_status=status,
                 )
-            classified = _status_from_http(status, b"", content_type).code
             raise from_status(
                 status_pb2.Status(
-                    code=classified,
+                    code=code_for_http_status(status),
                     message=f"HTTP {status} with a {content_type or 'untyped'} body larger "
                     f"than {limit}",
                 ),
@@ -165,7 +155,7 @@ class RestTransport(Transport):
         # A proxy's or gateway's page (not a Google error): whether the service saw the request
         # is unknown, so its UNAVAILABLE is a ConnectionBroken.
         raise from_status(
-            _status_from_http(status, answer, content_type),
+            status_from_http(status, answer, content_type),
             transport="rest",
             http_status=status,
             connector=name if row.reads_grant else None,
@@ -173,28 +163,23 @@ class RestTransport(Transport):
         )
 
     async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        """The body, or (b"", True) when it is larger than the limit."""
-        length = response.content_length
-        if length is not None:
-            if length > self._max:
-                return b"", True
-            return await response.read(), False
+        """The body, or (b"", True) when it is (or says it is) larger than the limit."""
+        if response.content_length is not None:  # call() reads one declared within the limit
+            return b"", True
         chunks: list[bytes] = []
         total = 0
         async for chunk in response.content.iter_chunked(64 * 1024):
             total += len(chunk)
-            if total > self._max:
+            if total > MAX_RESPONSE_BYTES:
                 return b"", True
             chunks.append(chunk)
         return b"".join(chunks), False
 
     @staticmethod
     def _prepare(row: Row, base: str, request: message.Message) -> _HttpForm:
-        """Method, URL and body of a request (kept: see _prepared)."""
-        try:
-            method, path, body = row.to_http(request)
-        except TranscodingError as exc:
-            raise UsageError(str(exc)) from exc
+        """Method, URL and body of a request (kept: see _prepared); the client checked the name
+        against the row's pattern already."""
+        method, path, body = row.to_http(request)
         return method, URL(base + path, encoded=True), body
 
     async def aclose(self) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from agentspace_grpc._errors import Cancelled, DeadlineExceeded
+from agentspace_grpc._errors import Cancelled, DeadlineExceeded, Transport
 from agentspace_grpc._policy import MIN_ATTEMPT_SECONDS
 
 __all__ = ["Flights"]
@@ -50,7 +50,7 @@ class Flights:
 
     __slots__ = ("_flights", "_wire")
 
-    def __init__(self, wire: Callable[[], Literal["grpc", "rest"]]) -> None:
+    def __init__(self, wire: Callable[[], Transport]) -> None:
         self._flights: dict[Hashable, _Flight] = {}
         self._wire = wire  # names the wire in a waiter's own DEADLINE_EXCEEDED
 

@@ -77,11 +77,11 @@ def jwt_seconds_left(token: str, now: float) -> float:
         return math.inf
 
 
-def _number(value: object, what: str, minimum: float) -> float:
+def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise UsageError(f"TokenCache {what} must be a finite number")
-    if value < minimum:
-        raise UsageError(f"TokenCache {what} must be at least {minimum:g}")
+    if value < 0:
+        raise UsageError(f"TokenCache {what} must be at least 0")
     return float(value)
 
 
@@ -112,11 +112,11 @@ class TokenCache:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_age = _number(max_age, "max_age", 0.0)
+        self.max_age = _number(max_age, "max_age")
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise UsageError("TokenCache max_entries must be an integer of at least 1")
         self.max_entries = max_entries
-        self.skew = _number(skew, "skew", 0.0)
+        self.skew = _number(skew, "skew")
         if not callable(clock):
             raise UsageError("TokenCache clock must be a callable returning seconds")
         self._clock = clock

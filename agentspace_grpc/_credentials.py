@@ -24,18 +24,15 @@ import requests
 
 from agentspace_grpc import _refresh
 from agentspace_grpc._errors import Unauthenticated, UsageError
-from agentspace_grpc._refresh import DEFAULT_UNIVERSE, UNIVERSES, scoped, valid
+from agentspace_grpc._refresh import DEFAULT_UNIVERSE, UNIVERSES, Credentials, scoped, valid
 
 __all__ = ["CLOUD_PLATFORM_SCOPE", "DEFAULT_UNIVERSE", "Authorizer", "CredentialsLike"]
 
 CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
 
-CredentialsLike = (
-    google.auth.credentials.Credentials | google.auth.aio.credentials.Credentials | str | None
-)
+CredentialsLike = Credentials | str | None
 
 _GoogleCredentials = google.auth.credentials.Credentials
-_CREDENTIALS_TYPES: Final = (_GoogleCredentials, google.auth.aio.credentials.Credentials)
 # Credentials that cannot refresh: refreshing after a rejection cannot help.
 _UNREFRESHABLE: Final = (
     google.auth.credentials.AnonymousCredentials,
@@ -65,15 +62,15 @@ class _Pending(enum.Enum):
 PENDING: Final = _Pending.PENDING
 
 
-def check_credentials(credentials: object, what: str = "credentials") -> None:
+def check_credentials(credentials: object) -> None:
     """Reject anything but google-auth credentials, a token string or None (no I/O)."""
     if isinstance(credentials, str):  # first: the credentials types are ABCs, slow to test
         _check_token(credentials)
         return
-    if credentials is None or isinstance(credentials, _CREDENTIALS_TYPES):
+    if credentials is None or isinstance(credentials, Credentials):
         return
     raise UsageError(
-        f"{what} must be google.auth.credentials.Credentials, "
+        "credentials must be google.auth.credentials.Credentials, "
         "google.auth.aio.credentials.Credentials, an access-token string or None, "
         f"not {type(credentials).__name__}"
     )
@@ -137,7 +134,7 @@ class Authorizer:
             creds = self._adc
             if creds is None:
                 return PENDING
-        assert isinstance(creds, _CREDENTIALS_TYPES)
+        assert isinstance(creds, Credentials)
         if UNIVERSES.get(creds) != self._universe:
             return PENDING  # not checked yet (or refused: authorization() raises)
         creds = scoped(creds, self._scopes)
@@ -153,7 +150,7 @@ class Authorizer:
             if not self._use_adc:
                 return None
             creds = self._adc or await self._lookup_adc(deadline)
-        assert isinstance(creds, _CREDENTIALS_TYPES)
+        assert isinstance(creds, Credentials)
         await _refresh.check_universe(creds, self._universe, deadline)
         creds = scoped(creds, self._scopes)
         if not valid(creds):
@@ -175,16 +172,16 @@ class Authorizer:
     def refreshable(self, credentials: CredentialsLike) -> bool:
         """Whether refreshing the credentials can help after UNAUTHENTICATED (not a token
         string, nor anonymous or static credentials)."""
-        creds = self._resolve(credentials)
-        return isinstance(creds, _CREDENTIALS_TYPES) and not isinstance(creds, _UNREFRESHABLE)
+        creds = self.effective(credentials)
+        return isinstance(creds, Credentials) and not isinstance(creds, _UNREFRESHABLE)
 
     async def refresh_rejected(
         self, credentials: CredentialsLike, rejected: str | None, deadline: float
     ) -> None:
         """After UNAUTHENTICATED: refresh :meth:`refreshable` credentials, unless their token
         changed since ``rejected`` was sent; concurrent rejections share one refresh."""
-        creds = self._resolve(credentials)
-        assert isinstance(creds, _CREDENTIALS_TYPES)
+        creds = self.effective(credentials)
+        assert isinstance(creds, Credentials)
         creds = scoped(creds, self._scopes)
         current = creds.token
         if not (current and rejected is not None and rejected != "Bearer " + current):
@@ -192,20 +189,15 @@ class Authorizer:
 
     # ---- what the credentials say about themselves -----------------------------------
 
-    def _resolve(self, credentials: CredentialsLike) -> CredentialsLike:
-        """The credentials of a call: its own, else the client's, else ADC once looked up."""
-        creds = self._default if credentials is None else credentials
-        return self._adc if creds is None else creds
-
     def quota_project(self, credentials: CredentialsLike) -> str | None:
         """The quota project that the credentials carry, if any."""
-        value = getattr(self._resolve(credentials), "quota_project_id", None)
+        value = getattr(self.effective(credentials), "quota_project_id", None)
         return value if isinstance(value, str) and value else None
 
     def principal_hint(self, credentials: CredentialsLike) -> str | None:
         """Who the credentials act as, when they say so (a service account's email)."""
-        creds = self._resolve(credentials)
-        if isinstance(creds, _CREDENTIALS_TYPES):
+        creds = self.effective(credentials)
+        if isinstance(creds, Credentials):
             for attribute in ("service_account_email", "signer_email", "account"):
                 value = getattr(creds, attribute, None)
                 if isinstance(value, str) and value and value != "default":

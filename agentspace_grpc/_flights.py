@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from agentspace_grpc._errors import Cancelled, DeadlineExceeded
+from agentspace_grpc._errors import Cancelled, DeadlineExceeded, Transport
 from agentspace_grpc._policy import MIN_ATTEMPT_SECONDS
 
 __all__ = ["Flights"]
@@ -33,15 +33,6 @@ class _Flight:
         # Timers set when the call ran again for later waiters (None until then).
         self.timers: list[asyncio.TimerHandle] | None = None
 
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-    def stop_timers(self) -> None:
-        if self.timers is not None:
-            for timer in self.timers:
-                timer.cancel()
-
 
 class Flights:
     """Concurrent identical calls on one loop share one call; each waiter keeps its deadline.
@@ -59,7 +50,7 @@ class Flights:
 
     __slots__ = ("_flights", "_wire")
 
-    def __init__(self, wire: Callable[[], Literal["grpc", "rest"]]) -> None:
+    def __init__(self, wire: Callable[[], Transport]) -> None:
         self._flights: dict[Hashable, _Flight] = {}
         self._wire = wire  # names the wire in a waiter's own DEADLINE_EXCEEDED
 
@@ -77,13 +68,15 @@ class Flights:
             flight = self._flights[key] = _Flight(deadline, args)
             try:
                 result = await start(*args, deadline)
-            except asyncio.CancelledError:
-                if not self._again(key, flight, start, args, None):
-                    self._settle(key, flight, None, Cancelled("the call was cancelled"))
-                raise
-            except DeadlineExceeded as exc:
-                if not self._again(key, flight, start, args, exc):
-                    self._settle(key, flight, None, exc)
+            except (asyncio.CancelledError, DeadlineExceeded) as exc:
+                # No outcome for the others (the caller ran out of its deadline, or was
+                # cancelled): those with time left get a new call, in a task of its own.
+                error = exc if isinstance(exc, DeadlineExceeded) else None
+                if self._again_for_later_waiters(flight, error):
+                    loop = asyncio.get_running_loop()
+                    flight.task = loop.create_task(self._fly(key, flight, start, args))
+                else:
+                    self._settle(key, flight, None, error or Cancelled("the call was cancelled"))
                 raise
             except BaseException as exc:  # handed to every waiter
                 self._settle(key, flight, None, exc)
@@ -109,22 +102,6 @@ class Flights:
         finally:
             if timer is not None:
                 timer.cancel()
-
-    def _again(
-        self,
-        key: Hashable,
-        flight: _Flight,
-        start: Callable[..., Coroutine[Any, Any, Any]],
-        args: tuple[Any, ...],
-        error: DeadlineExceeded | None,
-    ) -> bool:
-        """After the first caller's call ended without an outcome for the others (it ran out of
-        its deadline, or the caller was cancelled): True when waiters remain that get a new
-        call, in a task of its own."""
-        if not self._again_for_later_waiters(flight, error):
-            return False
-        flight.task = asyncio.get_running_loop().create_task(self._fly(key, flight, start, args))
-        return True
 
     def in_flight(self, key: Hashable) -> tuple[Any, ...] | None:
         """The arguments the shared call for ``key`` runs with, if one is in flight."""
@@ -195,7 +172,8 @@ class Flights:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if flight.timers is not None:
-            flight.stop_timers()
+            for timer in flight.timers:
+                timer.cancel()
         for waiter in flight.waiters:
             if waiter.done():
                 continue
@@ -214,20 +192,16 @@ class Flights:
             )
         )
         flight.waiters.pop(waiter, None)
-        if not flight.waiters:
-            flight.cancel()
+        if not flight.waiters and flight.task is not None:
+            flight.task.cancel()
 
     def cancel_all(self, reason: str) -> list[asyncio.Task[None]]:
         """Fail every waiter with Cancelled and cancel the tasks (the client is closing)."""
         tasks = []
-        for flight in list(self._flights.values()):
-            for waiter in flight.waiters:
-                if not waiter.done():
-                    waiter.set_exception(Cancelled(reason))
+        for key, flight in list(self._flights.items()):
+            self._settle(key, flight, None, Cancelled(reason))
             flight.waiters.clear()
-            flight.stop_timers()
-            flight.cancel()
             if flight.task is not None:
+                flight.task.cancel()
                 tasks.append(flight.task)
-        self._flights.clear()
         return tasks

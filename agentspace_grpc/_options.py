@@ -27,8 +27,9 @@ from agentspace_grpc._credentials import (
 )
 from agentspace_grpc._errors import UsageError
 from agentspace_grpc._policy import RetryPolicy
+from agentspace_grpc._refresh import describe
 
-__all__ = ["DEFAULT_UNIVERSE", "UNIVERSE_ENV", "Settings", "resolve"]
+__all__ = ["UNIVERSE_ENV", "Settings", "resolve"]
 
 #: The environment variable Google's clients read the universe domain from.
 UNIVERSE_ENV: Final = "GOOGLE_CLOUD_UNIVERSE_DOMAIN"
@@ -193,6 +194,5 @@ def _load(path: object, scopes: tuple[str, ...]) -> CredentialsLike:
             os.fspath(path), scopes=scopes
         )
     except google.auth.exceptions.DefaultCredentialsError as exc:
-        text = str(exc.args[0]) if exc.args else type(exc).__name__
-        raise UsageError(f"client_options credentials_file: {text[:200]}") from None
+        raise UsageError(f"client_options credentials_file: {describe(exc)}") from None
     return cast(google.auth.credentials.Credentials, credentials)

@@ -188,12 +188,9 @@ async def _read_universe(creds: Credentials) -> str:
             universe = getattr(creds, "universe_domain", DEFAULT_UNIVERSE)
         else:
             universe = await asyncio.to_thread(getattr, creds, "universe_domain", DEFAULT_UNIVERSE)
-    except google.auth.exceptions.TransportError as exc:
-        failure = Unavailable(
-            f"could not read the universe domain of the credentials: {describe(exc)}"
-        )
     except google.auth.exceptions.GoogleAuthError as exc:
-        failure = Unauthenticated(
+        unreachable = isinstance(exc, google.auth.exceptions.TransportError)
+        failure = (Unavailable if unreachable else Unauthenticated)(
             f"could not read the universe domain of the credentials: {describe(exc)}"
         )
     if failure is not None:

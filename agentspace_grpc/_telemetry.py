@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Final, Literal
+from typing import Final
 
 from agentspace_grpc._errors import DataConnectorError, UsageError
+from agentspace_grpc._errors import Transport as Wire
 from agentspace_grpc._headers import VERSION, Headers
 from agentspace_grpc._wire import Row
 
@@ -41,7 +42,6 @@ __all__ = ["OTEL", "Call", "Observer"]
 
 _log = logging.getLogger("agentspace_grpc")
 
-Wire = Literal["grpc", "rest"]
 _SCOPE: Final = "agentspace_grpc"
 # Seconds: an acquire takes milliseconds on a LAN and up to a minute with retries.
 _BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60)

@@ -30,15 +30,16 @@ __all__ = ["CacheKey", "CacheKeys", "TokenCache"]
 #: (resource, scope, action, SHA-256 of the authorization header).
 CacheKey = tuple[str, str | None, str | None, bytes]
 
-_DIGESTS_KEPT: Final = 4096
+_DIGESTS_KEPT: Final = 1024
 
 
 class CacheKeys:
     """Makes the cache keys of one client's acquires.
 
-    The header is hashed, so a token cache holds no bearer credential. Each header's digest is
-    remembered here, in the client (which keeps its recent headers anyway, to send them): a
-    SHA-256 per call costs a miss several microseconds, a lookup well under one.
+    The header is hashed, so a token cache (which several clients may share) holds no bearer
+    credential. The client remembers the digests of its last 1,024 headers, as its call loop
+    remembers the headers it sends, until ``aclose()``: a SHA-256 per call costs a miss several
+    microseconds, a lookup well under one.
     """
 
     __slots__ = ("_digests",)
@@ -56,6 +57,10 @@ class CacheKeys:
                 self._digests.clear()
             self._digests[authorization] = digest
         return resource, scope, action, digest
+
+    def clear(self) -> None:
+        """Forget every header (the client is closing)."""
+        self._digests.clear()
 
 
 def jwt_seconds_left(token: str, now: float) -> float:

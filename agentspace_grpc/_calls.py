@@ -79,6 +79,10 @@ class CallLoop:
         self._quota_project = quota_project
         self._headers: dict[tuple[str | None, str, Headers, str], Headers] = {}
 
+    def forget(self) -> None:
+        """Drop the remembered headers (the client is closing)."""
+        self._headers.clear()
+
     async def run(
         self,
         row: Row,
@@ -242,6 +246,11 @@ class Acquires:
         self._requests: dict[
             tuple[Row, str, str | None, str | None], tuple[Endpoint, message.Message]
         ] = {}
+
+    def forget(self) -> None:
+        """Drop the remembered requests and header digests (the client is closing)."""
+        self._requests.clear()
+        self._keys.clear()
 
     def _request(
         self, row: Row, name: str, scope: str | None, action: str | None

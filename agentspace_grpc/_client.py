@@ -368,6 +368,8 @@ class DataConnectorClient:
         """Close connections promptly (calls in flight end with Cancelled); idempotent."""
         await self._loops.aclose()
         self._auth.close()
+        self._acquires.forget()
+        self._calls.forget()
 
     async def __aenter__(self) -> DataConnectorClient:
         return self

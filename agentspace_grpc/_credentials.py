@@ -241,7 +241,8 @@ class Authorizer:
         return self._session
 
     def close(self) -> None:
-        """Close the HTTP session used for refreshes."""
+        """Close the HTTP session used for refreshes and forget the last header."""
+        self._last = None
         session, self._session = self._session, None
         if session is not None:
             session.close()

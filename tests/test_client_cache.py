@@ -324,3 +324,15 @@ async def test_the_cache_holds_no_bearer_credential(servers: Servers, transport:
         assert CONNECTOR in strings  # the walk does reach the entries
         strings.discard(first.access_token)  # the test service's answer names its caller
         assert not [s for s in strings if "carol-secret" in s]
+
+
+async def test_a_closed_client_holds_no_callers_bearer(servers: Servers, transport: str) -> None:
+    """The client remembers recent headers and their digests while open; aclose() drops them."""
+    bearer = "dave-secret-bearer-0123456789"
+    client = DataConnectorClient(token_cache=TokenCache(), **servers.client_kwargs(transport))
+    async with client:
+        token = await client.acquire_access_token(CONNECTOR, credentials=bearer)
+        assert bearer in reachable_strings(client)  # the walk finds it while open
+    strings = reachable_strings(client)
+    strings.discard(token.access_token)  # the test service's answer names its caller
+    assert not [s for s in strings if "dave-secret" in s]

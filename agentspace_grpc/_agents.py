@@ -26,7 +26,7 @@ from agentspace_grpc._errors import (
     UsageError,
     is_authorization_name,
 )
-from agentspace_grpc._status import status_from_error
+from agentspace_grpc._status import acquire_either, status_from_error
 from agentspace_grpc._token import AccessToken
 
 __all__ = [
@@ -131,12 +131,12 @@ class Connection:
     async def acquire(self, credentials: CredentialsLike) -> AccessToken:
         """The user's token, or :class:`ConsentNeeded` when only their consent repairs it."""
         try:
-            if self.authorization:
-                return await self.client.acquire_user_authorization(
-                    self.resource, credentials=credentials
-                )
-            return await self.client.acquire_access_token(
-                self.resource, scope=self.scope, action=self.action, credentials=credentials
+            return await acquire_either(
+                self.client,
+                self.resource,
+                scope=self.scope,
+                action=self.action,
+                credentials=credentials,
             )
         except DataConnectorError as exc:
             # The same reading of the service's errors as connection_status's.

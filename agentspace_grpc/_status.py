@@ -23,11 +23,18 @@ from agentspace_grpc._errors import (
     UsageError,
     is_authorization_name,
 )
+from agentspace_grpc._token import AccessToken
 
 if TYPE_CHECKING:
     from agentspace_grpc._client import DataConnectorClient
 
-__all__ = ["ConnectionState", "ConnectionStatus", "connection_status", "status_from_error"]
+__all__ = [
+    "ConnectionState",
+    "ConnectionStatus",
+    "acquire_either",
+    "connection_status",
+    "status_from_error",
+]
 
 ConnectionState = Literal["connected", "not_connected", "reauthorization_required", "unavailable"]
 
@@ -80,6 +87,28 @@ def status_from_error(error: DataConnectorError) -> ConnectionStatus | None:
     return None
 
 
+async def acquire_either(
+    client: DataConnectorClient,
+    name: str,
+    *,
+    scope: str | None = None,
+    action: str | None = None,
+    credentials: CredentialsLike = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the call's overall deadline
+) -> AccessToken:
+    """The token of ``name``: ``acquire_user_authorization`` for an authorization's name (which
+    takes no scope or action), else ``acquire_access_token``."""
+    if isinstance(name, str) and is_authorization_name(name):
+        if scope is not None or action is not None:
+            raise UsageError("an authorization takes no scope or action: its grant decides")
+        return await client.acquire_user_authorization(
+            name, credentials=credentials, timeout=timeout
+        )
+    return await client.acquire_access_token(
+        name, scope=scope, action=action, credentials=credentials, timeout=timeout
+    )
+
+
 async def connection_status(
     client: DataConnectorClient,
     name: str,
@@ -97,16 +126,9 @@ async def connection_status(
     if consent_uri is not None and not callable(consent_uri):
         raise UsageError("consent_uri must be an async callable (resource, credentials)")
     try:
-        if isinstance(name, str) and is_authorization_name(name):
-            if scope is not None or action is not None:
-                raise UsageError("an authorization takes no scope or action")
-            token = await client.acquire_user_authorization(
-                name, credentials=credentials, timeout=timeout
-            )
-        else:
-            token = await client.acquire_access_token(
-                name, scope=scope, action=action, credentials=credentials, timeout=timeout
-            )
+        token = await acquire_either(
+            client, name, scope=scope, action=action, credentials=credentials, timeout=timeout
+        )
     except DataConnectorError as exc:
         status = status_from_error(exc)
         if status is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from agentspace_grpc._commands import _common
 from agentspace_grpc._errors import is_authorization_name
+from agentspace_grpc._status import acquire_either
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,12 +60,9 @@ def run(args: argparse.Namespace) -> int:
             )
         credentials = await _common.credentials_from(args)
         async with _common.make_client(args, credentials) as client:
-            if authorization:
-                token = await client.acquire_user_authorization(args.name, timeout=args.timeout)
-            else:
-                token = await client.acquire_access_token(
-                    args.name, scope=args.scope, action=args.action, timeout=args.timeout
-                )
+            token = await acquire_either(
+                client, args.name, scope=args.scope, action=args.action, timeout=args.timeout
+            )
         transport = _common.answered_by(client, token)
         if args.json:
             data: dict[str, Any] = {

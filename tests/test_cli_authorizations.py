@@ -175,3 +175,18 @@ def test_status_names_an_authorization_as_a_resource(
         AUTHORIZATION,
         "connected",
     )
+
+
+def test_status_of_an_authorization_needing_consent_prints_its_uri(
+    servers: Servers, service: FakeService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def consent(seen: Seen) -> _proto.AcquireUserAuthorizationResponse:
+        return _proto.AcquireUserAuthorizationResponse(authorization_uri=CONSENT_URI)
+
+    service.on("AcquireUserAuthorization", consent)
+    status, out, err = run(servers, tmp_path, capsys, "status", AUTHORIZATION)
+    assert status == 3, err
+    assert "state      not_connected" in out
+    assert CONSENT_SHOWN in err  # control characters escaped
+    assert "\x1b" not in out + err
+    assert f"agentspace-grpc store {AUTHORIZATION} --redirect-uri -" in err

@@ -76,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
         if status.reason:
             print(f"reason     {_common.inert(status.reason)}")
         if status.needs_consent:
-            print(
-                "agentspace-grpc status: run the consent flow as this user, then store the "
-                f"redirect URI with: agentspace-grpc store {args.name} --redirect-uri -",
-                file=sys.stderr,
-            )
+            store = f"agentspace-grpc store {args.name} --redirect-uri -"
+            if status.authorization_uri:  # not a secret: it is bound to this user
+                uri = _common.inert(status.authorization_uri)
+                hint = f"open {uri} in a browser as this user, then store the URI it ends at"
+            else:
+                hint = "run the consent flow as this user, then store the redirect URI"
+            print(f"agentspace-grpc status: {hint} with: {store}", file=sys.stderr)
         return _EXIT[status.state]
 
     return _common.run("status", args, main)

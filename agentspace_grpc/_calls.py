@@ -116,10 +116,11 @@ class CallLoop:
                 # The first gRPC call after a REST period probes on a new connection.
                 state.probed = self._fallback.count
                 await state.grpc.fresh_channel(endpoint)
-            ready = self._auth.ready(credentials)
-            authorization = (
-                await self._auth.authorization(credentials, deadline) if ready is PENDING else ready
-            )
+            authorization = self._auth.ready(credentials)
+            if authorization is PENDING:
+                authorization = await self._auth.authorization(credentials, deadline)
+                if state.closed:  # closed meanwhile: remember nothing more
+                    raise Cancelled(CLOSED_MID_CALL, transport=transport.kind)
             headers_key = (authorization, name, extra, transport.kind)
             headers = self._headers.get(headers_key)
             if headers is None:
@@ -307,6 +308,8 @@ class Acquires:
                 authorization = self._auth.ready(credentials)
                 if authorization is PENDING:
                     authorization = await self._auth.authorization(credentials, deadline)
+                    if state.closed:  # closed meanwhile: remember nothing more
+                        raise Cancelled(CLOSED_MID_CALL)
                 key = self._keys(name, scope, action, authorization)
                 cached = cache.get(key)
                 if cached is not None:

@@ -114,6 +114,7 @@ class Authorizer:
         self._adc_lookup: asyncio.Task[_GoogleCredentials] | None = None
         self._session: requests.Session | None = None
         self._last: tuple[str, str] | None = None  # (token, header) of the last call
+        self._closed = False
 
     def effective(self, credentials: CredentialsLike) -> CredentialsLike:
         """The credentials a call with ``credentials`` uses (the default, or ADC once found)."""
@@ -164,7 +165,8 @@ class Authorizer:
         if last is not None and last[0] == token:
             return last[1]
         header = "Bearer " + token
-        self._last = (token, header)
+        if not self._closed:  # a closed client remembers no header
+            self._last = (token, header)
         return header
 
     # ---- after a rejection -----------------------------------------------------------
@@ -242,6 +244,7 @@ class Authorizer:
 
     def close(self) -> None:
         """Close the HTTP session used for refreshes and forget the last header."""
+        self._closed = True
         self._last = None
         session, self._session = self._session, None
         if session is not None:

@@ -85,12 +85,13 @@ class Loops:
         self.last_loop = self.last_state = None
         loop = asyncio.get_running_loop()
         for state_loop, state in list(self._states.items()):
-            if state_loop is loop:
-                assert state.keeper is not None  # set by get() with the state
-                await state.keeper.aclose()  # its finally forgets and closes the state
+            if state_loop is loop and state.keeper is not None:
+                await state.keeper.aclose()
                 continue
             self._forget(state_loop, state)
-            if not state_loop.is_closed():
+            if state_loop is loop:
+                await state.close()
+            elif not state_loop.is_closed():
                 # A loop in another thread: close there (fire and forget).
                 asyncio.run_coroutine_threadsafe(state.close(), state_loop)
 

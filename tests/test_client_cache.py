@@ -7,15 +7,18 @@ import asyncio
 import base64
 import json
 import pickle
+import threading
 import time
 from collections import Counter
 from typing import Any
 
+import google.auth.credentials
 import google.oauth2.credentials
 import pytest
 
 from agentspace_grpc import (
     AccessToken,
+    Cancelled,
     DataConnectorClient,
     TokenCache,
     TokenRejected,
@@ -336,3 +339,34 @@ async def test_a_closed_client_holds_no_callers_bearer(servers: Servers, transpo
     strings = reachable_strings(client)
     strings.discard(token.access_token)  # the test service's answer names its caller
     assert not [s for s in strings if "dave-secret" in s]
+
+
+class _HeldRefresh(google.auth.credentials.Credentials):  # type: ignore[misc]
+    """Credentials whose refresh (in a thread) waits until the test releases it."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self._next = token
+
+    def refresh(self, request: Any) -> None:
+        self.started.set()
+        self.release.wait(30)
+        self.token = self._next
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "cache"])
+async def test_a_call_that_refreshes_across_aclose_leaves_no_bearer_behind(
+    servers: Servers, transport: str, cached: bool
+) -> None:
+    credentials = _HeldRefresh("erin-secret-bearer-0123456789")
+    cache = TokenCache() if cached else None
+    client = DataConnectorClient(token_cache=cache, **servers.client_kwargs(transport))
+    call = asyncio.create_task(client.acquire_access_token(CONNECTOR, credentials=credentials))
+    assert await asyncio.to_thread(credentials.started.wait, 30)
+    await client.aclose()
+    credentials.release.set()
+    with pytest.raises(Cancelled):
+        await call
+    assert not [s for s in reachable_strings(client) if "erin-secret" in s]

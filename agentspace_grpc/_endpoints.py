@@ -95,6 +95,8 @@ def _expand_problem(row: Row, name: str) -> str | None:
         row.expand(name)
     except TranscodingError as exc:
         return str(exc)
+    except UnicodeEncodeError:  # neither a URL nor a protobuf string can carry it
+        return f"{name!r} is not valid Unicode: it holds a lone surrogate"
     return None
 
 

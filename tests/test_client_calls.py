@@ -353,6 +353,31 @@ async def test_malformed_name_is_rejected_before_io_naming_the_patterns(
     assert servers.service.seen == []
 
 
+@pytest.mark.parametrize(
+    ("name", "acquire", "store"),
+    [
+        (
+            "projects/p\ud800/locations/global/collections/c/dataConnector",
+            "acquire_access_token",
+            "store_refresh_token",
+        ),
+        (
+            "projects/p/locations/global/authorizations/a\udfff",
+            "acquire_user_authorization",
+            "store_user_authorization",
+        ),
+    ],
+)
+async def test_a_name_with_a_lone_surrogate_is_a_usage_error(
+    client: DataConnectorClient, servers: Servers, name: str, acquire: str, store: str
+) -> None:
+    with pytest.raises(UsageError, match="not valid Unicode"):
+        await getattr(client, acquire)(name)
+    with pytest.raises(UsageError, match="not valid Unicode"):
+        await getattr(client, store)(name, "https://r/?code=1")
+    assert servers.service.seen == []
+
+
 @pytest.mark.parametrize("name", [None, 42, ["projects/p"], b"projects/p"])
 async def test_a_name_that_is_not_a_string_is_a_usage_error(
     client: DataConnectorClient, servers: Servers, name: object

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -531,3 +532,28 @@ async def test_a_reset_mid_call_is_connection_broken(servers: Servers, transport
 async def _reset_when(arrived: asyncio.Event, proxy: TcpProxy) -> None:
     await arrived.wait()
     proxy.reset_all()
+
+
+async def test_a_compressed_answer_is_never_inflated(servers: Servers) -> None:
+    """The client asks for identity; a server that compresses anyway (here a 10 MiB token in
+    about 10 KiB of gzip) gets UndecodableAnswer, so the size limit bounds the memory used."""
+    asked: list[str | None] = []
+    inflated = json.dumps({"accessToken": "x" * (10 * 1024 * 1024)}).encode()
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        asked.append(request.headers.get("Accept-Encoding"))
+        return web.Response(
+            body=gzip.compress(inflated),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+
+    servers.service.rest_hook = hook
+    async with DataConnectorClient(
+        credentials="alice-token", retry=None, **servers.client_kwargs("rest")
+    ) as client:
+        with pytest.raises(UndecodableAnswer, match="gzip-encoded") as caught:
+            await client.acquire_access_token(CONNECTOR)
+    assert asked == ["identity"]
+    assert caught.value.http_status == 200
+    assert str(len(gzip.compress(inflated))) in caught.value.message

@@ -4,7 +4,9 @@ One ``aiohttp.ClientSession`` per event loop (this transport is made per loop). 
 ``Row.to_http`` (method, encoded path, JSON body), one request, and on success the answer read
 by ``Row.from_json``, or ``status_from_http`` otherwise, so REST errors are classified by the
 JSON ``error.status`` first and by the HTTP status only when the body is not a Google error.
-aiohttp's exceptions are translated in :func:`_translate`.
+aiohttp's exceptions are translated in :func:`_translate`. Answers are asked for uncompressed
+(``accept-encoding: identity``) and never decompressed, so the size limit bounds the memory an
+answer takes: a compressed one is undecodable, never inflated.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ __all__ = ["MAX_RESPONSE_BYTES", "RestTransport"]
 #: The largest response body read (gRPC's default receive limit).
 MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
 
-_JSON_BODY: Final = (("content-type", "application/json"),)
+_IDENTITY: Final = (("accept-encoding", "identity"),)
+_JSON_BODY: Final = (*_IDENTITY, ("content-type", "application/json"))
 _CACHE_SIZE: Final = 1024
 
 _HttpForm = tuple[str, URL, bytes | None]  # method, URL, body
@@ -70,6 +73,7 @@ class RestTransport(Transport):
                 # Proxies are chosen by the client per endpoint (loopback is never proxied).
                 trust_env=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
             )
         return session
 
@@ -93,8 +97,7 @@ class RestTransport(Transport):
         else:  # a store: its one-time authorization code is never kept
             form = self._prepare(row, endpoint.rest_base, request)
         method, url, body = form
-        if body is not None:
-            headers = (*headers, *_JSON_BODY)
+        headers = (*headers, *(_IDENTITY if body is None else _JSON_BODY))
         session = self._session or self._get_session()
         # aiohttp's exceptions keep the request's headers (the end user's authorization among
         # them) in their attributes and reprs, so none may stay attached to ours, not even as
@@ -127,10 +130,13 @@ class RestTransport(Transport):
             try:
                 return row.from_json(answer, name)
             except (ValueError, TypeError) as exc:
+                kind = content_type or "no content type"
+                encoding = response.headers.get("Content-Encoding")
+                if encoding:  # asked for identity: a compressed answer is not inflated
+                    kind += f", {encoding[:40]}-encoded"
                 raise UndecodableAnswer(
                     f"the HTTP {status} answer is not a valid {row.response_class.__name__} JSON "
-                    f"document ({len(answer)} bytes of {content_type or 'no content type'}): "
-                    f"{first_line(exc)}",
+                    f"document ({len(answer)} bytes of {kind}): {first_line(exc)}",
                     transport="rest",
                     http_status=status,
                 ) from exc

@@ -119,6 +119,20 @@ def test_the_documented_example_parses(tmp_path: Path, monkeypatch: pytest.Monke
             },
             "client secret",
         ),
+        (
+            {
+                "connectors": [
+                    {
+                        "name": DEFAULT_CONNECTOR,
+                        "authorize_url": "https://a",
+                        "token_url": "https://svc:S3CRET@t/token",
+                        "client_id": "c",
+                        "client_secret": "s",
+                    }
+                ]
+            },
+            r"token_url must not carry credentials",
+        ),
         ({"store": {"lease_seconds": 5}}, "shorter than store.lease_seconds"),
         ({"authorizations": [{"name": DEFAULT_CONNECTOR, "display_name": "x"}]}, "authorizations/"),
         (

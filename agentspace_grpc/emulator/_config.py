@@ -72,6 +72,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 DEFAULT_CONNECTOR: Final = (
     "projects/demo/locations/global/collections/default_collection/dataConnector"
@@ -395,6 +396,8 @@ def _connector(item: Any, where: str, kind: str) -> Connector:
                 )
         elif url and not re.match(r"https?://", url):
             raise ConfigError(f"{where}.{key} must be an http(s) URL")
+        if "@" in urlsplit(url).netloc:  # errors name the host: no secret may stand in it
+            raise ConfigError(f"{where}.{key} must not carry credentials ('user@'): use client_id")
     instance_hosts = _hosts(item, where)
     if INSTANCE_PLACEHOLDER in authorize_url + token_url and not instance_hosts:
         raise ConfigError(

@@ -83,7 +83,7 @@ async def token_request(
             url = url.replace(INSTANCE_PLACEHOLDER, connector.instance_base(instance_uri))
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
-    host = urlsplit(url).netloc
+    host = urlsplit(url).netloc.rpartition("@")[2]  # what errors name: never user info
     headers = {"Accept": "application/json"}
     body = dict(form)
     if connector.auth_method == "client_secret_basic":

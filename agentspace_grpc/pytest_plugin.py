@@ -23,6 +23,7 @@ the tests that start an emulator, with a message saying what to install.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -110,8 +111,9 @@ class RunningEmulator:
         """
         from agentspace_grpc.emulator._consent import consent_over_http
 
+        token = await asyncio.to_thread(self.user_token, email)  # urllib: not on the loop
         return await consent_over_http(
-            self.http_url, self.user_token(email), email, connector or self.connector, scopes
+            self.http_url, token, email, connector or self.connector, scopes
         )
 
     async def consent_uri(self, resource: str, credentials: CredentialsLike) -> str:

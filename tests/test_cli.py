@@ -834,3 +834,11 @@ def test_exit_1_for_other_errors(emu: Emu, internal_error_url: str, alice_token:
     assert result.status == 1, result.stderr
     assert "INTERNAL: backend exploded" in result.stderr
     assert result.json()["error"]["status"] == "INTERNAL"
+
+
+def test_the_emulators_reason_for_refusing_to_mint_is_shown(emu: Emu) -> None:
+    """A user the command line lets through but the emulator refuses: its reason, not HTTP 400."""
+    result = agentspace(emu, "acquire", CONNECTOR, "--emulator-user", "a\x01@b")
+    assert result.status != 0
+    assert "refused to mint" in result.stderr
+    assert "not an email address" in result.stderr

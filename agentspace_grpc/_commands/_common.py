@@ -41,6 +41,7 @@ from urllib.parse import quote
 
 from agentspace_grpc._endpoints import EMULATOR_HOST_ENV, EMULATOR_REST_ENV
 from agentspace_grpc._errors import is_authorization_name
+from agentspace_grpc._wire import status_from_http
 
 if TYPE_CHECKING:
     from agentspace_grpc import AccessToken, DataConnectorClient
@@ -284,13 +285,12 @@ async def mint_emulator_token(args: argparse.Namespace) -> str:
                     f"{base} is not an agentspace-grpc emulator (it has no /emulator/v1 "
                     "endpoints): --emulator-user works only with the emulator"
                 )
-            body = await response.json(content_type=None)
             if response.status != 200:
-                problem = body.get("error_description") if isinstance(body, dict) else None
-                raise CommandError(
-                    f"the emulator refused to mint a token for {email}: "
-                    f"{problem or f'HTTP {response.status}'}"
-                )
+                problem = status_from_http(
+                    response.status, await response.read(), response.content_type
+                ).message
+                raise CommandError(f"the emulator refused to mint a token for {email}: {problem}")
+            body = await response.json(content_type=None)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise CommandError(
             f"cannot reach the emulator at {base} to mint {email}'s token: "

@@ -53,7 +53,8 @@ _MAX_ERROR_TEXT: Final = 200
 _SENT_ON_REFRESH: Final = ("token", "refresh_token", "client_secret")
 _T = TypeVar("_T")
 
-# The shared work in flight (or last done) per credentials object.
+# The shared work in flight per credentials object (an entry goes when its task is done: a
+# failed task's traceback holds the credentials, so the weak key would never be freed).
 _REFRESHES: weakref.WeakKeyDictionary[Credentials, asyncio.Task[None]] = weakref.WeakKeyDictionary()
 _UNIVERSE_READS: weakref.WeakKeyDictionary[Credentials, asyncio.Task[str]] = (
     weakref.WeakKeyDictionary()
@@ -147,13 +148,19 @@ def _shared(
     task = table.get(creds)
     if task is None or task.done() or task.get_loop() is not loop:
         task = table[creds] = loop.create_task(start())
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(lambda done: _settled(table, creds, done))
     return task
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
+def _settled(
+    table: weakref.WeakKeyDictionary[Credentials, asyncio.Task[_T]],
+    creds: Credentials,
+    task: asyncio.Task[_T],
+) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: waiters may all have left
+    if table.get(creds) is task:
+        del table[creds]
 
 
 async def _refresh(creds: Credentials, session: requests.Session) -> None:

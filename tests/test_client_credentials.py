@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import json
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -238,6 +240,31 @@ async def test_an_unreachable_token_endpoint_is_unavailable(
     ) as client:
         with pytest.raises(Unavailable, match="token endpoint"):
             await client.acquire_access_token(CONNECTOR, timeout=10)
+
+
+async def test_credentials_whose_refresh_failed_are_not_kept_alive(
+    servers: Servers, transport: str
+) -> None:
+    """A failed refresh's traceback holds the credentials (refresh token, client secret): the
+    process must not keep them once the caller lets go."""
+    token_uri = f"http://127.0.0.1:{closed_port()}/token"
+    async with DataConnectorClient(**servers.client_kwargs(transport)) as client:
+        users = []
+        for n in range(3):
+            credentials = google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
+                token=None,
+                refresh_token=f"rt-user-{n}",
+                token_uri=token_uri,
+                client_id="cid",
+                client_secret="cs",
+            )
+            users.append(weakref.ref(credentials))
+            with pytest.raises(Unavailable):
+                await client.acquire_access_token(CONNECTOR, credentials=credentials, timeout=10)
+            del credentials
+        await asyncio.sleep(0)  # one loop turn: the last failure's wake-up is still queued
+        gc.collect()
+        assert [ref() for ref in users] == [None, None, None]
 
 
 async def test_per_call_google_credentials_override_the_default(

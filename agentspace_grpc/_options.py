@@ -12,7 +12,7 @@ import os
 import re
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, cast
 
 import google.auth
@@ -53,7 +53,7 @@ class Settings:
     quota_project: str | None
     universe: str
     scopes: tuple[str, ...]
-    credentials: CredentialsLike
+    credentials: CredentialsLike = field(repr=False)  # may be a bearer token string
     tracer_provider: object
 
 
@@ -189,10 +189,15 @@ def _scopes(value: object) -> tuple[str, ...]:
 def _load(path: object, scopes: tuple[str, ...]) -> CredentialsLike:
     if not isinstance(path, str | os.PathLike):
         raise UsageError("client_options credentials_file must be a path")
+    # google-auth's error can chain the file's JSON parse error, which holds the whole file (a
+    # private key): ours is raised after the except block, so none stays attached.
+    failure: UsageError | None = None
     try:
         credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
             os.fspath(path), scopes=scopes
         )
     except google.auth.exceptions.DefaultCredentialsError as exc:
-        raise UsageError(f"client_options credentials_file: {describe(exc)}") from None
+        failure = UsageError(f"client_options credentials_file: {describe(exc)}")
+    if failure is not None:
+        raise failure
     return cast(google.auth.credentials.Credentials, credentials)

@@ -128,6 +128,25 @@ def test_bad_client_option_values_are_refused() -> None:
         DataConnectorClient(client_options={"credentials_file": "missing.json"})
 
 
+def test_a_malformed_credentials_file_stays_out_of_the_error(tmp_path: Path) -> None:
+    """google-auth chains the JSON parse error, which holds the whole file: none of it may
+    be reachable from ours, not even as its context."""
+    path = tmp_path / "key.json"
+    path.write_text('{"type": "service_account", "private_key": "PRIVATE-KEY-TEXT", ')
+    with (
+        pytest.raises(UsageError, match="credentials_file") as caught,
+        pytest.warns(DeprecationWarning, match=GENERIC_LOADER),
+    ):
+        DataConnectorClient(client_options={"credentials_file": str(path)})
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert chain == [caught.value]
+    assert "PRIVATE-KEY-TEXT" not in str(caught.value)
+
+
 @pytest.mark.parametrize("scopes", [None, [READWRITE]])
 async def test_credentials_file_is_scoped_as_asked(
     servers: Servers, idp: TokenEndpoint, tmp_path: Path, transport: str, scopes: list[str] | None

@@ -320,14 +320,15 @@ class Acquires:
                 identity = DEFAULT_IDENTITY if credentials is None else credentials
                 flight = (row, name, scope, action, key if cache is not None else identity, extra)
                 if record is not None and record.span is not None:
-                    shared = state.flights.in_flight(flight)
-                    if shared is not None:
-                        record.joined(shared[-1])
+                    shared = state.flights.observer(flight)
+                    if isinstance(shared, Call):
+                        record.joined(shared)
                 token: AccessToken = await state.flights.run(
                     flight,
                     deadline,
                     self._calls.run,
-                    (row, request, name, credentials, extra, state, endpoint, record),
+                    (row, request, name, credentials, extra, state, endpoint),
+                    record,
                 )
             else:
                 token = await self._calls.run(

@@ -23,11 +23,12 @@ _T = TypeVar("_T")
 
 
 class _Flight:
-    __slots__ = ("args", "deadline", "task", "timers", "waiters")
+    __slots__ = ("args", "deadline", "observer", "task", "timers", "waiters")
 
-    def __init__(self, deadline: float, args: tuple[Any, ...]) -> None:
+    def __init__(self, deadline: float, args: tuple[Any, ...], observer: object) -> None:
         self.deadline = deadline  # the one the shared call runs with
         self.args = args  # the starting waiter's
+        self.observer = observer  # the starting waiter's own: a new call runs without one
         self.task: asyncio.Task[None] | None = None
         self.waiters: dict[asyncio.Future[Any], float] = {}  # waiter -> its own deadline
         # Timers set when the call ran again for later waiters (None until then).
@@ -60,14 +61,17 @@ class Flights:
         deadline: float,
         start: Callable[..., Coroutine[Any, Any, _T]],
         args: tuple[Any, ...],
+        observer: object = None,
     ) -> _T:
-        """Join the flight for ``key`` or start one running ``start(*args, deadline)``."""
+        """Join the flight for ``key`` or start one running ``start(*args, observer,
+        deadline)``; ``observer`` watches this caller's own call (a new call that later waiters
+        share runs with None in its place, since its starter has left)."""
         flight = self._flights.get(key)
         if flight is None:
             # The first caller runs the call inline; its outcome goes to whoever joined.
-            flight = self._flights[key] = _Flight(deadline, args)
+            flight = self._flights[key] = _Flight(deadline, args, observer)
             try:
-                result = await start(*args, deadline)
+                result = await start(*args, observer, deadline)
             except (asyncio.CancelledError, DeadlineExceeded) as exc:
                 # No outcome for the others (the caller ran out of its deadline, or was
                 # cancelled): those with time left get a new call, in a task of its own.
@@ -103,10 +107,11 @@ class Flights:
             if timer is not None:
                 timer.cancel()
 
-    def in_flight(self, key: Hashable) -> tuple[Any, ...] | None:
-        """The arguments the shared call for ``key`` runs with, if one is in flight."""
+    def observer(self, key: Hashable) -> object:
+        """The observer of the caller that started the call in flight for ``key`` (None: no
+        call in flight, or none given)."""
         flight = self._flights.get(key)
-        return None if flight is None else flight.args
+        return None if flight is None else flight.observer
 
     async def _fly(
         self,
@@ -119,7 +124,7 @@ class Flights:
         # an event-loop turn per call.
         while True:
             try:
-                result = await start(*args, flight.deadline)
+                result = await start(*args, None, flight.deadline)
             except asyncio.CancelledError:
                 self._settle(key, flight, None, Cancelled("the call was cancelled"))
                 raise

@@ -244,6 +244,38 @@ async def test_a_single_flight_joiner_links_to_the_call_that_sent(
     assert len(otel.attempts(sender)) == 1
 
 
+async def test_a_call_shared_again_after_its_starter_left_records_nothing_on_the_starter(
+    servers: Servers, otel: Telemetry
+) -> None:
+    """When the caller that started a shared call is cancelled, the waiters share a new call;
+    its attempts are not the starter's (whose span has ended)."""
+    from tests.test_client_single_flight import Gate
+
+    gate = Gate(servers)
+    async with DataConnectorClient(
+        credentials="alice", **servers.client_kwargs("grpc"), **otel.kwargs()
+    ) as client:
+        first = asyncio.ensure_future(client.acquire_access_token(CONNECTOR))
+        await gate.arrivals.get()
+        second = asyncio.ensure_future(client.acquire_access_token(CONNECTOR))
+        await asyncio.sleep(0)  # the second caller joins the flight
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(gate.arrivals.get(), 10)  # the new call
+        gate.open.set()
+        await second
+    assert len(servers.service.seen) == 2
+    calls = {s.context.span_id: s for s in otel.calls()}
+    starter = next(s for s in calls.values() if s.status.status_code is trace.StatusCode.ERROR)
+    assert attributes(starter)["agentspace.attempts"] == 1
+    assert len(otel.attempts(starter)) == 1
+    for span in otel.spans():  # no attempt outlives the call it belongs to
+        parent = calls.get(span.parent.span_id) if span.parent is not None else None
+        if parent is not None:
+            assert (span.end_time or 0) <= (parent.end_time or 0), span.name
+
+
 async def test_a_token_cache_hit_is_a_call_without_attempts(
     servers: Servers, otel: Telemetry
 ) -> None:

@@ -29,10 +29,11 @@ from agentspace_grpc._errors import (
     Unknown,
     UsageError,
 )
+from agentspace_grpc._headers import VERSION
 from agentspace_grpc._status import ConnectionStatus
 from agentspace_grpc._token import AccessToken
 
-__version__ = "0.1.0"
+__version__ = VERSION  # as installed (one source: the package metadata)
 
 __all__ = [
     "Aborted",

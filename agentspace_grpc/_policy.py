@@ -17,6 +17,7 @@ from agentspace_grpc._errors import (
     ConnectFailed,
     ConnectionBroken,
     DataConnectorError,
+    Transport,
     Unauthenticated,
     Unavailable,
     UndecodableAnswer,
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 TransportMode = Literal["grpc", "rest", "auto"]
-Wire = Literal["grpc", "rest"]
+Wire = Transport  # the wire a call went over
 
 #: Seconds a call may take, all attempts included, when ``timeout`` is not given.
 DEFAULT_TIMEOUT: Final = 60.0

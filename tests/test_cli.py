@@ -331,6 +331,10 @@ SLACK_SECRETS = {
     "client": "CANARY-client-secret",
     "password": "CANARY-password",
     "code": "CANARY-one-time-code",
+    "api_key": "CANARY-api-key",
+    "tokens": "CANARY-refresh-tokens",
+    "webhook": "https://hooks.example/services/CANARY-webhook",
+    "assertion": "CANARY-client-assertion",
 }
 SLACK_EXTRAS = {
     "authed_user": json.dumps(
@@ -348,6 +352,10 @@ SLACK_EXTRAS = {
     "CLIENT_SECRET": SLACK_SECRETS["client"],
     "admin_password": SLACK_SECRETS["password"],
     "authorization_code": SLACK_SECRETS["code"],
+    "api_key": SLACK_SECRETS["api_key"],
+    "refresh_tokens": SLACK_SECRETS["tokens"],
+    "incoming_webhook_url": SLACK_SECRETS["webhook"],
+    "client_assertion": SLACK_SECRETS["assertion"],
     "token_type": "bot",
     "team": '{"id": "T9", "name": "Acme"}',
     "expires_in": 43200,

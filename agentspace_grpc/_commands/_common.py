@@ -81,7 +81,9 @@ CONNECTOR_HELP: Final = (
 _MAX_TOKEN_FILE: Final = 64 * 1024
 _EMAIL: Final = re.compile(r"[^@\s/]+@[^@\s/]+")
 _FINGERPRINT_HEX: Final = 8
-_SECRET_KEY: Final = re.compile(r"token$|secret|password|code", re.IGNORECASE)
+_SECRET_KEY: Final = re.compile(
+    r"tokens?$|secret|passw|code|key$|credential|jwt|assertion|webhook", re.IGNORECASE
+)
 # Controls, invisible format characters (bidi overrides), line separators, lone surrogates.
 _NOT_INERT: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _HELP_WIDTH: Final = 79
@@ -384,8 +386,9 @@ def conceal(value: Any) -> Any:
 
     A third party's answer can hold the user's own tokens (Slack's ``authed_user`` carries an
     access and a refresh token, as JSON text). A key is secret-looking when it ends in
-    ``token`` or contains ``secret``, ``password`` or ``code`` (any case); mappings and lists
-    are searched at any depth, and so are strings that hold a JSON object or array.
+    ``token(s)`` or ``key``, or contains ``secret``, ``passw``, ``code``, ``credential``,
+    ``jwt``, ``assertion`` or ``webhook`` (a webhook URL is a bearer), in any case; mappings
+    and lists are searched at any depth, and so are strings that hold a JSON object or array.
     """
     if isinstance(value, Mapping):
         return {

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from agentspace_grpc._commands import _common
-from agentspace_grpc._token import AccessToken  # resolved at run time by the agent scene
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from agentspace_grpc._token import AccessToken
 
 ALICE: Final = "alice@example.com"
 BOB: Final = "bob@example.com"

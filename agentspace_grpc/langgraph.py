@@ -21,7 +21,6 @@ try:
     from langchain_core.runnables import RunnableConfig
     from langchain_core.tools import BaseTool, StructuredTool
     from langchain_core.tools.base import FILTERED_ARGS, create_schema_from_function
-    from langgraph._internal._constants import CONFIG_KEY_SCRATCHPAD
     from langgraph.config import get_config
     from langgraph.errors import GraphInterrupt
     from langgraph.types import interrupt
@@ -30,6 +29,10 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "agentspace_grpc.langgraph needs langgraph and langchain-core: pip install "
         f"'agentspace-grpc[langgraph]' ({exc})"
     ) from exc
+try:  # private to LangGraph: where a step keeps the resume value no interrupt took
+    from langgraph._internal._constants import CONFIG_KEY_SCRATCHPAD
+except ImportError:  # pragma: no cover - a LangGraph release that moved it
+    CONFIG_KEY_SCRATCHPAD = "__pregel_scratchpad"
 
 from agentspace_grpc._agents import (
     Connection,

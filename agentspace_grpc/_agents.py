@@ -24,9 +24,8 @@ from agentspace_grpc._errors import (
     DataConnectorError,
     TokenRejected,
     UsageError,
-    is_authorization_name,
 )
-from agentspace_grpc._status import acquire_either, status_from_error
+from agentspace_grpc._status import acquire_either, is_authorization, status_from_error
 from agentspace_grpc._token import AccessToken
 
 __all__ = [
@@ -90,9 +89,7 @@ class Connection:
         for label, value in (("scope", scope), ("action", action)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise UsageError(f"{label} must be a non-empty string or None")
-        self.authorization = is_authorization_name(resource)
-        if self.authorization and (scope is not None or action is not None):
-            raise UsageError("an authorization takes no scope or action: its grant decides")
+        self.authorization = is_authorization(resource, scope, action)
         if consent_uri is not None and not callable(consent_uri):
             raise UsageError("consent_uri must be an async callable (resource, credentials)")
         self.client = client

@@ -33,6 +33,7 @@ __all__ = [
     "ConnectionStatus",
     "acquire_either",
     "connection_status",
+    "is_authorization",
     "status_from_error",
 ]
 
@@ -87,6 +88,16 @@ def status_from_error(error: DataConnectorError) -> ConnectionStatus | None:
     return None
 
 
+def is_authorization(name: object, scope: str | None, action: str | None) -> bool:
+    """Whether ``name`` is an authorization's (which takes no ``scope`` nor ``action``: a
+    UsageError if either is given) rather than a data connector's."""
+    if not (isinstance(name, str) and is_authorization_name(name)):
+        return False
+    if scope is not None or action is not None:
+        raise UsageError("an authorization takes no scope or action: its grant decides")
+    return True
+
+
 async def acquire_either(
     client: DataConnectorClient,
     name: str,
@@ -98,9 +109,7 @@ async def acquire_either(
 ) -> AccessToken:
     """The token of ``name``: ``acquire_user_authorization`` for an authorization's name (which
     takes no scope or action), else ``acquire_access_token``."""
-    if isinstance(name, str) and is_authorization_name(name):
-        if scope is not None or action is not None:
-            raise UsageError("an authorization takes no scope or action: its grant decides")
+    if is_authorization(name, scope, action):
         return await client.acquire_user_authorization(
             name, credentials=credentials, timeout=timeout
         )

@@ -11,21 +11,19 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from agentspace_grpc import AccessToken, TokenRejected
 from agentspace_grpc.emulator import Emulator
+from tests._emulator_helpers import follow_like_a_browser, userinfo
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
-REDIRECT_URI = "https://vertexaisearch.cloud.google.com/oauth-redirect"
 
 
 @dataclass
 class Probe:
     """The third party's side of a tool: the tokens it saw and who they belonged to."""
 
-    userinfo_url: str
+    http_url: str  # the emulator's, whose built-in provider's userinfo the tool calls
     reject: int = 0  # answer this many calls as the third party's 401
     tokens: list[str] = field(default_factory=list)
     subjects: list[str] = field(default_factory=list)
@@ -39,13 +37,8 @@ class Probe:
             if probe.reject > 0:
                 probe.reject -= 1
                 raise TokenRejected("the third party answered 401", token=token)
-            headers = {"Authorization": f"Bearer {token.access_token}"}
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(probe.userinfo_url, headers=headers) as response,
-            ):
-                body = await response.json()
-            assert response.status == 200, body
+            status, body = await userinfo(probe.http_url, token.access_token)
+            assert status == 200, body
             probe.subjects.append(body["sub"])
             return {"user": body["sub"], "detail": detail}
 
@@ -53,17 +46,10 @@ class Probe:
 
 
 def probe_for(emu: Emulator, reject: int = 0) -> Probe:
-    return Probe(f"{emu.http_url}/provider/userinfo", reject)
+    return Probe(emu.http_url, reject)
 
 
 async def browse(url: str) -> str:
     """Follows the consent URL as the user's browser would (plain GETs, no credentials), up to
     the full redirect URI."""
-    async with aiohttp.ClientSession() as session:
-        for _ in range(10):
-            async with session.get(url, allow_redirects=False) as response:
-                assert response.status in (302, 303), await response.text()
-                url = response.headers["Location"]
-            if url.startswith(REDIRECT_URI):
-                return url
-    raise AssertionError("the consent never reached the redirect URI")
+    return (await follow_like_a_browser(url))[-1]

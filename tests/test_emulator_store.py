@@ -236,6 +236,27 @@ async def test_pitfall_18_invalid_grant_after_a_lost_race_serves_the_newer_token
             assert list(checked.refresh_token_info.scopes) == ["read"]
 
 
+async def test_a_refresh_that_loses_to_a_new_consent_serves_the_new_grant(
+    tmp_path: Path,
+) -> None:
+    """The refresh succeeds at the provider, but a newer grant was stored meanwhile: its
+    commit is refused, and the caller gets the newer grant's token, not the old one's."""
+    canary, clock = CanaryProvider(), ManualClock()
+    async with canary.serve():
+        config = {"connectors": [canary.connector_config(CANARY)]}
+        async with Emulator(data_dir=tmp_path, config=config, clock=clock) as emu:
+            await store(emu, ALICE, CANARY)
+            clock.advance(3600)  # the cached access token expired: the next acquire refreshes
+            canary.answering.clear()
+            racing = asyncio.create_task(acquire(emu, ALICE, CANARY))
+            await canary.wait_for_refreshes(1)  # the refresh is at the provider
+            await store(emu, ALICE, CANARY)  # a newer grant lands first
+            newer = canary.issued_access[-1]
+            canary.answering.set()
+            assert await racing == newer
+            assert await acquire(emu, ALICE, CANARY) == newer
+
+
 async def test_invalid_grant_without_a_race_is_a_revocation(tmp_path: Path) -> None:
     faults = {"invalid_grant_rate": 1.0}
     async with Emulator(data_dir=tmp_path, config={"provider": {"faults": faults}}) as emu:

@@ -326,9 +326,9 @@ class Service:
     ) -> None:
         if self.config.memory_cache_seconds <= 0 or token.expires_at <= token.issued_at:
             return
-        margin = min(connector.expiry_margin_seconds, 0.1 * (token.expires_at - token.issued_at))
         good_until = min(
-            token.expires_at - margin, self._clock() + self.config.memory_cache_seconds
+            token.good_until(connector.expiry_margin_seconds),
+            self._clock() + self.config.memory_cache_seconds,
         )
         self._memory[key] = _Memory(token.grant, good_until, answer)
 
@@ -354,7 +354,9 @@ class Service:
         self, connector: Connector, user: str, key: str, wanted: tuple[str, ...]
     ) -> CachedToken:
         """One refresh flight: cache, else lease and refresh, else wait for the holder."""
-        lock = self._locks.setdefault((connector.name, user), asyncio.Lock())
+        lock = self._locks.get((connector.name, user))
+        if lock is None:
+            lock = self._locks[connector.name, user] = asyncio.Lock()
         async with lock:
             delay = 0.005
             while True:
@@ -392,7 +394,8 @@ class Service:
         wanted: tuple[str, ...],
         leased: Leased,
     ) -> CachedToken | None:
-        """Refreshes upstream under our lease; None when the invalid_grant was a race."""
+        """Refreshes upstream under our lease; None when the invalid_grant was a race or a new
+        consent replaced the grant meanwhile (the store is read again)."""
         grant = leased.grant
         form = {"grant_type": "refresh_token", "refresh_token": leased.refresh_token}
         if wanted:
@@ -417,7 +420,7 @@ class Service:
             raise
         now = self._clock()
         access = self._cacheable(connector, answer, wanted or grant.scopes, now)
-        await asyncio.shield(
+        version = await asyncio.shield(
             self.store.commit_refresh(
                 connector.name,
                 user,
@@ -429,7 +432,10 @@ class Service:
                 now=now,
             )
         )
-        version = grant.version + (1 if answer.refresh_token is not None else 0)
+        if version is None:  # a new consent landed meanwhile: serve from it instead
+            log.info("a new consent replaced the grant refreshed on %s; re-reading", connector.name)
+            self._forget(connector.name, user)
+            return None
         fresh_grant = Grant(grant.resource, user, version, grant.scopes, False, grant.instance_uri)
         expires = access.expires_at if access is not None else now
         return CachedToken(

@@ -139,10 +139,14 @@ class CachedToken:
     expires_at: float
     grant: Grant
 
+    def good_until(self, margin_cap: float) -> float:
+        """When it stops being served: its expiry less a safety margin (at most
+        ``margin_cap``, at most 10% of its life)."""
+        return self.expires_at - min(margin_cap, 0.1 * max(0.0, self.expires_at - self.issued_at))
+
     def usable(self, now: float, margin_cap: float) -> bool:
-        """Valid now with a safety margin (at most ``margin_cap``, at most 10% of its life)."""
-        margin = min(margin_cap, 0.1 * max(0.0, self.expires_at - self.issued_at))
-        return now < self.expires_at - margin
+        """Valid now, with the margin of :meth:`good_until`."""
+        return now < self.good_until(margin_cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,18 +279,19 @@ class Store:
         new_refresh_token: str | None,
         access: NewAccessToken | None,
         now: float,
-    ) -> bool:
-        """Saves a refresh's outcome and releases the lease; False if the grant moved on.
+    ) -> int | None:
+        """Saves a refresh's outcome and releases the lease; the grant's version after it, or
+        None if the grant moved on (nothing saved).
 
         The write happens only if the row still holds the version that was refreshed (a new
         consent in the meantime wins); the lease is released either way if it is still ours.
         """
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: sqlite3.Connection) -> int | None:
             with write_transaction(conn):
                 grant, _ = self._grant(conn, resource, user)
-                current = grant is not None and grant.version == used_version
-                if grant is not None and current:
+                version: int | None = None
+                if grant is not None and grant.version == used_version:
                     version = used_version
                     if new_refresh_token is not None:
                         version += 1
@@ -307,7 +312,7 @@ class Store:
                         self._put_access(conn, resource, user, key, version, access)
                     bump(conn, "upstream_refreshes_committed")
                 _release_lease(conn, resource, user, owner)
-                return current
+                return version
 
         return await self._db.run(work)
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import shutil
@@ -26,6 +24,7 @@ from aiohttp import web
 
 from agentspace_grpc._client import DataConnectorClient
 from agentspace_grpc._credentials import CredentialsLike
+from agentspace_grpc._transports.base import format_host_port, is_loopback
 from agentspace_grpc.emulator._clock import Clock
 from agentspace_grpc.emulator._config import (
     DEFAULT_AUTHORIZATION,
@@ -48,6 +47,7 @@ from agentspace_grpc.emulator._identity import (
     IDENTITY_CLIENT_SECRET,
     ConsentStates,
     Identity,
+    b64url,
     check_email,
 )
 from agentspace_grpc.emulator._provider import Client, Provider
@@ -80,13 +80,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url_host(host: str) -> str:
-    host = "127.0.0.1" if host in _WILDCARDS else host
-    return _bracketed(host)
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def _address(host: str, port: int) -> str:
+    """``host:port`` to connect to (a wildcard bind is reached over loopback)."""
+    return format_host_port("127.0.0.1" if host in _WILDCARDS else host, port)
 
 
 def _resolve(
@@ -97,9 +93,9 @@ def _resolve(
     out: dict[str, Connector] = {}
     for name, connector in connectors.items():
         if connector.builtin:
-            secret = connector.client_secret or base64.urlsafe_b64encode(
+            secret = connector.client_secret or b64url(
                 hmac.new(secret_key, connector.client_id.encode(), hashlib.sha256).digest()
-            ).decode().rstrip("=")
+            )
             connector = replace(
                 connector,
                 client_secret=secret,
@@ -177,13 +173,13 @@ class Emulator:
     def grpc_target(self) -> str:
         """``host:port`` of the gRPC server."""
         self._need_started()
-        return f"{_url_host(self._host)}:{self._grpc_port}"
+        return _address(self._host, self._grpc_port)
 
     @property
     def http_url(self) -> str:
         """``http://host:port`` of the HTTP server (REST, identity, consent, provider)."""
         self._need_started()
-        return f"http://{_url_host(self._host)}:{self._http_port}"
+        return f"http://{_address(self._host, self._http_port)}"
 
     @property
     def token_uri(self) -> str:
@@ -216,9 +212,9 @@ class Emulator:
         """What the process prints as its ready line: the addresses it is really bound to
         (``0.0.0.0`` stays ``0.0.0.0``, so nobody mistakes it for loopback)."""
         self._need_started()
-        http = f"http://{_bracketed(self._bound)}:{self._http_port}"
+        http = f"http://{format_host_port(self._bound, self._http_port)}"
         return {
-            "grpc": f"{_bracketed(self._bound)}:{self._grpc_port}",
+            "grpc": format_host_port(self._bound, self._grpc_port),
             "http": http,
             "token_uri": f"{http}/oauth2/token",
             "authorize_uri": f"{http}/provider/authorize",
@@ -238,7 +234,7 @@ class Emulator:
             await self.stop()
             raise
         self._started = True
-        if not ipaddress.ip_address(self._bound.split("%", 1)[0]).is_loopback:
+        if not is_loopback(self._bound.split("%", 1)[0]):
             log.warning(
                 "the emulator listens on %s, not on loopback: anyone who can reach its ports "
                 "can mint end-user identities and act as any user (it is a test server)",
@@ -256,7 +252,7 @@ class Emulator:
         keys = load_keyring(self._data_dir, self._key_file, os.environ)
         sock = _bind(self._host, self._ports[1])
         self._bound, self._http_port = sock.getsockname()[:2]
-        http_url = f"http://{_url_host(self._host)}:{self._http_port}"
+        http_url = f"http://{_address(self._host, self._http_port)}"
         resources = _resolve(
             {**self._config.connectors, **self._config.authorizations}, http_url, keys
         )

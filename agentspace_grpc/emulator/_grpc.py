@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
+from agentspace_grpc._transports.base import format_host_port
 from agentspace_grpc._wire import ROWS, Row
 from agentspace_grpc.emulator._call import Call, Handler
 from agentspace_grpc.emulator._errors import ServiceError, internal
@@ -116,7 +117,7 @@ async def start_grpc(handler: Handler, host: str, port: int) -> tuple[grpc.aio.S
         ),
         server,
     )
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = format_host_port(host, port)
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind the gRPC port {address}")

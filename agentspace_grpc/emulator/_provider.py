@@ -38,7 +38,12 @@ from urllib.parse import unquote, urlencode
 from agentspace_grpc.emulator._clock import Clock
 from agentspace_grpc.emulator._config import ProviderConfig
 from agentspace_grpc.emulator._errors import OAuthError
-from agentspace_grpc.emulator._identity import ConsentStates, pkce_challenge, same_text
+from agentspace_grpc.emulator._identity import (
+    ConsentStates,
+    b64url,
+    pkce_challenge,
+    same_text,
+)
 from agentspace_grpc.emulator._provider_store import Code, ProviderStore, Tables
 
 log = logging.getLogger("agentspace_grpc.emulator.provider")
@@ -348,7 +353,7 @@ class Provider:
             json.dumps(claims).encode(),
             secrets.token_bytes(32),
         )
-        return ".".join(base64.urlsafe_b64encode(part).rstrip(b"=").decode() for part in parts)
+        return ".".join(b64url(part) for part in parts)
 
     def _token_answer(self, access: str, refresh: str, scopes: str) -> dict[str, Any]:
         answer: dict[str, Any] = {"access_token": access, "token_type": "Bearer"}

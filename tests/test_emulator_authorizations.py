@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from agentspace_grpc import InvalidArgument, NotFound, Unauthenticated, _proto
-from agentspace_grpc.emulator import Emulator
+from agentspace_grpc.emulator import Emulator, EmulatorError
 from agentspace_grpc.emulator._store import DB_FILE_NAME
 from agentspace_grpc.pytest_plugin import RunningEmulator
 from tests._clock import ManualClock
@@ -462,3 +462,10 @@ async def test_a_running_emulator_offers_authorizations_and_consent_uris(
     uri = await running.consent_uri(CONNECTOR, running.user_credentials(BOB))
     redirect = (await follow_like_a_browser(uri))[-1]
     await store_over_rest(emu.http_url, running.user_token(BOB), redirect)
+
+
+async def test_a_refused_consent_names_the_emulators_reason(tmp_path: Path) -> None:
+    unknown = "projects/p/locations/global/collections/nope/dataConnector"
+    async with Emulator(data_dir=tmp_path) as emu:
+        with pytest.raises(EmulatorError, match="does not exist in this emulator"):
+            await emu.consent(ALICE, unknown)

@@ -71,12 +71,14 @@ async def consent_over_http(
     consent endpoint, then the provider's authorize redirect; returns the full redirect URI.
 
     Raises:
-        EmulatorError: a step did not redirect (its HTTP status is named, never a token).
+        EmulatorError: a step did not redirect (the emulator's reason, or the HTTP status, is
+            named; never a token).
     """
     params = {"connector": resource}
     if scopes:
         params["scope"] = " ".join(scopes)
-    async with aiohttp.ClientSession(trust_env=False) as session:
+    timeout = aiohttp.ClientTimeout(total=_TIMEOUT)
+    async with aiohttp.ClientSession(trust_env=False, timeout=timeout) as session:
         location = f"{http_url}/emulator/v1/consent"
         headers: dict[str, str] | None = {"Authorization": f"Bearer {bearer}"}
         for _ in range(2):  # the emulator's consent endpoint, then the provider's authorize
@@ -84,8 +86,11 @@ async def consent_over_http(
                 location, params=params, headers=headers, allow_redirects=False
             ) as response:
                 if response.status != 302:
+                    said = status_from_http(
+                        response.status, await response.read(), response.content_type
+                    ).message
                     raise EmulatorError(
-                        f"consent for {email} failed at {response.url.path}: HTTP {response.status}"
+                        f"consent for {email} failed at {response.url.path}: {said}"
                     )
                 location = response.headers["Location"]
             params, headers = {}, None
